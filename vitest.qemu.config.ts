@@ -1,0 +1,12 @@
+import { defineConfig } from "vitest/config";
+
+// Boot and update scenarios under QEMU: slow, so run one file at a time.
+export default defineConfig({
+  test: {
+    include: ["test/qemu/**/*.test.ts"],
+    testTimeout: 900_000,
+    hookTimeout: 1_800_000,
+    fileParallelism: false,
+    pool: "forks",
+  },
+});
