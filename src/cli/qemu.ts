@@ -1,3 +1,96 @@
 import type { Command } from "commander";
+import { QemuError } from "../../qemu/errors.ts";
+import { Vm } from "../../qemu/vm.ts";
+import { logger } from "../log.ts";
+import { action, intOption } from "./command.ts";
 
-export function register(_program: Command): void {}
+interface QemuOptions {
+  serial?: string;
+  timeout?: number;
+  mem: number;
+  kvm?: boolean;
+  repoPort?: number;
+  repoAddress: string;
+}
+
+export function register(program: Command): void {
+  program
+    .command("qemu")
+    .description(
+      "boot a disk image under QEMU (OVMF, virtio disk, serial console on stdout); exit 0 when the VM powers off",
+    )
+    .argument("<disk>", "the GPT disk image to boot")
+    .option("--serial <file>", "also write the serial console to this file")
+    .option(
+      "--timeout <seconds>",
+      "power the VM off after this many seconds (exit status QEMU_TIMEOUT)",
+      intOption("--timeout"),
+    )
+    .option("--mem <MB>", "guest memory in MiB", intOption("--mem"), 1024)
+    .option("--kvm", "use KVM instead of TCG (KVM guests hang on some hosts)")
+    .option(
+      "--repo-port <port>",
+      "carry the guest's update-repository address to 127.0.0.1:PORT",
+      intOption("--repo-port"),
+    )
+    .option(
+      "--repo-address <host:port>",
+      "the address the image's agent uses for its repository (as in the demo image's agent config)",
+      "10.0.2.100:80",
+    )
+    .action(
+      action(async (disk: string, opts: QemuOptions) => {
+        const log = logger().child({ module: "qemu" });
+        const [guestAddress, guestPortText] = opts.repoAddress.split(":");
+        const guestPort = Number(guestPortText ?? "80");
+        if (!guestAddress || !Number.isInteger(guestPort)) {
+          throw new QemuError(
+            "QEMU_FAILED",
+            `--repo-address must be HOST:PORT, got "${opts.repoAddress}"`,
+          );
+        }
+        const vm = await Vm.start({
+          disk,
+          serialLog: opts.serial,
+          memMb: opts.mem,
+          kvm: opts.kvm,
+          forward:
+            opts.repoPort === undefined
+              ? undefined
+              : { guestAddress, guestPort, hostPort: opts.repoPort },
+          onConsole: (text) => process.stdout.write(text),
+        });
+        log.info({ disk, kvm: Boolean(opts.kvm), repoPort: opts.repoPort }, "VM started");
+        process.stdin.on("data", (d) => vm.process.stdin?.write(d));
+        const stop = () => void vm.powerOff();
+        process.once("SIGINT", stop);
+        process.once("SIGTERM", stop);
+        let timedOut = false;
+        const timer =
+          opts.timeout === undefined
+            ? undefined
+            : setTimeout(() => {
+                timedOut = true;
+                void vm.powerOff();
+              }, opts.timeout * 1000);
+        const exit = await vm.exited;
+        if (timer) clearTimeout(timer);
+        process.stdin.pause();
+        process.stdin.unref();
+        if (timedOut) {
+          throw new QemuError(
+            "QEMU_TIMEOUT",
+            `VM on ${disk} did not power off within ${opts.timeout} s`,
+          );
+        }
+        if (exit.code !== 0) {
+          throw new QemuError(
+            "QEMU_FAILED",
+            `QEMU exited with ${exit.signal ?? `status ${exit.code}`} on ${disk}`,
+          );
+        }
+        log.info("VM powered off");
+        return 0;
+      }),
+    );
+}

@@ -1,0 +1,363 @@
+/**
+ * Running a disk image under QEMU: OVMF firmware, the disk as virtio, the
+ * serial console captured (and optionally mirrored to a file), a QMP socket
+ * for hard reset and power-off, and user networking with `restrict=on` whose
+ * only way out is a guestfwd to one port on the host's loopback.
+ *
+ * The procedure is in qemu/README.md. Tests use `Vm` directly; the CLI's
+ * `abforge qemu` wraps it.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import {
+  copyFileSync,
+  createWriteStream,
+  existsSync,
+  mkdtempSync,
+  rmSync,
+  type WriteStream,
+} from "node:fs";
+import { connect, type Socket } from "node:net";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+import { requireTool } from "../src/exec.ts";
+import { QemuError } from "./errors.ts";
+
+export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+export const OVMF_VARS_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+const PROXY = fileURLToPath(new URL("./proxy.ts", import.meta.url));
+
+export interface GuestForward {
+  /** Address and port the guest connects to (inside QEMU's user network). */
+  guestAddress: string;
+  guestPort: number;
+  /** Port on the host's 127.0.0.1 that each connection is carried to. */
+  hostPort: number;
+}
+
+export interface VmOptions {
+  disk: string;
+  /** Mirror of the serial console. */
+  serialLog?: string;
+  memMb?: number;
+  kvm?: boolean;
+  forward?: GuestForward;
+  /** Writable OVMF variables; default `<disk>.ovmf-vars.fd`, created from the template. */
+  varsPath?: string;
+  /** Called with each chunk of console output (e.g. to mirror it to stdout). */
+  onConsole?: (text: string) => void;
+}
+
+export type VmExit = { kind: "exited"; code: number | null; signal: NodeJS.Signals | null };
+
+export interface WaitOptions {
+  timeoutMs: number;
+  /** Only look at console output from this offset on (default: everything since the last match). */
+  from?: number;
+}
+
+let commandCounter = 0;
+
+export class Vm {
+  readonly options: VmOptions;
+  readonly process: ChildProcess;
+  readonly exited: Promise<VmExit>;
+  private readonly workDir: string;
+  private readonly qmpPath: string;
+  private consoleText = "";
+  private cursor = 0;
+  private log: WriteStream | undefined;
+  private waiters = new Set<() => void>();
+  private hasExited = false;
+
+  private constructor(options: VmOptions, child: ChildProcess, workDir: string, qmpPath: string) {
+    this.options = options;
+    this.process = child;
+    this.workDir = workDir;
+    this.qmpPath = qmpPath;
+    if (options.serialLog) this.log = createWriteStream(options.serialLog, { flags: "a" });
+    child.stdout?.setEncoding("utf8");
+    child.stdout?.on("data", (chunk: string) => this.onOutput(chunk));
+    let stderr = "";
+    child.stderr?.setEncoding("utf8");
+    child.stderr?.on("data", (chunk: string) => {
+      stderr += chunk;
+    });
+    this.exited = new Promise((resolve) => {
+      child.on("exit", (code, signal) => {
+        this.hasExited = true;
+        if (stderr.trim()) this.onOutput(`\n[qemu stderr] ${stderr.trim()}\n`);
+        this.log?.end();
+        for (const wake of this.waiters) wake();
+        rmSync(this.workDir, { recursive: true, force: true });
+        resolve({ kind: "exited", code, signal });
+      });
+    });
+  }
+
+  /** Build QEMU's argument list (exported for the CLI's --dry-run and for tests). */
+  static args(options: VmOptions, qmpPath: string, varsPath: string): string[] {
+    const args = [
+      "-machine",
+      "q35",
+      "-accel",
+      options.kvm ? "kvm" : "tcg",
+      "-m",
+      String(options.memMb ?? 1024),
+      "-smp",
+      "1",
+      "-display",
+      "none",
+      "-vga",
+      "none",
+      "-drive",
+      `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
+      "-drive",
+      `if=pflash,format=raw,file=${varsPath}`,
+      "-drive",
+      `file=${options.disk},format=raw,if=virtio,cache=unsafe`,
+      "-chardev",
+      "stdio,id=ser0,signal=off",
+      "-serial",
+      "chardev:ser0",
+      "-qmp",
+      `unix:${qmpPath},server=on,wait=off`,
+    ];
+    if (options.forward) {
+      const f = options.forward;
+      // QEMU starts the command once per guest connection, with the connection on
+      // its stdin/stdout; the proxy carries it to 127.0.0.1:hostPort.
+      const node = process.execPath;
+      const cmd = `${node} --disable-warning=ExperimentalWarning ${PROXY} ${f.hostPort}`;
+      args.push(
+        "-netdev",
+        `user,id=n0,restrict=on,guestfwd=tcp:${f.guestAddress}:${f.guestPort}-cmd:${cmd}`,
+        "-device",
+        "virtio-net-pci,netdev=n0",
+      );
+    } else {
+      args.push("-nic", "none");
+    }
+    return args;
+  }
+
+  static async start(options: VmOptions): Promise<Vm> {
+    const qemu = requireTool("qemu-system-x86_64");
+    if (!existsSync(options.disk)) {
+      throw new QemuError("QEMU_BAD_DISK", `disk image ${options.disk} does not exist`, {
+        details: { disk: options.disk },
+      });
+    }
+    for (const f of [OVMF_CODE, OVMF_VARS_TEMPLATE]) {
+      if (!existsSync(f)) {
+        throw new QemuError(
+          "QEMU_FAILED",
+          `firmware ${f} is missing (install the Debian package ovmf)`,
+        );
+      }
+    }
+    const varsPath = options.varsPath ?? `${options.disk}.ovmf-vars.fd`;
+    if (!existsSync(varsPath)) copyFileSync(OVMF_VARS_TEMPLATE, varsPath);
+    const workDir = mkdtempSync(join(tmpdir(), "abforge-qemu-"));
+    const qmpPath = join(workDir, "qmp.sock");
+    const child = spawn(qemu, Vm.args(options, qmpPath, varsPath), {
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    const vm = new Vm(options, child, workDir, qmpPath);
+    await new Promise<void>((resolve, reject) => {
+      child.once("spawn", () => resolve());
+      child.once("error", (cause) =>
+        reject(new QemuError("QEMU_FAILED", `qemu could not start: ${cause.message}`, { cause })),
+      );
+    });
+    return vm;
+  }
+
+  get running(): boolean {
+    return !this.hasExited;
+  }
+
+  /** Everything the serial console printed so far. */
+  get console(): string {
+    return this.consoleText;
+  }
+
+  /** Offset into the console output: pass it as `from` to wait only for what comes next. */
+  mark(): number {
+    return this.consoleText.length;
+  }
+
+  private onOutput(chunk: string): void {
+    this.consoleText += chunk;
+    this.log?.write(chunk);
+    this.options.onConsole?.(chunk);
+    for (const wake of this.waiters) wake();
+  }
+
+  /** The last lines of the console, for error messages. */
+  tail(lines = 30): string {
+    return this.consoleText.split("\n").slice(-lines).join("\n");
+  }
+
+  /**
+   * Wait until `pattern` appears on the console after `from` (default: after the
+   * previous match). Resolves with the match; on timeout or VM exit rejects
+   * with the console's tail.
+   */
+  waitFor(pattern: RegExp | string, options: WaitOptions): Promise<RegExpExecArray> {
+    const re =
+      typeof pattern === "string"
+        ? new RegExp(pattern.replace(/[.*+?^${}()|[\]\\]/g, "\\$&"))
+        : new RegExp(pattern.source, pattern.flags.replace("g", ""));
+    const from = options.from ?? this.cursor;
+    return new Promise((resolve, reject) => {
+      const check = (): boolean => {
+        const m = re.exec(this.consoleText.slice(from));
+        if (m) {
+          this.cursor = from + m.index + m[0].length;
+          finish();
+          resolve(m);
+          return true;
+        }
+        if (this.hasExited) {
+          finish();
+          reject(
+            new QemuError(
+              "QEMU_FAILED",
+              `VM exited while waiting for ${re}; console tail:\n${this.tail()}`,
+            ),
+          );
+          return true;
+        }
+        return false;
+      };
+      const timer = setTimeout(() => {
+        finish();
+        reject(
+          new QemuError(
+            "QEMU_TIMEOUT",
+            `timed out after ${options.timeoutMs} ms waiting for ${re}; console tail:\n${this.tail()}`,
+          ),
+        );
+      }, options.timeoutMs);
+      const finish = () => {
+        clearTimeout(timer);
+        this.waiters.delete(wake);
+      };
+      const wake = () => {
+        check();
+      };
+      if (!check()) this.waiters.add(wake);
+    });
+  }
+
+  /** Type a line into the guest's console. */
+  sendLine(line: string): void {
+    this.process.stdin?.write(`${line}\n`);
+  }
+
+  /**
+   * Run a shell command in the guest's root shell and return its output and
+   * exit status. Markers around the command delimit the answer.
+   */
+  async run(
+    command: string,
+    options: { timeoutMs?: number } = {},
+  ): Promise<{ output: string; status: number }> {
+    const id = `${Date.now().toString(36)}${(commandCounter++).toString(36)}`;
+    const begin = `__ABF_BEGIN_${id}__`;
+    const end = `__ABF_END_${id}__`;
+    const from = this.mark();
+    // The markers are split in the typed line so the echoed command never matches.
+    this.sendLine(
+      `echo ${begin.slice(0, 6)}''${begin.slice(6)}; ${command}; echo ${end.slice(0, 6)}''${end.slice(6)} $?`,
+    );
+    const m = await this.waitFor(new RegExp(`${begin}\\r?\\n([\\s\\S]*?)${end} (\\d+)`), {
+      timeoutMs: options.timeoutMs ?? 60_000,
+      from,
+    });
+    return { output: (m[1] ?? "").replace(/\r/g, ""), status: Number(m[2]) };
+  }
+
+  /** Send one QMP command and return its result. */
+  async qmp(execute: string, args?: Record<string, unknown>): Promise<unknown> {
+    const socket = await connectWithRetry(this.qmpPath, 10_000);
+    try {
+      const lines = lineReader(socket);
+      await lines.next(); // greeting
+      socket.write(`${JSON.stringify({ execute: "qmp_capabilities" })}\n`);
+      await readReturn(lines);
+      socket.write(`${JSON.stringify(args ? { execute, arguments: args } : { execute })}\n`);
+      return await readReturn(lines);
+    } finally {
+      socket.destroy();
+    }
+  }
+
+  /** Hard reset, like pressing the reset button: the disk keeps what was written. */
+  async reset(): Promise<void> {
+    await this.qmp("system_reset");
+  }
+
+  /** Power off now (QMP quit) and wait for QEMU to exit. */
+  async powerOff(): Promise<VmExit> {
+    if (this.hasExited) return this.exited;
+    try {
+      await this.qmp("quit");
+    } catch {
+      this.process.kill("SIGKILL");
+    }
+    return this.exited;
+  }
+
+  /** Make sure QEMU is gone (tests call this in afterEach, even when they fail). */
+  async kill(): Promise<void> {
+    if (this.hasExited) return;
+    this.process.kill("SIGKILL");
+    await this.exited;
+  }
+}
+
+async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      return await new Promise<Socket>((resolve, reject) => {
+        const s = connect(path);
+        s.once("connect", () => resolve(s));
+        s.once("error", reject);
+      });
+    } catch (cause) {
+      if (Date.now() > deadline) {
+        throw new QemuError("QEMU_FAILED", `cannot reach QEMU's QMP socket ${path}`, { cause });
+      }
+      await new Promise((r) => setTimeout(r, 100));
+    }
+  }
+}
+
+async function* lineReader(socket: Socket): AsyncGenerator<string> {
+  let buffer = "";
+  socket.setEncoding("utf8");
+  for await (const chunk of socket) {
+    buffer += chunk;
+    let nl = buffer.indexOf("\n");
+    while (nl >= 0) {
+      const line = buffer.slice(0, nl).trim();
+      buffer = buffer.slice(nl + 1);
+      if (line) yield line;
+      nl = buffer.indexOf("\n");
+    }
+  }
+}
+
+async function readReturn(lines: AsyncGenerator<string>): Promise<unknown> {
+  for (;;) {
+    const { value, done } = await lines.next();
+    if (done) throw new QemuError("QEMU_FAILED", "QMP connection closed");
+    const msg = JSON.parse(value) as { return?: unknown; error?: { desc: string }; event?: string };
+    if (msg.event) continue;
+    if (msg.error) throw new QemuError("QEMU_FAILED", `QMP error: ${msg.error.desc}`);
+    return msg.return;
+  }
+}
