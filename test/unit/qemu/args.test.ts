@@ -19,6 +19,6 @@ describe("qemu arguments", () => {
       "v",
     ).join(" ");
     expect(args).toContain("-accel kvm");
-    expect(args).toMatch(/user,id=n0,restrict=on,guestfwd=tcp:10\.0\.2\.100:80-cmd:\S+ .*proxy\.ts 8123,/);
+    expect(args).toMatch(/user,id=n0,restrict=on,guestfwd=tcp:10\.0\.2\.100:80-cmd:\S+ .*proxy\.ts 8123 /);
   });
 });
