@@ -6,6 +6,9 @@ export type BuildErrorCode =
   | "LAYER_UNSAFE"
   | "LAYER_FAILED"
   | "KERNEL_NOT_FOUND"
-  | "BUILD_FAILED";
+  | "BUILD_FAILED"
+  | "MODULE_NOT_FOUND"
+  | "CPIO_BAD_ENTRY"
+  | "PARTITION_TOO_SMALL";
 
 export class BuildError extends BaseError<BuildErrorCode> {}
