@@ -83,6 +83,21 @@ export interface RunResult {
   stderr: string;
 }
 
+const toolTime = new Map<string, number>();
+
+/**
+ * Milliseconds spent waiting for each external tool since the process started
+ * (or since `resetToolTime`): the build benchmark subtracts it from the total
+ * to measure abforge's own overhead.
+ */
+export function toolTimeMs(): Map<string, number> {
+  return new Map(toolTime);
+}
+
+export function resetToolTime(): void {
+  toolTime.clear();
+}
+
 /** Run a tool to completion, capturing its output. */
 export function run(
   tool: string,
@@ -90,6 +105,7 @@ export function run(
   options: RunOptions = {},
 ): Promise<RunResult> {
   const path = requireTool(tool);
+  const started = performance.now();
   return new Promise((resolve, reject) => {
     const child = spawn(path, args, {
       cwd: options.cwd,
@@ -104,6 +120,7 @@ export function run(
       reject(new ToolError("TOOL_FAILED", `${tool} could not start: ${cause.message}`, { cause })),
     );
     child.on("close", (code, signal) => {
+      toolTime.set(tool, (toolTime.get(tool) ?? 0) + performance.now() - started);
       const result = {
         code: code ?? 128,
         stdout: Buffer.concat(out).toString("utf8"),
