@@ -1,0 +1,34 @@
+/**
+ * vitest global setup for the QEMU suites: builds the fixture images once
+ * (see fixtures.ts) with the real CLI. SOURCE_DATE_EPOCH keeps them
+ * reproducible; a rebuild happens whenever the fixtures are missing.
+ */
+import { existsSync, mkdirSync } from "node:fs";
+import { join } from "node:path";
+import { abforge } from "../helpers/cli.ts";
+import { FIXTURES, IMAGES, KEY_DIR, ROOT, SIGNING_KEY } from "./fixtures.ts";
+
+export default async function setup(): Promise<void> {
+  mkdirSync(FIXTURES, { recursive: true });
+  if (!existsSync(SIGNING_KEY)) {
+    const r = await abforge(["keygen", "--out", KEY_DIR]);
+    if (r.code !== 0) throw new Error(`keygen failed: ${r.stderr}`);
+  }
+  for (const [name, { spec, version }] of Object.entries(IMAGES)) {
+    const out = join(FIXTURES, name);
+    if (existsSync(join(out, "build.json"))) continue;
+    const started = Date.now();
+    process.stderr.write(`qemu fixtures: building ${spec} ${version} ...\n`);
+    const r = await abforge(
+      ["build", join(ROOT, spec), "--out", out, "--version", version, "--key", SIGNING_KEY],
+      { env: { SOURCE_DATE_EPOCH: "1700000000" } },
+    );
+    if (r.code !== 0)
+      throw new Error(
+        `build of ${spec} ${version} failed (exit ${r.code}):\n${r.stderr.slice(-4000)}`,
+      );
+    process.stderr.write(
+      `qemu fixtures: ${name} built in ${((Date.now() - started) / 1000).toFixed(1)} s\n`,
+    );
+  }
+}

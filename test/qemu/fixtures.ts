@@ -1,0 +1,76 @@
+/**
+ * The images the QEMU tests boot: demo 1.0.0 and 2.0.0 from images/demo.yaml
+ * and 3.0.0 from images/demo-unhealthy.yaml, all signed by one test key and
+ * built by the real `abforge build`. They are built once per run by the
+ * global setup (build-images.ts) into FIXTURES; each test boots a sparse copy.
+ */
+import { execFileSync } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { fileURLToPath } from "node:url";
+
+export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
+
+/** A hash of everything that goes into an image, so a code change never boots stale fixtures. */
+function sourcesHash(): string {
+  const h = createHash("sha256");
+  const walk = (rel: string): void => {
+    const abs = join(ROOT, rel);
+    if (statSync(abs).isDirectory()) {
+      for (const e of readdirSync(abs).sort()) walk(join(rel, e));
+    } else {
+      h.update(rel).update("\0").update(readFileSync(abs)).update("\0");
+    }
+  };
+  for (const p of ["src", "images", "bin", "package-lock.json"]) walk(p);
+  return h.digest("hex").slice(0, 16);
+}
+
+export const FIXTURES =
+  process.env.ABFORGE_QEMU_FIXTURES ?? join(ROOT, ".cache", "qemu-fixtures", sourcesHash());
+export const KEY_DIR = join(FIXTURES, "keys");
+export const SIGNING_KEY = join(KEY_DIR, "signing.key");
+export const SIGNING_PUB = join(KEY_DIR, "signing.pub");
+
+export interface BuiltImage {
+  version: string;
+  dir: string;
+  disk: string;
+  bundle: string;
+  rootHash: string;
+}
+
+export const IMAGES = {
+  v1: { spec: "images/demo.yaml", version: "1.0.0" },
+  v2: { spec: "images/demo.yaml", version: "2.0.0" },
+  v3: { spec: "images/demo-unhealthy.yaml", version: "3.0.0" },
+} as const;
+
+export type ImageName = keyof typeof IMAGES;
+
+export function image(name: ImageName): BuiltImage {
+  const { version } = IMAGES[name];
+  const dir = join(FIXTURES, name);
+  const buildJson = join(dir, "build.json");
+  if (!existsSync(buildJson)) throw new Error(`fixture ${name} was not built (global setup)`);
+  const report = JSON.parse(readFileSync(buildJson, "utf8")) as { verity: { rootHash: string } };
+  return {
+    version,
+    dir,
+    disk: join(dir, "disk.img"),
+    bundle: join(dir, `demo-${version}.bundle`),
+    rootHash: report.verity.rootHash,
+  };
+}
+
+/** A private, sparse copy of an image's disk, so each test starts from the build's state. */
+export function freshDisk(
+  name: ImageName,
+  dir = mkdtempSync(join(tmpdir(), "abforge-qemu-test-")),
+): string {
+  const target = join(dir, "disk.img");
+  execFileSync("cp", ["--sparse=always", image(name).disk, target]);
+  return target;
+}
