@@ -66,8 +66,6 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   BOOT_STATE_INVALID: 43,
   BOOT_REFUSED: 44,
   ESP_BAD: 45,
-  ENV_NOT_FOUND: 46,
-  BOOT_DISK_NOT_FOUND: 47,
   // bundle
   BUNDLE_MALFORMED: 50,
   BUNDLE_BAD_SIGNATURE: 51,
@@ -76,9 +74,6 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   BUNDLE_BAD_MANIFEST: 54,
   KEY_BAD: 55,
   KEY_EXISTS: 56,
-  BUNDLE_TOO_LARGE: 57,
-  BUNDLE_TRUNCATED: 58,
-  BUNDLE_BAD_VERITY: 59,
   // repo
   REPO_BAD_INDEX: 60,
   REPO_INDEX_EXPIRED: 61,
@@ -101,8 +96,6 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   UPDATE_REFUSED: 77,
   STATE_CORRUPT: 78,
   HEALTH_CHECK_FAILED: 79,
-  UPDATE_ABORTED: 80,
-  HOST_DISK_NOT_FOUND: 81,
   // qemu
   QEMU_FAILED: 90,
   QEMU_TIMEOUT: 91,
