@@ -66,6 +66,8 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   BOOT_STATE_INVALID: 43,
   BOOT_REFUSED: 44,
   ESP_BAD: 45,
+  ENV_NOT_FOUND: 46,
+  BOOT_DISK_NOT_FOUND: 47,
   // bundle
   BUNDLE_MALFORMED: 50,
   BUNDLE_BAD_SIGNATURE: 51,

@@ -1,0 +1,8 @@
+/**
+ * The bootloader module's public face: the GRUB environment block codec, the
+ * A/B boot state and its transitions, the FAT32 locator and BootDisk.
+ * See README.md for the formats and procedures.
+ */
+export * from "./env.ts";
+export * from "./errors.ts";
+export * from "./state.ts";
