@@ -98,6 +98,8 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   UPDATE_REFUSED: 77,
   STATE_CORRUPT: 78,
   HEALTH_CHECK_FAILED: 79,
+  UPDATE_ABORTED: 80,
+  HOST_DISK_NOT_FOUND: 81,
   // qemu
   QEMU_FAILED: 90,
   QEMU_TIMEOUT: 91,

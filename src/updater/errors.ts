@@ -1,3 +1,8 @@
+/**
+ * Errors of the update agent (src/updater/README.md). Each code maps to an
+ * exit code in src/cli/exit-codes.ts (range 70-89). "Nothing to do" (equal
+ * version) is not an error: it is a result of `check`.
+ */
 import { BaseError } from "../errors.ts";
 
 export type UpdaterErrorCode =
@@ -10,6 +15,8 @@ export type UpdaterErrorCode =
   | "UPDATE_VERIFY_FAILED"
   | "UPDATE_REFUSED"
   | "STATE_CORRUPT"
-  | "HEALTH_CHECK_FAILED";
+  | "HEALTH_CHECK_FAILED"
+  | "UPDATE_ABORTED"
+  | "HOST_DISK_NOT_FOUND";
 
 export class UpdaterError extends BaseError<UpdaterErrorCode> {}
