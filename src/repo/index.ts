@@ -1,0 +1,42 @@
+/** The static update repository: channel index, publishing, serving, and the agent's client. */
+export {
+  bundlePathFromRoot,
+  CHANNEL_NAME,
+  type ChannelIndex,
+  canonicalJson,
+  decodeIndex,
+  encodeIndex,
+  INDEX_FORMAT_VERSION,
+  INDEX_TYPE,
+  type IndexLatest,
+  type IndexRollout,
+  type IndexSignature,
+  type IndexSigned,
+  indexDigest,
+  resolveBundleUrl,
+  rolloutBucket,
+  signedBytes,
+  signIndex,
+  type VerifiedIndex,
+  type VerifyIndexOptions,
+  validateSigned,
+  verifyIndex,
+} from "./channel-index.ts";
+export {
+  type Clock,
+  downloadRange,
+  type FetchIndexOptions,
+  fetchIndex,
+  type OpenRangeOptions,
+  openRange,
+  realClock,
+} from "./client.ts";
+export { RepoError, type RepoErrorCode } from "./errors.ts";
+export {
+  DEFAULT_EXPIRES_IN_MS,
+  type PublishIo,
+  type PublishOptions,
+  type PublishResult,
+  publish,
+} from "./publish.ts";
+export { type RepoServer, type ServeOptions, serve } from "./server.ts";
