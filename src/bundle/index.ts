@@ -1,0 +1,60 @@
+/**
+ * Update bundles: the signed manifest, ed25519 keys, and the streaming tar
+ * writer and reader. The format and procedures are in README.md.
+ */
+export {
+  ChunkVerifier,
+  type ChunkVerifierOptions,
+  hashSlotImage,
+  type VerifiedChunk,
+} from "./chunks.ts";
+export { BundleError, type BundleErrorCode } from "./errors.ts";
+export {
+  generateKeyPair,
+  type KeyObject,
+  type KeyPairPaths,
+  keyId,
+  loadPrivateKey,
+  loadPublicKey,
+  PRIVATE_KEY_FILE,
+  PUBLIC_KEY_FILE,
+  publicKeyFromPrivate,
+  SIGNATURE_BYTES,
+  signBytes,
+  type VerifyOptions,
+  verifySignature,
+} from "./keys.ts";
+export {
+  CHUNK_SIZE,
+  chunkCount,
+  decodeManifest,
+  encodeManifest,
+  MAX_MANIFEST_BYTES,
+  type Manifest,
+  type ManifestIssue,
+  type SlotImageInfo,
+  type UnsignedManifest,
+  validateManifest,
+} from "./manifest.ts";
+export {
+  type BundleEntry,
+  type BundleHeadInfo,
+  type BundleLayout,
+  BundleReader,
+  type BundleReaderOptions,
+  type ByteStream,
+  MANIFEST_ENTRY,
+  readBundleHead,
+  SIGNATURE_ENTRY,
+  SLOT_ENTRY,
+  type SlotImageOptions,
+} from "./reader.ts";
+export { slotDataOffset } from "./tar.ts";
+export {
+  type BundleVerification,
+  checkBundleFile,
+  inspectBundleFile,
+  type VerifyBundleOptions,
+  verifyBundleFile,
+} from "./verify.ts";
+export { type WriteBundleOptions, type WrittenBundle, writeBundle } from "./writer.ts";
