@@ -9,6 +9,7 @@ export {
   type VerifiedChunk,
 } from "./chunks.ts";
 export { BundleError, type BundleErrorCode } from "./errors.ts";
+export { formatInspect, formatVerify, inspectJson, verifyJson } from "./format.ts";
 export {
   generateKeyPair,
   type KeyObject,
