@@ -5,4 +5,5 @@
  */
 export * from "./env.ts";
 export * from "./errors.ts";
+export * from "./fat.ts";
 export * from "./state.ts";

@@ -74,6 +74,11 @@ export function parseSlotVerity(value: string): SlotVerity | undefined {
   return { dataBlocks, hashStartBlock, salt: m[3]! };
 }
 
+/** A semantic version as written, without a "v" prefix or surrounding spaces. */
+function isStrictSemver(v: string): boolean {
+  return /^[0-9]/.test(v) && semver.parse(v)?.raw === v;
+}
+
 interface Problem {
   variable: string;
   value: string | undefined;
@@ -129,7 +134,7 @@ export function bootStateFromEnv(vars: ReadonlyMap<string, string>): BootState {
     check(
       `${x}_version`,
       version,
-      version === "" || semver.valid(version ?? "") === version,
+      version === "" || isStrictSemver(version ?? ""),
       "must be a semantic version (empty for an empty slot)",
     );
     const slot: SlotState = {
@@ -139,10 +144,11 @@ export function bootStateFromEnv(vars: ReadonlyMap<string, string>): BootState {
       verity: verity ?? "",
       version: version ?? "",
     };
-    // An empty slot has nothing to boot; a full one has all three facts.
+    // An empty slot has nothing to boot, so it is not good (tries on it are
+    // harmless: GRUB spends one, finds no kernel and goes on); a full slot
+    // has all three facts.
     if (rootHash === "") {
       check(`${x}_good`, good, good !== "1", "must be 0 for an empty slot");
-      check(`${x}_tries`, tries, tries === "0", "must be 0 for an empty slot");
       check(`${x}_verity`, verity, verity === "", "must be empty for an empty slot");
       check(`${x}_version`, version, version === "", "must be empty for an empty slot");
     } else if (rootHash !== undefined) {

@@ -12,16 +12,16 @@ import {
   setEnvVar,
   unsetEnvVar,
 } from "../../../src/bootloader/index.ts";
-import { run } from "../../../src/exec.ts";
 import { abforge } from "../../helpers/cli.ts";
 import { tempDir } from "../../helpers/tmp.ts";
+import { toolStatus } from "../../unit/bootloader/images.ts";
 
 const dir = tempDir();
 let n = 0;
 const fresh = (tag: string) => join(dir, `${tag}-${n++}.env`);
 
 const grubEditenv = (file: string, ...args: string[]) =>
-  run("grub-editenv", [file, ...args], { allowFailure: true });
+  toolStatus("grub-editenv", [file, ...args]);
 
 type Op = ["set", string, string] | ["unset", string];
 
