@@ -756,16 +756,14 @@ function parseLayer(
   }
   const kinds = LAYER_KINDS.filter((k) => node.entries.has(k));
   if (kinds.length !== 1) {
+    const unknown = [...node.entries.keys()].filter((k) => k !== "allowDevices");
     issues.add(
       node.loc,
       field,
       kinds.length === 0
-        ? `must have one of ${LAYER_KINDS.join(", ")}`
+        ? `must have one of ${LAYER_KINDS.join(", ")}${unknown.length > 0 ? ` (unknown: ${unknown.join(", ")})` : ""}`
         : `has ${kinds.join(" and ")}: a layer is exactly one of ${LAYER_KINDS.join(", ")}`,
     );
-    if (kinds.length === 0) {
-      for (const [k, v] of node.entries) issues.add(v.key, `${field}.${k}`, `unknown field "${k}"`);
-    }
     return undefined;
   }
   const kind = kinds[0]!;
