@@ -5,7 +5,7 @@
  */
 import { createHash, type KeyObject } from "node:crypto";
 import semver from "semver";
-import { keyIdOf, signWith, verifyWith } from "./bundle-access.ts";
+import { keyId, signBytes, verifySignature } from "../bundle/index.ts";
 import { RepoError } from "./errors.ts";
 
 export const INDEX_TYPE = "abforge-channel-index";
@@ -347,8 +347,8 @@ export function signIndex(
   const bytes = signedBytes(signed);
   const list = Array.isArray(keys) ? keys : [keys as KeyObject];
   const signatures = list.map((key) => ({
-    keyid: keyIdOf(key),
-    sig: Buffer.from(signWith(bytes, key)).toString("base64"),
+    keyid: keyId(key),
+    sig: Buffer.from(signBytes(bytes, key)).toString("base64"),
   }));
   return { signed, signatures };
 }
@@ -425,13 +425,19 @@ export function verifyIndex(bytes: Uint8Array, o: VerifyIndexOptions): VerifiedI
 
 function checkSignature(index: ChannelIndex, trustedKeys: readonly KeyObject[]): string {
   const bytes = signedBytes(index.signed);
-  const trusted = new Map(trustedKeys.map((k) => [keyIdOf(k), k]));
+  const trusted = new Map(trustedKeys.map((k) => [keyId(k), k]));
   let matched = false;
+  let lastCause: unknown;
   for (const s of index.signatures) {
     const key = trusted.get(s.keyid);
     if (key === undefined) continue;
     matched = true;
-    if (verifyWith(bytes, Buffer.from(s.sig, "base64"), key)) return s.keyid;
+    try {
+      verifySignature(bytes, Buffer.from(s.sig, "base64"), [key]);
+      return s.keyid;
+    } catch (cause) {
+      lastCause = cause;
+    }
   }
   const keyids = index.signatures.map((s) => s.keyid);
   const details = { keyids, trusted: [...trusted.keys()] };
@@ -444,6 +450,6 @@ function checkSignature(index: ChannelIndex, trustedKeys: readonly KeyObject[]):
   throw new RepoError(
     "REPO_UNTRUSTED",
     `channel index "${index.signed.channel}": the signature by a trusted key does not verify (content altered?)`,
-    { details: { ...details, reason: "bad-signature" } },
+    { cause: lastCause, details: { ...details, reason: "bad-signature" } },
   );
 }

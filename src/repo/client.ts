@@ -131,7 +131,14 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
     },
   });
 
-  inner.signal.addEventListener("abort", () => wantMore?.(), { once: true });
+  inner.signal.addEventListener(
+    "abort",
+    () => {
+      current?.destroy();
+      wantMore?.();
+    },
+    { once: true },
+  );
   const onOuterAbort = () => inner.abort(o.signal?.reason);
   if (o.signal?.aborted) inner.abort(o.signal.reason);
   o.signal?.addEventListener("abort", onOuterAbort, { once: true });

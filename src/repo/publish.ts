@@ -8,8 +8,13 @@ import { createReadStream } from "node:fs";
 import { link, mkdir, open, readFile, rename, unlink } from "node:fs/promises";
 import { join } from "node:path";
 import semver from "semver";
+import {
+  BundleError,
+  checkBundleFile,
+  keyId as keyIdOf,
+  publicKeyFromPrivate,
+} from "../bundle/index.ts";
 import { ToolError } from "../errors.ts";
-import { inspectBundle, keyIdOf, publicKeyOf } from "./bundle-access.ts";
 import {
   CHANNEL_NAME,
   type ChannelIndex,
@@ -68,6 +73,13 @@ export interface PublishResult {
 
 const defaultIo: PublishIo = { rename };
 
+interface BundleFacts {
+  name: string;
+  version: string;
+  compatible: string;
+  slotDataOffset: number;
+}
+
 export async function publish(o: PublishOptions): Promise<PublishResult> {
   const io = o.io ?? defaultIo;
   const now = o.now ?? new Date();
@@ -107,16 +119,19 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
     const { size, sha256 } = await copyHashed(o.bundlePath, tmpBundle);
 
     // 4. the copy (not the source, which could still change) must verify with the key
-    const publicKey = publicKeyOf(o.key);
+    const publicKey = o.key.type === "private" ? publicKeyFromPrivate(o.key) : o.key;
     const keyId = keyIdOf(publicKey);
-    let facts: Awaited<ReturnType<typeof inspectBundle>>;
+    let facts: BundleFacts;
     try {
-      facts = await inspectBundle(tmpBundle, publicKey);
+      const checked = await checkBundleFile(tmpBundle, [publicKey]);
+      facts = { ...checked.manifest, slotDataOffset: checked.layout.slotOffset };
     } catch (cause) {
+      if (!(cause instanceof BundleError)) throw cause;
+      const reason = cause.message.replaceAll(tmpBundle, o.bundlePath);
       throw new RepoError(
         "REPO_PUBLISH_REFUSED",
-        `bundle ${o.bundlePath} does not verify with key ${keyId}: ${(cause as Error).message}`,
-        { cause, details: { bundle: o.bundlePath, keyId } },
+        `bundle ${o.bundlePath} does not verify with key ${keyId} (${cause.code}): ${reason}`,
+        { cause, details: { bundle: o.bundlePath, keyId, bundleError: cause.code } },
       );
     }
 
