@@ -194,11 +194,7 @@ export function validateManifest(value: unknown): ManifestIssue[] {
     add("name", `must match ${NAME_RE.source}, got ${show(value.name)}`);
   if (!matches(value.compatible, COMPATIBLE_RE))
     add("compatible", `must match ${COMPATIBLE_RE.source}, got ${show(value.compatible)}`);
-  if (
-    typeof value.version !== "string" ||
-    value.version.length > 256 ||
-    semver.valid(value.version) !== value.version
-  )
+  if (!isStrictSemver(value.version))
     add("version", `must be a strict semantic version, got ${show(value.version)}`);
   if (!isTimestamp(value.createdAt))
     add(
@@ -334,6 +330,13 @@ function isNonNegativeInt(v: unknown): v is number {
 
 function isBlockSize(v: unknown): v is number {
   return isPositiveInt(v) && v >= 512 && v <= 4096 && (v & (v - 1)) === 0;
+}
+
+/** semver.parse accepts "v1.2.3" and " 1.2.3"; the manifest wants the canonical spelling only. */
+function isStrictSemver(v: unknown): v is string {
+  if (typeof v !== "string" || v.length > 256) return false;
+  const p = semver.parse(v);
+  return p !== null && v === (p.build.length > 0 ? `${p.version}+${p.build.join(".")}` : p.version);
 }
 
 function isTimestamp(v: unknown): v is string {
