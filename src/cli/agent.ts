@@ -1,3 +1,104 @@
+/** `abforge agent`: the on-host update agent (src/updater). Argument handling only. */
 import type { Command } from "commander";
+import { logger } from "../log.ts";
+import {
+  type AgentCliOptions,
+  createAgent,
+  formatAfterBoot,
+  formatCheck,
+  formatStatus,
+} from "../updater/index.ts";
+import { action, type JsonOption, output } from "./command.ts";
+import { exitCodeFor } from "./exit-codes.ts";
 
-export function register(_program: Command): void {}
+type Opts = AgentCliOptions & JsonOption;
+
+function common(cmd: Command): Command {
+  return cmd
+    .option("--config <file>", "agent config (default /etc/abforge/agent.yaml; none with --disk)")
+    .option(
+      "--disk <image>",
+      "a disk image standing for the boot disk: the slot the boot state boots now counts as booted",
+    )
+    .option(
+      "--state-dir <dir>",
+      "state directory (default /var/lib/abforge; with --disk, <image>.abforge-state)",
+    )
+    .option(
+      "--pubkey <file>",
+      "trust this public key too (SPKI PEM); repeatable",
+      (v: string, prev: string[] = []) => [...prev, v],
+    )
+    .option("--json", "print JSON");
+}
+
+export function register(program: Command): void {
+  const agent = program
+    .command("agent")
+    .description(
+      "the update agent: poll a repository, install into the idle slot, mark good, record rollbacks",
+    );
+  const log = () => logger().child({ module: "updater" });
+
+  common(agent.command("run"))
+    .description(
+      "the daemon: after-boot handling, then check now and every pollIntervalMs; stops on SIGTERM",
+    )
+    .action(
+      action(async (opts: Opts) => {
+        const a = await createAgent(opts, log());
+        const stop = new AbortController();
+        const onSignal = () => stop.abort(new Error("SIGTERM"));
+        process.once("SIGTERM", onSignal);
+        process.once("SIGINT", onSignal);
+        try {
+          await a.run(stop.signal);
+        } finally {
+          process.off("SIGTERM", onSignal);
+          process.off("SIGINT", onSignal);
+        }
+      }),
+    );
+
+  common(agent.command("check"))
+    .description("one poll: fetch and verify the channel index, install the update if there is one")
+    .action(
+      action(async (opts: Opts) => {
+        const r = await (await createAgent(opts, log())).check();
+        output(opts, r, () => formatCheck(r));
+      }),
+    );
+
+  common(agent.command("install"))
+    .description("install a bundle from a local file or an http(s) URL into the idle slot")
+    .argument("<bundle-or-url>", "bundle file or URL")
+    .action(
+      action(async (location: string, opts: Opts) => {
+        const r = await (await createAgent(opts, log())).install(location);
+        output(opts, r, () => formatCheck(r));
+      }),
+    );
+
+  common(agent.command("status"))
+    .description(
+      "booted and other slot, boot state, last check and error, progress, rollbacks, bad versions",
+    )
+    .action(
+      action(async (opts: Opts) => {
+        const s = await (await createAgent(opts, log())).status();
+        output(opts, s, () => formatStatus(s));
+      }),
+    );
+
+  common(agent.command("mark-good"))
+    .description(
+      "after boot: run the health checks and mark the booted slot good (or record a rollback)",
+    )
+    .action(
+      action(async (opts: Opts) => {
+        const r = await (await createAgent(opts, log())).afterBoot();
+        output(opts, r, () => formatAfterBoot(r));
+        return r.action === "unhealthy" ? exitCodeFor("HEALTH_CHECK_FAILED") : 0;
+      }),
+    );
+}

@@ -1,0 +1,606 @@
+/**
+ * The update agent (README.md): after-boot handling, one poll, one install,
+ * the daemon loop and the status report. It carries out the decisions of
+ * policy.ts with the installer, over the machine's interfaces (machine.ts).
+ */
+import type { KeyObject } from "node:crypto";
+import { type BootState, markGood } from "../bootloader/index.ts";
+import { isBaseError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
+import { type AgentConfig, errText, type SlotName } from "./config.ts";
+import { UpdaterError } from "./errors.ts";
+import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
+import {
+  type BootStore,
+  type BundleSource,
+  fileSource,
+  type InstallResult,
+  installBundle,
+  type StateHandle,
+} from "./installer.ts";
+import type {
+  BootedSlotSource,
+  ByteRange,
+  Clock,
+  HttpClient,
+  ImageFiles,
+  Random,
+  Rebooter,
+} from "./machine.ts";
+import { locateSlots } from "./machine.ts";
+import { backoffMs, decideAfterBoot, decideUpdate, otherSlot, pollDelayMs } from "./policy.ts";
+import {
+  type AgentState,
+  type InstallProgress,
+  initialAgentState,
+  StateStore,
+} from "./state-file.ts";
+
+/** An open boot disk: the boot state, and closing it. */
+export interface BootDiskHandle extends BootStore {
+  close(): Promise<void>;
+}
+
+export interface AgentOptions {
+  config: AgentConfig;
+  /** Boot disk: a block device, or an image file standing for one. */
+  diskPath: string;
+  stateDir: string;
+  log: Logger;
+  clock: Clock;
+  random: Random;
+  rebooter: Rebooter;
+  http: HttpClient;
+  health: HealthRunner;
+  bootedSlot: BootedSlotSource;
+  openBootDisk: (path: string) => Promise<BootDiskHandle>;
+  /** What the booted image carries (keys, release), given where its slot lies on the disk. */
+  imageFiles: (bootedSlot: SlotName, slotRange: ByteRange) => ImageFiles;
+  /** Keys trusted in addition (`--pubkey`). */
+  extraKeys?: KeyObject[];
+  /** Keys from config.trustedKeys, loaded. */
+  configKeys?: KeyObject[];
+}
+
+export type AfterBootResult =
+  | { action: "nothing"; booted: SlotName; reason: string }
+  | { action: "marked-good"; booted: SlotName; version: string; checks: HealthResult[] }
+  | {
+      action: "unhealthy";
+      booted: SlotName;
+      version: string;
+      checks: HealthResult[];
+      rebooting: boolean;
+    }
+  | { action: "rollback"; booted: SlotName; failedSlot: SlotName; version: string; reason: string }
+  | { action: "await-reboot"; booted: SlotName; slot: SlotName; version: string; reason: string };
+
+export type CheckResult =
+  | { outcome: "up-to-date"; version: string }
+  | { outcome: "skipped"; version: string; reason: string }
+  | {
+      outcome: "installed" | "pending-reboot";
+      version: string;
+      slot: SlotName;
+      rebooting: boolean;
+    };
+
+export interface SlotStatus {
+  slot: SlotName;
+  version: string;
+  good: boolean;
+  tries: number;
+  rootHash: string;
+}
+
+export interface AgentStatus {
+  disk: string;
+  stateFile: string;
+  booted: SlotStatus;
+  other: SlotStatus;
+  boot: BootState;
+  pending: AgentState["pending"];
+  lastCheck: AgentState["lastCheck"];
+  lastError: AgentState["lastError"];
+  lastGood: AgentState["lastGood"];
+  progress: (InstallProgress & { percent: number }) | null;
+  rollbacks: AgentState["rollbacks"];
+  badVersions: string[];
+}
+
+interface Context {
+  disk: BootDiskHandle;
+  boot: BootState;
+  booted: SlotName;
+  slots: Record<SlotName, ByteRange>;
+}
+
+class FileStateHandle implements StateHandle {
+  current: AgentState;
+  readonly #store: StateStore;
+  constructor(store: StateStore, state: AgentState) {
+    this.#store = store;
+    this.current = state;
+  }
+  async update(change: (s: AgentState) => AgentState): Promise<void> {
+    const next = change(this.current);
+    await this.#store.save(next);
+    this.current = next;
+  }
+}
+
+export class Agent {
+  readonly #o: AgentOptions;
+  readonly #log: Logger;
+  readonly #store: StateStore;
+  readonly #state: FileStateHandle;
+
+  private constructor(o: AgentOptions, store: StateStore, state: FileStateHandle) {
+    this.#o = o;
+    this.#log = o.log;
+    this.#store = store;
+    this.#state = state;
+  }
+
+  /**
+   * Load the state file (README.md, "State file"). A corrupt one was moved
+   * aside by the store; it is logged and recorded as the last error, and the
+   * agent goes on from an empty state (the boot state stays the authority).
+   */
+  static async open(o: AgentOptions): Promise<Agent> {
+    const store = new StateStore(o.stateDir);
+    await store.removeStaleTemps();
+    let state: AgentState;
+    let corrupt: UpdaterError | undefined;
+    try {
+      state = await store.load(o.clock.now());
+    } catch (err) {
+      if (!(err instanceof UpdaterError) || err.code !== "STATE_CORRUPT" || !err.details.movedTo)
+        throw err;
+      o.log.error({ err, code: err.code, movedTo: err.details.movedTo }, err.message);
+      corrupt = err;
+      state = initialAgentState();
+    }
+    const handle = new FileStateHandle(store, state);
+    const agent = new Agent(o, store, handle);
+    if (corrupt) await agent.#recordError(corrupt);
+    if (handle.current.rolloutId === null) {
+      const id = o.random.id();
+      await handle.update((s) => ({ ...s, rolloutId: id }));
+    }
+    return agent;
+  }
+
+  get state(): AgentState {
+    return this.#state.current;
+  }
+
+  async #context(): Promise<Context> {
+    const disk = await this.#o.openBootDisk(this.#o.diskPath);
+    try {
+      const boot = await disk.readState();
+      const booted = await this.#o.bootedSlot.bootedSlot(boot);
+      const slots = await locateSlots(this.#o.diskPath, this.#o.config.slots);
+      return { disk, boot, booted, slots };
+    } catch (err) {
+      await disk.close();
+      throw err;
+    }
+  }
+
+  async #withContext<T>(fn: (c: Context) => Promise<T>): Promise<T> {
+    const c = await this.#context();
+    try {
+      return await fn(c);
+    } finally {
+      await c.disk.close();
+    }
+  }
+
+  async #recordError(err: unknown): Promise<void> {
+    const code = isBaseError(err) ? err.code : "UNEXPECTED";
+    const at = this.#o.clock.now().toISOString();
+    await this.#state.update((s) => ({ ...s, lastError: { at, code, message: errText(err) } }));
+  }
+
+  /** Record a failure of `fn` as the last error, and rethrow it. */
+  async #recording<T>(fn: () => Promise<T>): Promise<T> {
+    try {
+      return await fn();
+    } catch (err) {
+      await this.#recordError(err).catch((e: unknown) =>
+        this.#log.error({ err: e }, `cannot record the error in the state file: ${errText(e)}`),
+      );
+      throw err;
+    }
+  }
+
+  async #trustedKeys(c: Context): Promise<KeyObject[]> {
+    const own = this.#o.configKeys ?? [];
+    const base = own.length > 0 ? own : await this.#image(c).trustedKeys();
+    const keys = [...base, ...(this.#o.extraKeys ?? [])];
+    if (keys.length === 0)
+      throw new UpdaterError(
+        "CONFIG_INVALID",
+        "no trusted public keys: none in the config (trustedKeys), none given with --pubkey, none in the booted image (/etc/abforge/keys)",
+      );
+    return keys;
+  }
+
+  async #compatible(c: Context): Promise<string> {
+    return this.#o.config.compatible ?? (await this.#image(c).release()).compatible;
+  }
+
+  #image(c: Context): ImageFiles {
+    return this.#o.imageFiles(c.booted, c.slots[c.booted]);
+  }
+
+  /**
+   * After boot (README.md, "After boot", the decision table): mark the new
+   * slot good when its health checks pass, reboot when they fail, record a
+   * rollback when the bootloader fell back.
+   */
+  afterBoot(): Promise<AfterBootResult> {
+    return this.#recording(() =>
+      this.#withContext(async (c) => {
+        const d = decideAfterBoot({ booted: c.booted, boot: c.boot, pending: this.state.pending });
+        const now = () => this.#o.clock.now().toISOString();
+        switch (d.action) {
+          case "nothing":
+            if (d.clearPending) await this.#state.update((s) => ({ ...s, pending: null }));
+            this.#log.info({ slot: c.booted }, d.reason);
+            return { action: "nothing", booted: c.booted, reason: d.reason };
+          case "await-reboot":
+            this.#log.info({ slot: d.slot, version: d.version }, d.reason);
+            return {
+              action: "await-reboot",
+              booted: c.booted,
+              slot: d.slot,
+              version: d.version,
+              reason: d.reason,
+            };
+          case "rollback": {
+            const record = { version: d.version, slot: d.slot, reason: d.reason, at: now() };
+            await this.#state.update((s) => ({
+              ...s,
+              pending: null,
+              rollbacks: [...s.rollbacks, record],
+              badVersions: s.badVersions.includes(d.version)
+                ? s.badVersions
+                : [...s.badVersions, d.version],
+            }));
+            this.#log.warn(
+              { version: d.version, slot: d.slot, booted: c.booted },
+              `rollback: ${d.reason}; ${d.version} is recorded as bad and never installed again`,
+            );
+            return {
+              action: "rollback",
+              booted: c.booted,
+              failedSlot: d.slot,
+              version: d.version,
+              reason: d.reason,
+            };
+          }
+          case "check-health": {
+            this.#log.info(
+              { slot: d.slot, version: d.version },
+              `${d.reason}; running ${this.#o.config.healthChecks.length} health check(s)`,
+            );
+            const checks = await runHealthChecks(this.#o.config.healthChecks, this.#o.health);
+            for (const r of checks) {
+              if (r.ok)
+                this.#log.info(
+                  { check: r.name, durationMs: r.durationMs },
+                  `health check ${r.name} passed`,
+                );
+              else
+                this.#log.error(
+                  { check: r.name, exitCode: r.exitCode, timedOut: r.timedOut, output: r.output },
+                  `health check ${r.name} failed (${r.timedOut ? "timed out" : (r.error ?? `exit ${r.exitCode}`)})`,
+                );
+            }
+            const failed = checks.filter((r) => !r.ok);
+            if (failed.length === 0) {
+              // Read again right before the one write: the state the transition applies to.
+              const boot = await c.disk.readState();
+              await c.disk.writeState(markGood(boot, d.slot));
+              await this.#state.update((s) => ({
+                ...s,
+                pending: null,
+                lastGood: { slot: d.slot, version: d.version, at: now() },
+              }));
+              this.#log.info(
+                { slot: d.slot, version: d.version },
+                `marked good: slot ${d.slot} (${d.version})`,
+              );
+              return { action: "marked-good", booted: c.booted, version: d.version, checks };
+            }
+            const err = new UpdaterError(
+              "HEALTH_CHECK_FAILED",
+              `slot ${d.slot} (${d.version}): health check(s) ${failed.map((f) => f.name).join(", ")} failed; not marking it good`,
+              { details: { slot: d.slot, version: d.version, failed: failed.map((f) => f.name) } },
+            );
+            await this.#recordError(err);
+            const rebooting = this.#o.config.reboot === "auto";
+            if (rebooting) {
+              this.#log.warn(
+                { slot: d.slot },
+                `rebooting: ${err.message}; the bootloader counts the try`,
+              );
+              await this.#o.rebooter.reboot(err.message);
+            } else
+              this.#log.warn(
+                { slot: d.slot },
+                `${err.message}; reboot policy is manual: reboot to let the bootloader count the try`,
+              );
+            return { action: "unhealthy", booted: c.booted, version: d.version, checks, rebooting };
+          }
+        }
+      }),
+    );
+  }
+
+  /**
+   * One poll (README.md, "Update policy"): fetch and verify the channel
+   * index, decide, and install when there is something to install.
+   */
+  check(signal?: AbortSignal): Promise<CheckResult> {
+    return this.#recording(() =>
+      this.#withContext(async (c) => {
+        const cfg = this.#o.config;
+        if (cfg.repoUrl === null)
+          throw new UpdaterError(
+            "CONFIG_INVALID",
+            "repoUrl is not set in the config: nowhere to check for updates",
+          );
+        const indexUrl = new URL(
+          `channels/${cfg.channel}.json`,
+          cfg.repoUrl.endsWith("/") ? cfg.repoUrl : `${cfg.repoUrl}/`,
+        ).href;
+        const now = this.#o.clock.now();
+        this.#log.info({ url: indexUrl }, `checking ${indexUrl}`);
+        const keys = await this.#trustedKeys(c);
+        const compatible = await this.#compatible(c);
+        const bytes = await this.#o.http.fetch(indexUrl, {
+          maxBytes: cfg.maxIndexBytes,
+          ...(signal ? { signal } : {}),
+        });
+        const seen = this.state.index;
+        const v = verifyIndex(bytes, {
+          channel: cfg.channel,
+          trustedKeys: keys,
+          now,
+          minSerial: seen?.serial ?? 0,
+          ...(seen ? { minSerialDigest: seen.sha256 } : {}),
+        });
+        await this.#state.update((s) => ({
+          ...s,
+          index: { serial: v.signed.serial, sha256: v.digest },
+        }));
+        const latest = v.signed.latest;
+        const record = (outcome: string) =>
+          this.#state.update((s) => ({
+            ...s,
+            lastCheck: { at: now.toISOString(), outcome, version: latest.version },
+          }));
+        const decision = decideUpdate({
+          bootedVersion: c.boot.slots[c.booted].version,
+          compatible,
+          candidate: {
+            version: latest.version,
+            compatible: v.signed.compatible,
+            minUpdateFrom: latest.minUpdateFrom,
+          },
+          badVersions: this.state.badVersions,
+        });
+        if (decision.action === "refuse") {
+          await record(`refused: ${decision.code}`);
+          throw new UpdaterError(decision.code, `channel ${cfg.channel}: ${decision.message}`, {
+            details: { version: latest.version, serial: v.signed.serial },
+          });
+        }
+        if (decision.action === "none") {
+          await record(decision.reason);
+          if (decision.reason === "bad-version") {
+            this.#log.info(
+              { version: latest.version },
+              `skip ${latest.version}: recorded as bad (it rolled back)`,
+            );
+            return { outcome: "skipped", version: latest.version, reason: decision.message };
+          }
+          this.#log.info({ version: latest.version }, `up to date: ${decision.message}`);
+          return { outcome: "up-to-date", version: latest.version };
+        }
+        const percent = v.signed.rollout.percent;
+        if (percent < 100 && rolloutBucket(this.state.rolloutId ?? "", latest.version) >= percent) {
+          await record("rollout");
+          this.#log.info(
+            { version: latest.version, percent },
+            `skip ${latest.version}: this host is not in its ${percent}% rollout yet`,
+          );
+          return {
+            outcome: "skipped",
+            version: latest.version,
+            reason: `not in the ${percent}% rollout`,
+          };
+        }
+        const url = resolveBundleUrl(indexUrl, latest.bundle).href;
+        const http = this.#o.http;
+        const source: BundleSource = {
+          location: url,
+          open: (offset, sig) =>
+            http.openRange(url, {
+              offset,
+              maxBytes: latest.size - offset,
+              ...(sig ? { signal: sig } : {}),
+            }),
+        };
+        this.#log.info(
+          { version: latest.version, url },
+          `update ${latest.version} available (running ${c.boot.slots[c.booted].version})`,
+        );
+        const result = await this.#install(c, keys, compatible, {
+          source,
+          expected: {
+            version: latest.version,
+            slotDataOffset: latest.slotDataOffset,
+            bundleSha256: latest.sha256,
+          },
+          ...(signal ? { signal } : {}),
+        });
+        await record(result.outcome);
+        return this.#afterInstall(result);
+      }),
+    );
+  }
+
+  /** Install from a local bundle file or a URL (air-gapped hosts, tests). */
+  install(location: string, signal?: AbortSignal): Promise<CheckResult> {
+    return this.#recording(() =>
+      this.#withContext(async (c) => {
+        const keys = await this.#trustedKeys(c);
+        const compatible = await this.#compatible(c);
+        let source: BundleSource;
+        if (/^https?:\/\//.test(location)) {
+          // No index names the size: the slot partition plus the bundle head bound it.
+          const limit = c.slots[otherSlot(c.booted)].size + 4 * 1024 * 1024;
+          const http = this.#o.http;
+          source = {
+            location,
+            open: (offset, sig) =>
+              http.openRange(location, {
+                offset,
+                maxBytes: limit - offset,
+                ...(sig ? { signal: sig } : {}),
+              }),
+          };
+        } else source = fileSource(location);
+        const result = await this.#install(c, keys, compatible, {
+          source,
+          ...(signal ? { signal } : {}),
+        });
+        if (result.outcome === "up-to-date") {
+          this.#log.info({ version: result.version }, `up to date: ${result.version} is running`);
+          return { outcome: "up-to-date", version: result.version };
+        }
+        return this.#afterInstall(result);
+      }),
+    );
+  }
+
+  #install(
+    c: Context,
+    trustedKeys: KeyObject[],
+    compatible: string,
+    req: Parameters<typeof installBundle>[1],
+  ): Promise<InstallResult> {
+    return installBundle(
+      {
+        log: this.#log,
+        now: () => this.#o.clock.now(),
+        boot: c.disk,
+        state: this.#state,
+        diskPath: this.#o.diskPath,
+        slots: c.slots,
+        booted: c.booted,
+        trustedKeys,
+        compatible,
+        tries: this.#o.config.tries,
+        ...(this.onChunk ? { onChunk: this.onChunk } : {}),
+      },
+      req,
+    );
+  }
+
+  /** Test and progress hook: called after each chunk is written and recorded. */
+  onChunk?: (verifiedChunks: number, chunksTotal: number) => void;
+
+  async #afterInstall(result: InstallResult): Promise<CheckResult> {
+    if (result.outcome === "up-to-date") return { outcome: "up-to-date", version: result.version };
+    const rebooting = this.#o.config.reboot === "auto";
+    if (result.outcome === "pending-reboot")
+      this.#log.info(
+        { version: result.version, slot: result.slot },
+        `${result.version} is installed in slot ${result.slot}; it runs after a reboot`,
+      );
+    if (rebooting) {
+      this.#log.info(
+        { version: result.version, slot: result.slot },
+        `rebooting into slot ${result.slot} (${result.version})`,
+      );
+      await this.#o.rebooter.reboot(`update ${result.version} installed in slot ${result.slot}`);
+    } else if (result.outcome === "installed")
+      this.#log.info(
+        { version: result.version },
+        `reboot policy is manual: reboot to run ${result.version}`,
+      );
+    return { outcome: result.outcome, version: result.version, slot: result.slot, rebooting };
+  }
+
+  /** What `abforge agent status` shows. */
+  status(): Promise<AgentStatus> {
+    return this.#withContext(async (c) => {
+      const slot = (x: SlotName): SlotStatus => ({ slot: x, ...c.boot.slots[x] });
+      const p = this.state.progress;
+      return {
+        disk: this.#o.diskPath,
+        stateFile: this.#store.path,
+        booted: slot(c.booted),
+        other: slot(otherSlot(c.booted)),
+        boot: c.boot,
+        pending: this.state.pending,
+        lastCheck: this.state.lastCheck,
+        lastError: this.state.lastError,
+        lastGood: this.state.lastGood,
+        progress: p
+          ? { ...p, percent: Math.floor((p.verifiedChunks * 100) / Math.max(1, p.chunksTotal)) }
+          : null,
+        rollbacks: this.state.rollbacks,
+        badVersions: this.state.badVersions,
+      };
+    });
+  }
+
+  /**
+   * The daemon (README.md, "The daemon"): after-boot handling, then a check
+   * at once and every pollIntervalMs ± pollJitterMs. An error is logged and
+   * recorded and the next check backs off; it never ends the loop. Returns
+   * when `signal` aborts (SIGTERM), also in the middle of a download.
+   */
+  async run(signal: AbortSignal): Promise<void> {
+    const cfg = this.#o.config;
+    this.#log.info({ disk: this.#o.diskPath, stateDir: this.#o.stateDir }, "agent started");
+    try {
+      await this.afterBoot();
+    } catch (err) {
+      this.#log.error(
+        { err, code: isBaseError(err) ? err.code : undefined },
+        `after-boot handling failed: ${errText(err)}`,
+      );
+    }
+    let failures = 0;
+    while (!signal.aborted) {
+      let delay: number;
+      try {
+        await this.check(signal);
+        failures = 0;
+        delay = pollDelayMs(cfg.pollIntervalMs, cfg.pollJitterMs, this.#o.random.fraction());
+      } catch (err) {
+        if (signal.aborted) break;
+        failures += 1;
+        delay = backoffMs(cfg.pollIntervalMs, failures, cfg.maxBackoffMs);
+        this.#log.error(
+          { err, code: isBaseError(err) ? err.code : undefined, failures, retryInMs: delay },
+          `check failed: ${errText(err)}; next check in ${delay} ms`,
+        );
+      }
+      try {
+        await this.#o.clock.sleep(delay, signal);
+      } catch {
+        break;
+      }
+    }
+    this.#log.info("agent stopped");
+  }
+}

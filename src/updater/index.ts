@@ -1,0 +1,79 @@
+/** The update agent: the public face of src/updater (README.md states the procedures). */
+export {
+  type AfterBootResult,
+  Agent,
+  type AgentOptions,
+  type AgentStatus,
+  type BootDiskHandle,
+  type CheckResult,
+  type SlotStatus,
+} from "./agent.ts";
+export {
+  type AgentConfig,
+  DEFAULT_CONFIG_PATH,
+  DEFAULT_STATE_DIR,
+  defaultConfig,
+  type HealthCheckConfig,
+  loadConfig,
+  parseConfig,
+  type RebootPolicy,
+  type SlotLocation,
+} from "./config.ts";
+export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
+export {
+  type HealthResult,
+  type HealthRunner,
+  ProcessHealthRunner,
+  runHealthChecks,
+} from "./health.ts";
+export {
+  type BootStore,
+  type BundleSource,
+  fileSource,
+  type InstallContext,
+  type InstallRequest,
+  type InstallResult,
+  installBundle,
+  type StateHandle,
+} from "./installer.ts";
+export {
+  type BootedSlotSource,
+  type ByteRange,
+  bootStateBootedSlot,
+  type Clock,
+  CmdlineBootedSlot,
+  CommandRebooter,
+  type HttpClient,
+  type ImageFiles,
+  LogOnlyRebooter,
+  locateSlots,
+  type Random,
+  type Rebooter,
+  type Release,
+  RepoHttpClient,
+  RootImageFiles,
+  SquashfsImageFiles,
+  systemClock,
+  systemRandom,
+} from "./machine.ts";
+export {
+  type AfterBootDecision,
+  backoffMs,
+  decideAfterBoot,
+  decideUpdate,
+  installBlocker,
+  pollDelayMs,
+  type UpdateDecision,
+} from "./policy.ts";
+export { formatAfterBoot, formatCheck, formatStatus } from "./report.ts";
+export { type AgentCliOptions, agentOptions, createAgent, diskStateDir } from "./setup.ts";
+export {
+  type AgentState,
+  type InstallProgress,
+  initialAgentState,
+  type PendingSlot,
+  type RollbackRecord,
+  STATE_SCHEMA_VERSION,
+  StateStore,
+  validateState,
+} from "./state-file.ts";

@@ -1,0 +1,555 @@
+/**
+ * Installing one bundle into the inactive slot (README.md, "Install
+ * procedure"): a plan of named steps run in order, one log line per step.
+ * The target slot is marked unbootable before a byte of it is written and
+ * activated only after the written bytes verified; the booted slot is never
+ * the target.
+ */
+import { createHash, type Hash, type KeyObject } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { type FileHandle, open } from "node:fs/promises";
+import type { Readable } from "node:stream";
+import {
+  activateSlot,
+  type BootState,
+  formatSlotVerity,
+  markUnbootable,
+} from "../bootloader/index.ts";
+import {
+  BundleReader,
+  CHUNK_SIZE,
+  chunkCount,
+  encodeManifest,
+  type Manifest,
+} from "../bundle/index.ts";
+import { isBaseError, ToolError } from "../errors.ts";
+import type { Logger } from "../log.ts";
+import { verifyVerity } from "../verity/index.ts";
+import { errText, type SlotName } from "./config.ts";
+import { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
+import type { ByteRange } from "./machine.ts";
+import { decideUpdate, installBlocker, otherSlot } from "./policy.ts";
+import type { AgentState, InstallProgress } from "./state-file.ts";
+
+/** Where a bundle's bytes come from: a local file or a URL. */
+export interface BundleSource {
+  /** Path or URL, for logs and the state file. */
+  readonly location: string;
+  /** The bundle's bytes from `offset` to its end. */
+  open(offset: number, signal?: AbortSignal): Readable;
+}
+
+export function fileSource(path: string): BundleSource {
+  return {
+    location: path,
+    open: (offset, signal) =>
+      createReadStream(path, { start: offset, ...(signal ? { signal } : {}) }),
+  };
+}
+
+/** The boot state on the boot disk: read it, and write it in one commit. */
+export interface BootStore {
+  readState(): Promise<BootState>;
+  writeState(s: BootState): Promise<void>;
+}
+
+/** The agent's state, and a way to change it durably. */
+export interface StateHandle {
+  readonly current: AgentState;
+  update(change: (s: AgentState) => AgentState): Promise<void>;
+}
+
+export interface InstallRequest {
+  source: BundleSource;
+  /** What the channel index promised (absent for `install FILE|URL`). */
+  expected?: { version: string; slotDataOffset: number; bundleSha256: string };
+  /** Stops the install (UPDATE_ABORTED); progress so far is kept for a resume. */
+  signal?: AbortSignal;
+}
+
+export interface InstallContext {
+  log: Logger;
+  now: () => Date;
+  boot: BootStore;
+  state: StateHandle;
+  diskPath: string;
+  slots: Record<SlotName, ByteRange>;
+  booted: SlotName;
+  trustedKeys: readonly KeyObject[];
+  compatible: string;
+  tries: number;
+  /** Called after each chunk is written and recorded (for progress displays and tests). */
+  onChunk?: (verifiedChunks: number, chunksTotal: number) => void;
+}
+
+export type InstallResult =
+  | {
+      outcome: "installed";
+      slot: SlotName;
+      version: string;
+      /** Chunk the write started from (0 = a fresh download, > 0 = resumed). */
+      resumedFromChunk: number;
+      bytesWritten: number;
+    }
+  | { outcome: "up-to-date"; version: string }
+  /** Already installed and activated; it runs after the next reboot. */
+  | { outcome: "pending-reboot"; slot: SlotName; version: string };
+
+interface Run {
+  req: InstallRequest;
+  /** The stream the reader opened on (from byte 0); destroyed when the plan stops early. */
+  head?: Readable;
+  reader?: BundleReader;
+  manifest?: Manifest;
+  manifestSha256?: string;
+  slotOffset?: number;
+  target: SlotName;
+  resumedFromChunk: number;
+  bytesWritten: number;
+  wholeHash?: Hash;
+  result?: InstallResult;
+}
+
+interface Step {
+  name: string;
+  run(r: Run): Promise<void>;
+}
+
+/**
+ * Install `req.source` into the slot that is not booted (README.md,
+ * "Install procedure", steps 1-9). Throws a typed error on any refusal or
+ * failure; what was written so far is recorded for a resume.
+ */
+export async function installBundle(
+  ctx: InstallContext,
+  req: InstallRequest,
+): Promise<InstallResult> {
+  const target = otherSlot(ctx.booted);
+  const r: Run = { req, target, resumedFromChunk: 0, bytesWritten: 0 };
+  const plan = installPlan(ctx);
+  const log = ctx.log.child({ source: req.source.location, slot: target });
+  try {
+    for (const [i, step] of plan.entries()) {
+      if (req.signal?.aborted) throw aborted(req.signal, step.name);
+      log.info({ step: step.name }, `step ${i + 1}/${plan.length}: ${step.name}`);
+      await step.run(r);
+      if (r.result) {
+        r.head?.destroy();
+        return r.result;
+      }
+    }
+  } catch (err) {
+    r.head?.destroy();
+    if (req.signal?.aborted && !(isBaseError(err) && err.code === "UPDATE_ABORTED"))
+      throw aborted(req.signal, "install", err);
+    throw err;
+  }
+  return r.result as InstallResult;
+}
+
+function installPlan(ctx: InstallContext): Step[] {
+  return [
+    // 1. the manifest and its signature, before anything else
+    {
+      name: "open-bundle",
+      async run(r) {
+        r.head = r.req.source.open(0, r.req.signal);
+        r.reader = new BundleReader(r.head, {
+          trustedKeys: ctx.trustedKeys,
+          name: r.req.source.location,
+        });
+        r.manifest = await r.reader.open();
+        r.slotOffset = r.reader.layout.slotOffset;
+        r.manifestSha256 = sha256(encodeManifest(r.manifest));
+        ctx.log.info(
+          { version: r.manifest.version, signer: r.reader.signerKeyId },
+          `bundle ${r.manifest.name} ${r.manifest.version} is signed by trusted key ${r.reader.signerKeyId}`,
+        );
+      },
+    },
+    // 2. compatible, version, bad versions, the index's promise, the fallback
+    {
+      name: "check-update",
+      async run(r) {
+        const m = r.manifest as Manifest;
+        const e = r.req.expected;
+        if (e && (e.version !== m.version || e.slotDataOffset !== r.slotOffset))
+          refuse(
+            r,
+            "UPDATE_VERIFY_FAILED",
+            `the bundle is ${m.version} with its slot image at byte ${r.slotOffset}; the channel index promised ${e.version} at byte ${e.slotDataOffset}`,
+          );
+        const boot = await ctx.boot.readState();
+        const decision = decideUpdate({
+          bootedVersion: boot.slots[ctx.booted].version,
+          compatible: ctx.compatible,
+          candidate: { version: m.version, compatible: m.compatible },
+          badVersions: ctx.state.current.badVersions,
+        });
+        if (decision.action === "refuse") refuse(r, decision.code, decision.message);
+        if (decision.action === "none") {
+          if (decision.reason === "bad-version") refuse(r, "UPDATE_BAD_VERSION", decision.message);
+          r.result = { outcome: "up-to-date", version: m.version };
+          return;
+        }
+        const pending = ctx.state.current.pending;
+        const t = boot.slots[r.target];
+        if (
+          pending?.slot === r.target &&
+          pending.rootHash === m.verity.rootHash &&
+          t.rootHash === m.verity.rootHash &&
+          !t.good &&
+          t.tries > 0
+        ) {
+          r.result = { outcome: "pending-reboot", slot: r.target, version: m.version };
+          return;
+        }
+        const blocker = installBlocker(boot, ctx.booted);
+        if (blocker)
+          refuse(
+            r,
+            "UPDATE_REFUSED",
+            `cannot install ${m.version} into slot ${r.target}: ${blocker}`,
+          );
+      },
+    },
+    // 3. the slot image must fit the inactive partition
+    {
+      name: "check-size",
+      async run(r) {
+        const m = r.manifest as Manifest;
+        const part = ctx.slots[r.target];
+        const treeEnd = m.verity.hashOffset + m.verity.hashAreaSize;
+        if (m.slotImage.size > part.size || treeEnd > part.size)
+          refuse(
+            r,
+            "UPDATE_TOO_LARGE",
+            `slot image of ${m.version} is ${Math.max(m.slotImage.size, treeEnd)} bytes; slot ${r.target}'s partition holds ${part.size}`,
+            { size: m.slotImage.size, partitionSize: part.size },
+          );
+      },
+    },
+    // 4. GRUB must not boot the slot while it is half written: one boot-state write
+    {
+      name: "mark-unbootable",
+      async run(r) {
+        const boot = await ctx.boot.readState();
+        const next = markUnbootable(boot, r.target);
+        if (JSON.stringify(next) !== JSON.stringify(boot)) await ctx.boot.writeState(next);
+      },
+    },
+    // 5. stream the slot image into the partition, each chunk verified before it is written
+    {
+      name: "write-slot",
+      async run(r) {
+        await writeSlot(ctx, r);
+      },
+    },
+    // 6. the whole image's sha256
+    {
+      name: "check-sha256",
+      async run(r) {
+        const m = r.manifest as Manifest;
+        const actual = (r.wholeHash as Hash).digest("hex");
+        if (actual !== m.slotImage.sha256)
+          throw await forgetProgress(
+            ctx,
+            new UpdaterError(
+              "UPDATE_VERIFY_FAILED",
+              `slot ${r.target} on ${ctx.diskPath}: written image has sha256 ${actual}, the manifest says ${m.slotImage.sha256}`,
+              { details: { expected: m.slotImage.sha256, actual } },
+            ),
+          );
+      },
+    },
+    // 7. flush the written slot to the device before it is read back or GRUB points at it
+    {
+      name: "sync",
+      async run() {
+        let fh: FileHandle | undefined;
+        try {
+          fh = await open(ctx.diskPath, "r+");
+          await fh.datasync();
+        } catch (cause) {
+          throw ioError(`fdatasync ${ctx.diskPath}`, cause);
+        } finally {
+          await fh?.close();
+        }
+      },
+    },
+    // 8. read the slot back and check its verity tree against the signed root hash
+    {
+      name: "verify-verity",
+      async run(r) {
+        const m = r.manifest as Manifest;
+        const part = ctx.slots[r.target];
+        try {
+          const v = await verifyVerity({
+            dataPath: ctx.diskPath,
+            dataOffset: part.offset,
+            dataSize: m.verity.dataBlocks * m.verity.dataBlockSize,
+            hashPath: ctx.diskPath,
+            hashOffset: part.offset + m.verity.hashOffset,
+            hashAlgorithm: m.verity.hashAlgorithm,
+            dataBlockSize: m.verity.dataBlockSize,
+            hashBlockSize: m.verity.hashBlockSize,
+            salt: Buffer.from(m.verity.salt, "hex"),
+            superblock: m.verity.superblock,
+            rootHash: m.verity.rootHash,
+          });
+          if (v.dataBlocks !== m.verity.dataBlocks || v.salt !== m.verity.salt)
+            throw new UpdaterError(
+              "UPDATE_VERIFY_FAILED",
+              `slot ${r.target}: verity superblock says ${v.dataBlocks} blocks, salt ${v.salt}; the manifest says ${m.verity.dataBlocks}, ${m.verity.salt}`,
+            );
+        } catch (cause) {
+          throw await forgetProgress(
+            ctx,
+            cause instanceof UpdaterError
+              ? cause
+              : new UpdaterError(
+                  "UPDATE_VERIFY_FAILED",
+                  `slot ${r.target} on ${ctx.diskPath} does not verify against root hash ${m.verity.rootHash}: ${errText(cause)}`,
+                  { cause, details: { slot: r.target, rootHash: m.verity.rootHash } },
+                ),
+          );
+        }
+      },
+    },
+    // 9. only now: boot the new slot next, on trial
+    {
+      name: "activate",
+      async run(r) {
+        const m = r.manifest as Manifest;
+        const boot = await ctx.boot.readState();
+        const next = activateSlot(boot, r.target, {
+          tries: ctx.tries,
+          rootHash: m.verity.rootHash,
+          verity: formatSlotVerity({
+            dataBlocks: m.verity.dataBlocks,
+            hashStartBlock: m.verity.hashStartBlock,
+            salt: m.verity.salt,
+          }),
+          version: m.version,
+        });
+        await ctx.boot.writeState(next);
+        const at = ctx.now().toISOString();
+        await ctx.state.update((s) => ({
+          ...s,
+          progress: null,
+          pending: {
+            slot: r.target,
+            version: m.version,
+            rootHash: m.verity.rootHash,
+            installedAt: at,
+          },
+        }));
+        ctx.log.info(
+          { version: m.version, slot: r.target, tries: ctx.tries },
+          `installed ${m.version} into slot ${r.target}; it boots next (${ctx.tries} tries)`,
+        );
+        r.result = {
+          outcome: "installed",
+          slot: r.target,
+          version: m.version,
+          resumedFromChunk: r.resumedFromChunk,
+          bytesWritten: r.bytesWritten,
+        };
+      },
+    },
+  ];
+}
+
+/** Step 5 (README.md, "Resume"). */
+async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
+  const m = r.manifest as Manifest;
+  const reader = r.reader as BundleReader;
+  const part = ctx.slots[r.target];
+  const total = chunkCount(m.slotImage.size);
+  const now = () => ctx.now().toISOString();
+  let fh: FileHandle;
+  try {
+    fh = await open(ctx.diskPath, "r+");
+  } catch (cause) {
+    throw ioError(`open ${ctx.diskPath} for writing`, cause);
+  }
+  try {
+    // 5a. what a previous run wrote: the state file's hint, re-checked against the partition
+    const prev = ctx.state.current.progress;
+    const sameImage =
+      prev !== null &&
+      prev.slot === r.target &&
+      prev.manifestSha256 === r.manifestSha256 &&
+      prev.chunksTotal === total;
+    const hinted = sameImage ? Math.min(prev.verifiedChunks, total) : 0;
+    const whole = createHash("sha256");
+    let from = 0;
+    while (from < hinted) {
+      const len = Math.min(CHUNK_SIZE, m.slotImage.size - from * CHUNK_SIZE);
+      const buf = Buffer.alloc(len);
+      await readFull(fh, buf, part.offset + from * CHUNK_SIZE, ctx.diskPath);
+      if (sha256(buf) !== m.slotImage.chunks[from]) {
+        ctx.log.warn(
+          { chunk: from },
+          `chunk ${from} in slot ${r.target} does not match; rewriting from there`,
+        );
+        break;
+      }
+      whole.update(buf);
+      from += 1;
+    }
+    r.resumedFromChunk = from;
+    r.wholeHash = whole;
+    const progress: InstallProgress = {
+      slot: r.target,
+      version: m.version,
+      source: r.req.source.location,
+      bundleSha256: r.req.expected?.bundleSha256 ?? null,
+      manifestSha256: r.manifestSha256 as string,
+      slotImageSha256: m.slotImage.sha256,
+      slotDataOffset: r.slotOffset as number,
+      slotImageSize: m.slotImage.size,
+      chunkSize: CHUNK_SIZE,
+      chunksTotal: total,
+      verifiedChunks: from,
+      startedAt: sameImage ? prev.startedAt : now(),
+      updatedAt: now(),
+    };
+    await ctx.state.update((s) => ({ ...s, progress }));
+    if (from > 0)
+      ctx.log.info(
+        { version: m.version, chunk: from, of: total },
+        `resuming ${m.version} at chunk ${from} of ${total} (chunks before it verified in slot ${r.target})`,
+      );
+    ctx.log.info(
+      { version: m.version, slot: r.target, bytes: m.slotImage.size },
+      `downloading ${m.version} into slot ${r.target} (${m.slotImage.size} bytes)`,
+    );
+    // 5b. the rest of the slot image, from the first chunk not verified
+    const stream =
+      from === 0
+        ? reader.slotImage()
+        : reader.slotImage({
+            fromChunk: from,
+            source: r.req.source.open((r.slotOffset as number) + from * CHUNK_SIZE, r.req.signal),
+          });
+    let position = from * CHUNK_SIZE;
+    let decile = Math.floor((from * 10) / Math.max(1, total));
+    try {
+      for await (const piece of stream as AsyncIterable<Buffer>) {
+        if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
+        await writeFull(fh, piece, part.offset + position, ctx.diskPath);
+        whole.update(piece);
+        position += piece.length;
+        r.bytesWritten += piece.length;
+        const done = position === m.slotImage.size ? total : Math.floor(position / CHUNK_SIZE);
+        if (done > progress.verifiedChunks) {
+          progress.verifiedChunks = done;
+          progress.updatedAt = now();
+          await ctx.state.update((s) => ({ ...s, progress: { ...progress } }));
+          ctx.onChunk?.(done, total);
+          const d = Math.floor((done * 10) / total);
+          if (d > decile) {
+            decile = d;
+            ctx.log.info(
+              { version: m.version, percent: d * 10, chunk: done, of: total },
+              `downloading ${m.version}: ${d * 10}%`,
+            );
+          }
+        }
+      }
+      await reader.finish();
+    } catch (err) {
+      stream.destroy();
+      if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot", err);
+      if (isBaseError(err) && (err.code === "BUNDLE_BAD_HASH" || err.code === "BUNDLE_MALFORMED"))
+        throw new UpdaterError(
+          "UPDATE_VERIFY_FAILED",
+          `${m.version} from ${r.req.source.location}: ${err.message}; nothing of that chunk was written`,
+          { cause: err, details: { chunk: progress.verifiedChunks } },
+        );
+      if (isBaseError(err) && err.code.startsWith("UPDATE_")) throw err;
+      if (isBaseError(err) && (err.code === "IO_ERROR" || err.code === "DISK_FULL")) throw err;
+      throw new UpdaterError(
+        "UPDATE_DOWNLOAD_FAILED",
+        `download of ${m.version} from ${r.req.source.location} stopped at chunk ${progress.verifiedChunks} of ${total}: ${errText(err)}; the next attempt resumes there`,
+        { cause: err, details: { chunk: progress.verifiedChunks, of: total } },
+      );
+    }
+  } finally {
+    await fh.close();
+  }
+}
+
+function refuse(_r: Run, code: UpdaterErrorCode, message: string, details = {}): never {
+  throw new UpdaterError(code, message, { details });
+}
+
+/** A failed verification means the bytes are wrong: the next attempt starts over. */
+async function forgetProgress(ctx: InstallContext, err: UpdaterError): Promise<UpdaterError> {
+  await ctx.state.update((s) => ({ ...s, progress: null }));
+  return err;
+}
+
+function aborted(signal: AbortSignal, step: string, cause?: unknown): UpdaterError {
+  return new UpdaterError(
+    "UPDATE_ABORTED",
+    `install stopped during ${step}: ${errText(signal.reason ?? "aborted")}; it resumes on the next attempt`,
+    {
+      cause: cause ?? signal.reason,
+      details: { step },
+    },
+  );
+}
+
+function sha256(b: Uint8Array): string {
+  return createHash("sha256").update(b).digest("hex");
+}
+
+async function readFull(
+  fh: FileHandle,
+  buf: Buffer,
+  position: number,
+  path: string,
+): Promise<void> {
+  let done = 0;
+  try {
+    while (done < buf.length) {
+      const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
+      if (bytesRead === 0) break;
+      done += bytesRead;
+    }
+  } catch (cause) {
+    throw ioError(`read ${path} at byte ${position + done}`, cause);
+  }
+  buf.fill(0, done);
+}
+
+async function writeFull(
+  fh: FileHandle,
+  buf: Buffer,
+  position: number,
+  path: string,
+): Promise<void> {
+  let done = 0;
+  try {
+    while (done < buf.length) {
+      const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+      done += bytesWritten;
+    }
+  } catch (cause) {
+    throw ioError(`write ${path} at byte ${position + done}`, cause);
+  }
+}
+
+function ioError(what: string, cause: unknown): ToolError {
+  const code = (cause as NodeJS.ErrnoException).code;
+  return new ToolError(
+    code === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
+    `cannot ${what}: ${errText(cause)}`,
+    {
+      cause,
+      details: { errno: code },
+    },
+  );
+}

@@ -1,0 +1,323 @@
+/**
+ * The machine the agent runs on, as small interfaces (STYLE.md, point 7):
+ * time, randomness, reboot, HTTP, which slot booted, where the slots are and
+ * what the booted image trusts. The real implementations are here too; tests
+ * swap in their own where the real thing cannot run (a reboot), and keep the
+ * real one everywhere else (files as block devices, child processes, HTTP on
+ * 127.0.0.1).
+ */
+import type { KeyObject } from "node:crypto";
+import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import type { Readable } from "node:stream";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type BootState, nextBootSlot, slotFromCmdline } from "../bootloader/index.ts";
+import { loadPublicKey } from "../bundle/index.ts";
+import {
+  findPartition,
+  type GptTable,
+  PARTITION_TYPES,
+  partitionRange,
+  readGpt,
+} from "../disk/index.ts";
+import { run } from "../exec.ts";
+import type { Logger } from "../log.ts";
+import { fetchIndex, openRange } from "../repo/index.ts";
+import { errText, type SlotLocation, type SlotName } from "./config.ts";
+import { UpdaterError } from "./errors.ts";
+
+export interface Clock {
+  now(): Date;
+  /** Resolves after `ms`, or rejects when `signal` aborts. */
+  sleep(ms: number, signal?: AbortSignal): Promise<void>;
+}
+
+export const systemClock: Clock = {
+  now: () => new Date(),
+  sleep: (ms, signal) => sleep(ms, undefined, signal ? { signal } : {}),
+};
+
+/** Randomness: poll jitter, and the host's rollout identity. */
+export interface Random {
+  /** Uniform in [0, 1). */
+  fraction(): number;
+  /** A fresh random identifier. */
+  id(): string;
+}
+
+export const systemRandom: Random = {
+  fraction: () => (crypto.getRandomValues(new Uint32Array(1))[0] as number) / 2 ** 32,
+  id: () => crypto.randomUUID(),
+};
+
+/** Restarts the host. */
+export interface Rebooter {
+  reboot(reason: string): Promise<void>;
+}
+
+/** Runs the configured reboot command (in the guest: busybox `reboot`). */
+export class CommandRebooter implements Rebooter {
+  readonly #argv: string[];
+  constructor(argv: readonly string[]) {
+    this.#argv = [...argv];
+  }
+  async reboot(): Promise<void> {
+    const [cmd, ...args] = this.#argv as [string, ...string[]];
+    await run(cmd, args);
+  }
+}
+
+/** For a disk image standing in for the boot disk: there is no host to restart. */
+export class LogOnlyRebooter implements Rebooter {
+  readonly #log: Logger;
+  readonly reasons: string[] = [];
+  constructor(log: Logger) {
+    this.#log = log;
+  }
+  async reboot(reason: string): Promise<void> {
+    this.reasons.push(reason);
+    this.#log.info({ reason }, "reboot requested (disk image: nothing to restart)");
+  }
+}
+
+/** The HTTP the agent needs: a small bounded fetch, and a byte stream from an offset. */
+export interface HttpClient {
+  fetch(url: string, o: { maxBytes: number; signal?: AbortSignal }): Promise<Uint8Array>;
+  openRange(url: string, o: { offset: number; maxBytes: number; signal?: AbortSignal }): Readable;
+}
+
+/** src/repo's client (Range resume, size limits, stall timeout, retries). */
+export class RepoHttpClient implements HttpClient {
+  readonly #stallTimeoutMs: number;
+  readonly #log: Logger;
+  constructor(o: { stallTimeoutMs: number; log: Logger }) {
+    this.#stallTimeoutMs = o.stallTimeoutMs;
+    this.#log = o.log;
+  }
+  fetch(url: string, o: { maxBytes: number; signal?: AbortSignal }): Promise<Uint8Array> {
+    return fetchIndex(url, {
+      maxBytes: o.maxBytes,
+      stallTimeoutMs: this.#stallTimeoutMs,
+      log: this.#log,
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
+  }
+  openRange(url: string, o: { offset: number; maxBytes: number; signal?: AbortSignal }): Readable {
+    return openRange(url, {
+      offset: o.offset,
+      maxBytes: o.maxBytes,
+      stallTimeoutMs: this.#stallTimeoutMs,
+      log: this.#log,
+      ...(o.signal ? { signal: o.signal } : {}),
+    });
+  }
+}
+
+/** Which slot is running. */
+export interface BootedSlotSource {
+  bootedSlot(boot: BootState): Promise<SlotName>;
+}
+
+/** On the host: `abforge.slot=X` on the kernel command line (GRUB puts it there). */
+export class CmdlineBootedSlot implements BootedSlotSource {
+  readonly #path: string;
+  constructor(path = "/proc/cmdline") {
+    this.#path = path;
+  }
+  async bootedSlot(): Promise<SlotName> {
+    let cmdline: string;
+    try {
+      cmdline = await readFile(this.#path, "utf8");
+    } catch (cause) {
+      throw new UpdaterError(
+        "HOST_DISK_NOT_FOUND",
+        `cannot read ${this.#path}: ${errText(cause)}`,
+        { cause },
+      );
+    }
+    const slot = slotFromCmdline(cmdline);
+    if (slot === null)
+      throw new UpdaterError(
+        "HOST_DISK_NOT_FOUND",
+        `${this.#path} has no abforge.slot=A|B: this host was not booted by abforge's GRUB (use --disk for an image)`,
+      );
+    return slot;
+  }
+}
+
+/** A disk image stands for the boot disk: the slot GRUB would boot now counts as booted. */
+export const bootStateBootedSlot: BootedSlotSource = {
+  async bootedSlot(boot) {
+    const slot = nextBootSlot(boot);
+    if (slot === null)
+      throw new UpdaterError(
+        "UPDATE_REFUSED",
+        "the boot state has no bootable slot (neither good nor with tries left)",
+      );
+    return slot;
+  },
+};
+
+export interface ByteRange {
+  offset: number;
+  size: number;
+}
+
+export const SLOT_PARTITION_TYPES: readonly string[] = [
+  PARTITION_TYPES.ROOT_X86_64,
+  PARTITION_TYPES.ROOT_ARM64,
+];
+
+/**
+ * Where slots A and B are on the disk (README.md, "Slots"): the partition
+ * named `abforge-<slot>` with a root partition type, unless the config gives
+ * a label or an index.
+ */
+export async function locateSlots(
+  diskPath: string,
+  given: Partial<Record<SlotName, SlotLocation>> = {},
+): Promise<Record<SlotName, ByteRange>> {
+  const { table } = await readGpt(diskPath);
+  return {
+    A: locateSlot(table, diskPath, "A", given.A),
+    B: locateSlot(table, diskPath, "B", given.B),
+  };
+}
+
+function locateSlot(
+  table: GptTable,
+  diskPath: string,
+  slot: SlotName,
+  given?: SlotLocation,
+): ByteRange {
+  const by =
+    given?.partitionIndex !== undefined
+      ? { index: given.partitionIndex }
+      : { name: given?.partitionLabel ?? `abforge-${slot}` };
+  const p = findPartition(table, by);
+  if (given === undefined && !SLOT_PARTITION_TYPES.includes(p.typeGuid.toUpperCase()))
+    throw new UpdaterError(
+      "HOST_DISK_NOT_FOUND",
+      `${diskPath}: partition ${p.index} "${p.name}" has type ${p.typeGuid}, not a root partition type; give slots.${slot} in the config`,
+      { details: { disk: diskPath, partition: p.index, typeGuid: p.typeGuid } },
+    );
+  return partitionRange(p, table.sectorSize);
+}
+
+/** The identity an image carries in /etc/abforge/release.json. */
+export interface Release {
+  name: string;
+  version: string;
+  compatible: string;
+}
+
+export const RELEASE_PATH = "etc/abforge/release.json";
+export const KEYS_DIR = "etc/abforge/keys";
+
+/** What the running image carries: its release identity and its trusted keys. */
+export interface ImageFiles {
+  release(): Promise<Release>;
+  trustedKeys(): Promise<KeyObject[]>;
+}
+
+/** On the host: the files of the running root. */
+export class RootImageFiles implements ImageFiles {
+  readonly #root: string;
+  constructor(root = "/") {
+    this.#root = root;
+  }
+  async release(): Promise<Release> {
+    const path = join(this.#root, RELEASE_PATH);
+    return parseRelease(
+      await readFile(path, "utf8").catch((cause) => releaseError(path, cause)),
+      path,
+    );
+  }
+  async trustedKeys(): Promise<KeyObject[]> {
+    const dir = join(this.#root, KEYS_DIR);
+    const names = (await readdir(dir).catch(() => [] as string[]))
+      .filter((n) => n.endsWith(".pub"))
+      .sort();
+    return Promise.all(names.map((n) => loadPublicKey(join(dir, n))));
+  }
+}
+
+/**
+ * In a disk image: the files of the booted slot's squashfs, read with
+ * `unsquashfs -o <slot offset> -cat` (squashfs-tools), without mounting.
+ */
+export class SquashfsImageFiles implements ImageFiles {
+  readonly #disk: string;
+  readonly #offset: number;
+  constructor(disk: string, slotOffset: number) {
+    this.#disk = disk;
+    this.#offset = slotOffset;
+  }
+  async release(): Promise<Release> {
+    const where = `${this.#disk} (squashfs at byte ${this.#offset}) /${RELEASE_PATH}`;
+    return parseRelease(
+      await this.#cat(RELEASE_PATH).catch((cause) => releaseError(where, cause)),
+      where,
+    );
+  }
+  async trustedKeys(): Promise<KeyObject[]> {
+    const listing = await run("unsquashfs", [
+      "-o",
+      String(this.#offset),
+      "-lc",
+      this.#disk,
+      KEYS_DIR,
+    ]);
+    const files = listing.stdout
+      .split("\n")
+      .map((l) => l.trim().replace(/^squashfs-root\//, ""))
+      .filter((l) => l.startsWith(`${KEYS_DIR}/`) && l.endsWith(".pub"))
+      .sort();
+    const dir = await mkdtemp(join(tmpdir(), "abforge-keys-"));
+    try {
+      const keys: KeyObject[] = [];
+      for (const f of files) {
+        const path = join(dir, f.slice(KEYS_DIR.length + 1));
+        await writeFile(path, await this.#cat(f));
+        keys.push(await loadPublicKey(path));
+      }
+      return keys;
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  }
+  async #cat(path: string): Promise<string> {
+    const r = await run("unsquashfs", ["-o", String(this.#offset), "-cat", this.#disk, path]);
+    return r.stdout;
+  }
+}
+
+function releaseError(where: string, cause: unknown): never {
+  throw new UpdaterError(
+    "CONFIG_INVALID",
+    `cannot read the image identity ${where}: ${errText(cause)}`,
+    {
+      cause,
+    },
+  );
+}
+
+function parseRelease(text: string, where: string): Release {
+  let v: Partial<Release>;
+  try {
+    v = JSON.parse(text) as Partial<Release>;
+  } catch (cause) {
+    throw new UpdaterError("CONFIG_INVALID", `${where}: not JSON (${errText(cause)})`, { cause });
+  }
+  if (
+    typeof v.name !== "string" ||
+    typeof v.version !== "string" ||
+    typeof v.compatible !== "string"
+  )
+    throw new UpdaterError(
+      "CONFIG_INVALID",
+      `${where}: needs string fields name, version, compatible`,
+    );
+  return { name: v.name, version: v.version, compatible: v.compatible };
+}

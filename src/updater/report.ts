@@ -1,0 +1,64 @@
+/** Text forms of the agent's results for the CLI (the JSON forms are the objects themselves). */
+import type { AfterBootResult, AgentStatus, CheckResult } from "./agent.ts";
+
+export function formatStatus(s: AgentStatus): string {
+  const slot = (x: AgentStatus["booted"]) =>
+    `slot ${x.slot}  ${x.version || "(empty)"}  ${x.good ? "good" : `not good, ${x.tries} tries left`}`;
+  const lines = [
+    `disk       ${s.disk}`,
+    `booted     ${slot(s.booted)}`,
+    `other      ${slot(s.other)}`,
+    `order      ${s.boot.order.join(" ")}`,
+  ];
+  if (s.pending)
+    lines.push(
+      `pending    ${s.pending.version} in slot ${s.pending.slot} (installed ${s.pending.installedAt})`,
+    );
+  if (s.progress)
+    lines.push(
+      `progress   ${s.progress.version} into slot ${s.progress.slot}: chunk ${s.progress.verifiedChunks} of ${s.progress.chunksTotal} (${s.progress.percent}%)`,
+    );
+  lines.push(
+    `last check ${s.lastCheck ? `${s.lastCheck.at} ${s.lastCheck.outcome}${s.lastCheck.version ? ` (${s.lastCheck.version})` : ""}` : "never"}`,
+  );
+  if (s.lastGood)
+    lines.push(`last good  ${s.lastGood.version} in slot ${s.lastGood.slot} at ${s.lastGood.at}`);
+  if (s.lastError)
+    lines.push(`last error ${s.lastError.at} ${s.lastError.code}: ${s.lastError.message}`);
+  for (const r of s.rollbacks)
+    lines.push(`rollback   ${r.at} ${r.version} (slot ${r.slot}): ${r.reason}`);
+  lines.push(`bad        ${s.badVersions.length > 0 ? s.badVersions.join(", ") : "none"}`);
+  lines.push(`state      ${s.stateFile}`);
+  return lines.join("\n");
+}
+
+export function formatCheck(r: CheckResult): string {
+  switch (r.outcome) {
+    case "up-to-date":
+      return `up to date (${r.version})`;
+    case "skipped":
+      return `skipped ${r.version}: ${r.reason}`;
+    case "installed":
+      return `installed ${r.version} into slot ${r.slot}${r.rebooting ? "; rebooting" : "; reboot to run it"}`;
+    case "pending-reboot":
+      return `${r.version} is already installed in slot ${r.slot}${r.rebooting ? "; rebooting" : "; reboot to run it"}`;
+  }
+}
+
+export function formatAfterBoot(r: AfterBootResult): string {
+  switch (r.action) {
+    case "nothing":
+      return r.reason;
+    case "marked-good":
+      return `marked slot ${r.booted} (${r.version}) good: ${r.checks.length} health check(s) passed`;
+    case "unhealthy":
+      return `slot ${r.booted} (${r.version}) is not healthy: ${r.checks
+        .filter((c) => !c.ok)
+        .map((c) => c.name)
+        .join(", ")} failed${r.rebooting ? "; rebooting" : ""}`;
+    case "rollback":
+      return `rollback recorded: ${r.reason}`;
+    case "await-reboot":
+      return r.reason;
+  }
+}

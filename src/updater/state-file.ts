@@ -1,0 +1,231 @@
+/**
+ * The agent's state file, `<stateDir>/state.json` (README.md, "State file").
+ * Written atomically: temp file, fsync, rename over the old one, fsync the
+ * directory — a crash at any instant leaves the old or the new file, whole.
+ * A file that does not parse or validate is moved aside to
+ * `state.json.corrupt-<time>` and reported as STATE_CORRUPT, never dropped.
+ */
+import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { join } from "node:path";
+import { errText, type SlotName } from "./config.ts";
+import { UpdaterError } from "./errors.ts";
+
+export const STATE_SCHEMA_VERSION = 1;
+export const STATE_FILE_NAME = "state.json";
+
+/** A download in progress; enough to resume it after a restart. */
+export interface InstallProgress {
+  slot: SlotName;
+  version: string;
+  /** URL or path of the bundle. */
+  source: string;
+  /** sha256 of the whole bundle when the channel index names it, else null. */
+  bundleSha256: string | null;
+  /** sha256 of the signed manifest bytes: the identity of what is being written. */
+  manifestSha256: string;
+  slotImageSha256: string;
+  /** Byte offset of the slot image inside the bundle. */
+  slotDataOffset: number;
+  slotImageSize: number;
+  chunkSize: number;
+  chunksTotal: number;
+  /** Chunks 0..verifiedChunks-1 were verified and written (a hint: re-checked on resume). */
+  verifiedChunks: number;
+  startedAt: string;
+  updatedAt: string;
+}
+
+export interface PendingSlot {
+  slot: SlotName;
+  version: string;
+  rootHash: string;
+  installedAt: string;
+}
+
+export interface RollbackRecord {
+  version: string;
+  slot: SlotName;
+  reason: string;
+  at: string;
+}
+
+export interface AgentState {
+  schemaVersion: number;
+  /** Installed and activated; waits for its boot and health checks. */
+  pending: PendingSlot | null;
+  progress: InstallProgress | null;
+  lastCheck: { at: string; outcome: string; version: string | null } | null;
+  lastError: { at: string; code: string; message: string } | null;
+  lastGood: { slot: SlotName; version: string; at: string } | null;
+  rollbacks: RollbackRecord[];
+  /** Versions that failed to come up; never installed again. */
+  badVersions: string[];
+  /** Highest channel index serial seen, and the digest of that index (replay protection). */
+  index: { serial: number; sha256: string } | null;
+  /** This host's random identity for staged rollouts (rollout bucket); made once. */
+  rolloutId: string | null;
+}
+
+export function initialAgentState(): AgentState {
+  return {
+    schemaVersion: STATE_SCHEMA_VERSION,
+    pending: null,
+    progress: null,
+    lastCheck: null,
+    lastError: null,
+    lastGood: null,
+    rollbacks: [],
+    badVersions: [],
+    index: null,
+    rolloutId: null,
+  };
+}
+
+export class StateStore {
+  readonly dir: string;
+  readonly path: string;
+
+  constructor(dir: string) {
+    this.dir = dir;
+    this.path = join(dir, STATE_FILE_NAME);
+  }
+
+  /**
+   * Read the state; no file yet = the initial state. A corrupt file is moved
+   * aside and STATE_CORRUPT is thrown (details.movedTo names where it went).
+   */
+  async load(now: Date = new Date()): Promise<AgentState> {
+    let text: string;
+    try {
+      text = await readFile(this.path, "utf8");
+    } catch (cause) {
+      if ((cause as NodeJS.ErrnoException).code === "ENOENT") return initialAgentState();
+      throw new UpdaterError(
+        "STATE_CORRUPT",
+        `state file ${this.path} cannot be read: ${errText(cause)}`,
+        {
+          cause,
+          details: { path: this.path },
+        },
+      );
+    }
+    let problems: string[];
+    let parsed: unknown;
+    try {
+      parsed = JSON.parse(text);
+      problems = validateState(parsed);
+    } catch (cause) {
+      problems = [`not JSON (${errText(cause)})`];
+    }
+    if (problems.length === 0) return normalize(parsed as AgentState);
+    const movedTo = `${this.path}.corrupt-${now.toISOString().replace(/[:.]/g, "-")}`;
+    await rename(this.path, movedTo);
+    await fsyncDir(this.dir);
+    throw new UpdaterError(
+      "STATE_CORRUPT",
+      `state file ${this.path} is corrupt (${problems.join("; ")}); moved it to ${movedTo} and started from an empty state`,
+      { details: { path: this.path, movedTo, problems } },
+    );
+  }
+
+  /** Replace the state file atomically (temp, fsync, rename, fsync dir). */
+  async save(state: AgentState): Promise<void> {
+    await mkdir(this.dir, { recursive: true });
+    const tmp = `${this.path}.tmp-${process.pid}`;
+    const bytes = `${JSON.stringify({ ...state, schemaVersion: STATE_SCHEMA_VERSION }, null, 2)}\n`;
+    const fh = await open(tmp, "w", 0o600);
+    try {
+      await fh.writeFile(bytes);
+      await fh.sync();
+    } finally {
+      await fh.close();
+    }
+    await rename(tmp, this.path);
+    await fsyncDir(this.dir);
+  }
+
+  /** Temp files left by a crash between write and rename; removed at start. */
+  async removeStaleTemps(): Promise<string[]> {
+    let names: string[];
+    try {
+      names = await readdir(this.dir);
+    } catch {
+      return [];
+    }
+    const stale = names.filter((n) => n.startsWith(`${STATE_FILE_NAME}.tmp-`));
+    for (const n of stale) await rm(join(this.dir, n), { force: true });
+    return stale;
+  }
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await open(dir, "r");
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+}
+
+function normalize(s: AgentState): AgentState {
+  return { ...initialAgentState(), ...s };
+}
+
+const SLOT = (v: unknown) => v === "A" || v === "B";
+const STR = (v: unknown) => typeof v === "string";
+const INT = (v: unknown) => typeof v === "number" && Number.isSafeInteger(v) && v >= 0;
+const HEX = (v: unknown) => typeof v === "string" && /^[0-9a-f]{64}$/.test(v);
+
+/** Every problem of a parsed state file (empty = valid). Unknown fields are allowed (additive schema). */
+export function validateState(v: unknown): string[] {
+  const p: string[] = [];
+  if (typeof v !== "object" || v === null || Array.isArray(v)) return ["not a JSON object"];
+  const s = v as Record<string, unknown>;
+  if (!INT(s.schemaVersion) || (s.schemaVersion as number) < 1)
+    p.push("schemaVersion: not a positive integer");
+  const obj = (name: string, fields: Record<string, (x: unknown) => boolean>) => {
+    const o = s[name];
+    if (o === null || o === undefined) return;
+    if (typeof o !== "object" || Array.isArray(o)) {
+      p.push(`${name}: not an object`);
+      return;
+    }
+    for (const [k, ok] of Object.entries(fields))
+      if (!ok((o as Record<string, unknown>)[k])) p.push(`${name}.${k}: invalid`);
+  };
+  obj("pending", { slot: SLOT, version: STR, rootHash: STR, installedAt: STR });
+  obj("progress", {
+    slot: SLOT,
+    version: STR,
+    source: STR,
+    bundleSha256: (x) => x === null || HEX(x),
+    manifestSha256: HEX,
+    slotImageSha256: HEX,
+    slotDataOffset: INT,
+    slotImageSize: INT,
+    chunkSize: (x) => INT(x) && (x as number) > 0,
+    chunksTotal: INT,
+    verifiedChunks: INT,
+    startedAt: STR,
+    updatedAt: STR,
+  });
+  obj("lastCheck", { at: STR, outcome: STR, version: (x) => x === null || STR(x) });
+  obj("lastError", { at: STR, code: STR, message: STR });
+  obj("lastGood", { slot: SLOT, version: STR, at: STR });
+  obj("index", { serial: INT, sha256: HEX });
+  for (const name of ["rollbacks", "badVersions"]) {
+    if (s[name] !== undefined && !Array.isArray(s[name])) p.push(`${name}: not a list`);
+  }
+  if (s.rolloutId !== undefined && s.rolloutId !== null && !STR(s.rolloutId))
+    p.push("rolloutId: not a string");
+  if (Array.isArray(s.badVersions) && !s.badVersions.every(STR))
+    p.push("badVersions: not a list of strings");
+  if (Array.isArray(s.rollbacks)) {
+    s.rollbacks.forEach((r, i) => {
+      const o = r as Record<string, unknown> | null;
+      if (!o || !STR(o.version) || !SLOT(o.slot) || !STR(o.reason) || !STR(o.at))
+        p.push(`rollbacks[${i}]: invalid`);
+    });
+  }
+  return p;
+}
