@@ -182,14 +182,15 @@ describe("publish", () => {
         bundlePath: await bundle("1.1.0"),
         io: {
           rename: async (from, to) => {
-            renames.push(to);
+            renames.push(from, to);
             throw Object.assign(new Error("simulated crash before rename"), { code: "EIO" });
           },
         },
       }),
     );
     expect(e.code).toBe("REPO_PUBLISH_FAILED");
-    expect(renames).toEqual([indexPath]);
+    expect(renames[0]).toMatch(/channels\/\.stable\.json\.[0-9a-f]+\.tmp$/);
+    expect(renames[1]).toBe(indexPath);
     // the new bundle is in place (unreferenced), the index is byte for byte the old one
     await stat(join(repoDir, "bundles/demo-1.1.0.bundle"));
     expect((await readFile(indexPath)).equals(before)).toBe(true);
