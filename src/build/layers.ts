@@ -21,7 +21,6 @@ import type {
   DirLayer,
   FilesLayer,
   HostBinariesLayer,
-  ImageSpec,
   LayerSpec,
 } from "./spec.ts";
 import { resolveHostBinary } from "./spec.ts";
@@ -54,7 +53,7 @@ export function describeLayer(layer: LayerSpec, index: number): string {
 
 /** Apply every layer of the spec into rootDir (created if missing; debootstrap needs it empty). */
 export async function applyLayers(
-  spec: Pick<ImageSpec, "rootfs">,
+  spec: { rootfs: { layers: readonly LayerSpec[] } },
   rootDir: string,
   options: ApplyLayersOptions = {},
 ): Promise<LayersResult> {
