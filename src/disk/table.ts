@@ -125,8 +125,6 @@ export function tableProblems(t: GptTable): string[] {
     }
     if (typeof p.uniqueGuid !== "string" || !isGuid(p.uniqueGuid)) {
       problems.push(`${where}: unique GUID "${p.uniqueGuid}" is not a GUID`);
-    } else if (p.uniqueGuid === ZERO_GUID) {
-      problems.push(`${where}: unique GUID is all zeros`);
     }
     const np = nameProblem(p.name);
     if (np) problems.push(`${where}: name ${np}`);
