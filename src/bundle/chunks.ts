@@ -50,7 +50,7 @@ export class ChunkVerifier {
     this.#where = o.where ?? "slot image";
     this.fromChunk = from;
     this.#next = from;
-    this.#offset = from * CHUNK_SIZE;
+    this.#offset = Math.min(from * CHUNK_SIZE, info.size);
     this.#total = from === 0 ? createHash("sha256") : undefined;
   }
 

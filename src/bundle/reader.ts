@@ -149,8 +149,8 @@ export class BundleReader {
     const manifest = this.manifest;
     const from = o.fromChunk ?? 0;
     const count = chunkCount(manifest.slotImage.size);
-    if (!Number.isSafeInteger(from) || from < 0 || from > count)
-      throw new RangeError(`fromChunk ${from} is outside 0..${count}`);
+    if (!Number.isSafeInteger(from) || from < 0 || from >= count)
+      throw new RangeError(`fromChunk ${from} is outside 0..${count - 1}`);
     if (o.source) {
       void this.#src.close();
       this.#src = new ByteSource(o.source, this.layout.slotOffset + from * CHUNK_SIZE);
@@ -166,8 +166,9 @@ export class BundleReader {
   async finish(): Promise<void> {
     this.#expect("slotRead", "finish");
     await this.#guard(async () => {
+      const at = this.#src.offset;
       const end = await this.#src.readExact(END_OF_ARCHIVE, (got) =>
-        truncated(this.#where, this.#src.offset + got, "in the end-of-archive blocks"),
+        truncated(this.#where, at + got, "in the end-of-archive blocks"),
       );
       const first = end.subarray(0, BLOCK);
       if (!isZeroBlock(first)) {
