@@ -151,7 +151,7 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
 
   /** Push to the consumer; wait while it is not reading (the stall clock stops meanwhile). */
   const deliver = async (chunk: Buffer, pause: () => void, resume: () => void) => {
-    if (out.push(chunk)) return;
+    if (inner.signal.aborted || out.push(chunk)) return;
     pause();
     await new Promise<void>((resolve) => {
       wantMore = resolve;

@@ -67,7 +67,6 @@ function etagMatches(header: string, etag: string, weak: boolean): boolean {
 
 function contentType(path: string): string {
   if (path.endsWith(".json")) return "application/json";
-  if (path.endsWith(".pub")) return "text/plain; charset=utf-8";
   return "application/octet-stream";
 }
 

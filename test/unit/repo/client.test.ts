@@ -283,6 +283,26 @@ describe("openRange", () => {
     expect(closed).toBe(true);
   });
 
+  it("closes the connection when the consumer destroys the stream early", async () => {
+    let closed = false;
+    const big = Buffer.alloc(8 << 20, 3);
+    const s = await misbehaving((_req, res) => {
+      res.writeHead(200, { "Content-Length": String(big.length) });
+      res.end(big);
+      res.on("close", () => {
+        closed = true;
+      });
+    });
+    const stream = openRange(s.url, { ...base, maxBytes: big.length });
+    await new Promise((resolve) => stream.once("data", resolve));
+    stream.pause();
+    await sleep(50); // let the buffers fill, then stop like a reader that has what it needs
+    stream.destroy();
+    await sleep(100);
+    expect(closed).toBe(true);
+    expect(s.requests).toHaveLength(1);
+  });
+
   it("keeps the stall clock stopped while the consumer is not reading", async () => {
     const big = Buffer.alloc(4 << 20, 7);
     const s = await misbehaving((_req, res) => {
