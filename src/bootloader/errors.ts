@@ -14,6 +14,7 @@ import { BaseError } from "../errors.ts";
  *   missing, not 1024 bytes, or not contiguous.
  * - BOOT_DISK_NOT_FOUND: the running host's boot disk or booted slot could not
  *   be found.
+ * - GRUB_BAD_CMDLINE: a kernel command line that GRUB script would misread.
  */
 export type BootloaderErrorCode =
   | "ENV_BAD_BLOCK"
@@ -23,6 +24,7 @@ export type BootloaderErrorCode =
   | "BOOT_STATE_INVALID"
   | "BOOT_REFUSED"
   | "ESP_BAD"
-  | "BOOT_DISK_NOT_FOUND";
+  | "BOOT_DISK_NOT_FOUND"
+  | "GRUB_BAD_CMDLINE";
 
 export class BootloaderError extends BaseError<BootloaderErrorCode> {}

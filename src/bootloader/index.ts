@@ -3,7 +3,11 @@
  * A/B boot state and its transitions, the FAT32 locator and BootDisk.
  * See README.md for the formats and procedures.
  */
+
+export * from "./bootdisk.ts";
 export * from "./env.ts";
 export * from "./errors.ts";
+export * from "./esp.ts";
 export * from "./fat.ts";
+export * from "./grub.ts";
 export * from "./state.ts";

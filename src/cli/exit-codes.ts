@@ -68,6 +68,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   ESP_BAD: 45,
   ENV_NOT_FOUND: 46,
   BOOT_DISK_NOT_FOUND: 47,
+  GRUB_BAD_CMDLINE: 48,
   // bundle
   BUNDLE_MALFORMED: 50,
   BUNDLE_BAD_SIGNATURE: 51,

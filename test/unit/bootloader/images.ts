@@ -4,6 +4,7 @@ import { execFile } from "node:child_process";
 import { closeSync, openSync, readSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { promisify } from "node:util";
+import { PARTITION_TYPES, partitionRange, planDisk, writeGpt } from "../../../src/disk/index.ts";
 import { requireTool } from "../../../src/exec.ts";
 
 const execFileP = promisify(execFile);
@@ -78,4 +79,54 @@ export function fileReadAt(path: string, base = 0) {
       closeSync(fd);
     }
   };
+}
+
+export interface BootDiskImageOptions {
+  /** The 1024 bytes of /GRUBENV; omit for none. */
+  env?: Uint8Array;
+  espName?: string;
+  espType?: string;
+  espBytes?: number;
+  /** Files put into the ESP root before GRUBENV. */
+  espFiles?: Record<string, Uint8Array | string>;
+}
+
+/**
+ * A GPT disk image as the build makes it (src/disk planDisk + writeGpt):
+ * esp (FAT32, mkfs.vfat --offset, files by mcopy -i disk@@offset),
+ * abforge-A, abforge-B (1 MiB each), state. Sparse.
+ */
+export async function makeBootDiskImage(path: string, o: BootDiskImageOptions = {}) {
+  const espBytes = o.espBytes ?? ESP_BYTES;
+  const mib = 1024 * 1024;
+  const table = planDisk({
+    guidSeed: path,
+    partitions: [
+      { name: o.espName ?? "esp", typeGuid: o.espType ?? PARTITION_TYPES.ESP, sizeBytes: espBytes },
+      { name: "abforge-A", typeGuid: PARTITION_TYPES.ROOT_X86_64, sizeBytes: 2 * mib },
+      { name: "abforge-B", typeGuid: PARTITION_TYPES.ROOT_X86_64, sizeBytes: 2 * mib },
+      { name: "state", typeGuid: PARTITION_TYPES.LINUX_GENERIC, sizeBytes: mib },
+    ],
+  });
+  await writeGpt(path, table);
+  const esp = partitionRange(table.partitions[0]!, table.sectorSize);
+  await tool("mkfs.vfat", [
+    "-F",
+    "32",
+    "-s",
+    "8",
+    "-n",
+    "ESP",
+    `--offset=${esp.offset / 512}`,
+    path,
+    String(esp.size / 1024),
+  ]);
+  const files = { ...o.espFiles, ...(o.env ? { GRUBENV: o.env } : {}) };
+  let n = 0;
+  for (const [name, content] of Object.entries(files)) {
+    const src = `${path}.f${n++}`;
+    writeFileSync(src, content);
+    await tool("mcopy", ["-i", `${path}@@${esp.offset}`, src, `::/${name}`]);
+  }
+  return { table, esp };
 }

@@ -1,0 +1,323 @@
+/**
+ * The boot state on a disk (README.md, "BootDisk"): GPT → ESP → `/GRUBENV`
+ * in its FAT32, read and rewritten in place with one 1024-byte write whose
+ * variables all sit in the first 512 bytes. Works on a disk image or a block
+ * device. Also finds the running host's boot disk and booted slot.
+ */
+import { readSync } from "node:fs";
+import { type FileHandle, open, readdir, readFile, realpath } from "node:fs/promises";
+import { basename, dirname, join } from "node:path";
+import {
+  findPartition,
+  type GptPartition,
+  type GptTable,
+  PARTITION_TYPES,
+  partitionRange,
+  readGpt,
+} from "../disk/index.ts";
+import { ToolError } from "../errors.ts";
+import {
+  ENV_BLOCK_SIZE,
+  type EnvLine,
+  envContentLength,
+  parseEnvBlock,
+  serializeEnvBlock,
+  setEnvVar,
+} from "./env.ts";
+import { BootloaderError } from "./errors.ts";
+import { locateFatFile } from "./fat.ts";
+import {
+  type BootState,
+  bootStateFromEnv,
+  bootStateToEnv,
+  isSlotName,
+  type SlotName,
+} from "./state.ts";
+
+/** The 8.3 name of the environment block in the ESP's root directory. */
+export const GRUBENV_NAME = "GRUBENV";
+/** The boot state must fit in the first sector of the block (README.md, "Torn writes"). */
+export const BOOT_STATE_MAX_BYTES = 512;
+export const ESP_PARTITION_NAME = "esp";
+export const SLOT_PARTITION_PREFIX = "abforge-";
+
+export interface ByteRange {
+  offset: number;
+  size: number;
+}
+
+export interface BootDiskOptions {
+  /** Open read-only (`slots show`); writeState then fails. */
+  readOnly?: boolean;
+}
+
+export class BootDisk {
+  readonly path: string;
+  readonly table: GptTable;
+  /** The ESP partition's bytes on the disk. */
+  readonly esp: ByteRange;
+  /** `/GRUBENV`'s 1024 bytes on the disk. */
+  readonly env: ByteRange;
+  readonly #fh: FileHandle;
+  readonly #readOnly: boolean;
+
+  private constructor(
+    path: string,
+    fh: FileHandle,
+    table: GptTable,
+    esp: ByteRange,
+    env: ByteRange,
+    readOnly: boolean,
+  ) {
+    this.path = path;
+    this.#fh = fh;
+    this.table = table;
+    this.esp = esp;
+    this.env = env;
+    this.#readOnly = readOnly;
+  }
+
+  /** Reads the GPT, finds the ESP and `/GRUBENV` in it (README.md, "BootDisk", steps 1-3). */
+  static async open(path: string, options: BootDiskOptions = {}): Promise<BootDisk> {
+    const readOnly = options.readOnly ?? false;
+    const { table } = await readGpt(path);
+    const espPartition = findEsp(table, path);
+    const esp = partitionRange(espPartition, table.sectorSize);
+    let fh: FileHandle;
+    try {
+      fh = await open(path, readOnly ? "r" : "r+");
+    } catch (cause) {
+      throw ioError(`cannot open ${path}${readOnly ? "" : " for writing"}`, cause, path);
+    }
+    try {
+      const where = `ESP (partition ${espPartition.index}) of ${path}`;
+      const readAt = (offset: number, length: number): Uint8Array => {
+        if (offset + length > esp.size) return new Uint8Array(0);
+        return readExactSync(fh, path, esp.offset + offset, length);
+      };
+      const file = locateFatFile(readAt, GRUBENV_NAME, {
+        size: ENV_BLOCK_SIZE,
+        volumeBytes: esp.size,
+        where,
+      });
+      return new BootDisk(
+        path,
+        fh,
+        table,
+        esp,
+        { offset: esp.offset + file.offset, size: ENV_BLOCK_SIZE },
+        readOnly,
+      );
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  /** The lines of the environment block as it is on the disk now. */
+  async readEnv(): Promise<EnvLine[]> {
+    const bytes = readExactSync(this.#fh, this.path, this.env.offset, ENV_BLOCK_SIZE);
+    return parseEnvBlock(bytes, { source: `/${GRUBENV_NAME} on ${this.path}` });
+  }
+
+  async readState(): Promise<BootState> {
+    const lines = await this.readEnv();
+    const vars = new Map<string, string>();
+    for (const l of lines) if (l.kind === "var") vars.set(l.name, l.value);
+    try {
+      return bootStateFromEnv(vars);
+    } catch (err) {
+      if (err instanceof BootloaderError) {
+        throw new BootloaderError(err.code, `/${GRUBENV_NAME} on ${this.path}: ${err.message}`, {
+          cause: err,
+          details: err.details,
+        });
+      }
+      throw err;
+    }
+  }
+
+  /**
+   * Writes the state (README.md, "BootDisk", step 4): the variables are set
+   * in the block as it is (other variables keep their place), refused when
+   * they would reach past the first 512 bytes, then the 1024 bytes are
+   * written in place with one pwrite and fdatasync.
+   */
+  async writeState(s: BootState): Promise<void> {
+    if (this.#readOnly) {
+      throw new ToolError("IO_ERROR", `${this.path} was opened read-only`, {
+        details: { path: this.path },
+      });
+    }
+    const vars = bootStateToEnv(s);
+    let lines = await this.readEnv();
+    for (const [name, value] of vars) lines = setEnvVar(lines, name, value);
+    const used = envContentLength(lines);
+    if (used > BOOT_STATE_MAX_BYTES) {
+      throw new BootloaderError(
+        "ENV_TOO_LARGE",
+        `/${GRUBENV_NAME} on ${this.path}: the boot state needs ${used} bytes, more than the first ${BOOT_STATE_MAX_BYTES} bytes of the block where a torn write cannot harm it`,
+        { details: { usedBytes: used, maxBytes: BOOT_STATE_MAX_BYTES } },
+      );
+    }
+    const bytes = serializeEnvBlock(lines);
+    try {
+      const { bytesWritten } = await this.#fh.write(bytes, 0, bytes.length, this.env.offset);
+      if (bytesWritten !== bytes.length) {
+        throw new Error(`short write: ${bytesWritten} of ${bytes.length} bytes`);
+      }
+      await this.#fh.datasync();
+    } catch (cause) {
+      throw ioError(
+        `cannot write the boot state at byte ${this.env.offset} of ${this.path}`,
+        cause,
+        this.path,
+      );
+    }
+  }
+
+  /** The bytes of slot partition `abforge-A` / `abforge-B` on the disk. */
+  slotRange(slot: SlotName): ByteRange {
+    return partitionRange(
+      findPartition(this.table, { name: `${SLOT_PARTITION_PREFIX}${slot}` }),
+      this.table.sectorSize,
+    );
+  }
+
+  async close(): Promise<void> {
+    await this.#fh.close();
+  }
+}
+
+/** Opens the disk, runs `fn`, closes the disk. */
+export async function withBootDisk<T>(
+  path: string,
+  fn: (d: BootDisk) => Promise<T>,
+  options: BootDiskOptions = {},
+): Promise<T> {
+  const d = await BootDisk.open(path, options);
+  try {
+    return await fn(d);
+  } finally {
+    await d.close();
+  }
+}
+
+function findEsp(table: GptTable, path: string): GptPartition {
+  const byName = table.partitions.find((p) => p.name === ESP_PARTITION_NAME);
+  if (byName) return byName;
+  const byType = table.partitions.find((p) => p.typeGuid.toUpperCase() === PARTITION_TYPES.ESP);
+  if (byType) return byType;
+  throw new BootloaderError(
+    "ESP_BAD",
+    `${path}: no partition named "${ESP_PARTITION_NAME}" or of the EFI System Partition type`,
+    { details: { path } },
+  );
+}
+
+function readExactSync(fh: FileHandle, path: string, offset: number, length: number): Uint8Array {
+  const buf = new Uint8Array(length);
+  let done = 0;
+  try {
+    while (done < length) {
+      const n = readSync(fh.fd, buf, done, length - done, offset + done);
+      if (n === 0) break;
+      done += n;
+    }
+  } catch (cause) {
+    throw ioError(`cannot read ${length} bytes at byte ${offset} of ${path}`, cause, path);
+  }
+  return done === length ? buf : buf.subarray(0, done);
+}
+
+function ioError(message: string, cause: unknown, path: string): ToolError {
+  const errno = (cause as NodeJS.ErrnoException).code;
+  return new ToolError(
+    errno === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
+    `${message}: ${(cause as Error).message}`,
+    { cause, details: { path, errno } },
+  );
+}
+
+// ---------------------------------------------------------------------------
+// The running host (README.md, "The host's boot disk").
+
+/** The slot named by `abforge.slot=` on a kernel command line; null without one. */
+export function slotFromCmdline(cmdline: string): SlotName | null {
+  for (const word of cmdline.trim().split(/\s+/)) {
+    if (word.startsWith("abforge.slot=")) {
+      const v = word.slice("abforge.slot=".length);
+      return isSlotName(v) ? v : null;
+    }
+  }
+  return null;
+}
+
+/** The slot this host booted, from `<root>/proc/cmdline`; null when not booted by abforge. */
+export async function bootedSlot(root = "/"): Promise<SlotName | null> {
+  try {
+    return slotFromCmdline(await readFile(join(root, "proc/cmdline"), "utf8"));
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * The host's boot disk: the one disk with a partition named `abforge-A`,
+ * found through `<root>/sys/class/block/<part>/uevent` (PARTNAME=) and the
+ * partition's parent in sysfs. BOOT_DISK_NOT_FOUND when none or several.
+ */
+export async function findHostBootDisk(root = "/"): Promise<string> {
+  const classDir = join(root, "sys/class/block");
+  let names: string[];
+  try {
+    names = await readdir(classDir);
+  } catch (cause) {
+    throw new BootloaderError("BOOT_DISK_NOT_FOUND", `cannot list ${classDir}: pass --disk`, {
+      cause,
+    });
+  }
+  const disks = new Set<string>();
+  for (const name of names.sort()) {
+    const uevent = await readFile(join(classDir, name, "uevent"), "utf8").catch(() => "");
+    const props = parseUevent(uevent);
+    if (props.get("PARTNAME") !== `${SLOT_PARTITION_PREFIX}A`) continue;
+    // /sys/class/block/vda2 -> .../block/vda/vda2: the parent is the disk.
+    const real = await realpath(join(classDir, name)).catch(() => undefined);
+    if (!real) continue;
+    const parent = parseUevent(
+      await readFile(join(dirname(real), "uevent"), "utf8").catch(() => ""),
+    );
+    disks.add(join("/dev", parent.get("DEVNAME") ?? basename(dirname(real))));
+  }
+  if (disks.size === 1) return [...disks][0]!;
+  throw new BootloaderError(
+    "BOOT_DISK_NOT_FOUND",
+    disks.size === 0
+      ? `no disk has a partition named ${SLOT_PARTITION_PREFIX}A (looked in ${classDir}); pass --disk`
+      : `several disks have a partition named ${SLOT_PARTITION_PREFIX}A (${[...disks].join(", ")}); pass --disk`,
+    { details: { disks: [...disks] } },
+  );
+}
+
+/**
+ * The disk the `slots` commands act on: `--disk` when given, else the
+ * host's boot disk; `booted` is the host's booted slot (null with `--disk`).
+ */
+export async function openBootTarget(
+  disk: string | undefined,
+  options: BootDiskOptions & { root?: string } = {},
+): Promise<{ disk: BootDisk; booted: SlotName | null }> {
+  if (disk !== undefined) return { disk: await BootDisk.open(disk, options), booted: null };
+  const path = await findHostBootDisk(options.root);
+  return { disk: await BootDisk.open(path, options), booted: await bootedSlot(options.root) };
+}
+
+function parseUevent(text: string): Map<string, string> {
+  const m = new Map<string, string>();
+  for (const line of text.split("\n")) {
+    const eq = line.indexOf("=");
+    if (eq > 0) m.set(line.slice(0, eq), line.slice(eq + 1));
+  }
+  return m;
+}

@@ -1,0 +1,234 @@
+// BootDisk on GPT images built like the real disk (src/bootloader/README.md, "BootDisk").
+import { createHash } from "node:crypto";
+import {
+  closeSync,
+  createReadStream,
+  mkdirSync,
+  openSync,
+  readSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
+import { join } from "node:path";
+import { describe, expect, it } from "vitest";
+import {
+  activateSlot,
+  BootDisk,
+  bootStateToEnv,
+  decodeEnv,
+  ENV_HEADER,
+  encodeEnv,
+  findHostBootDisk,
+  GRUB_EDITENV_NOTICE,
+  initialBootState,
+  markGood,
+  markUnbootable,
+  newEnvLines,
+  serializeEnvBlock,
+  setEnvVar,
+  slotFromCmdline,
+  withBootDisk,
+} from "../../../src/bootloader/index.ts";
+import { PARTITION_TYPES, partitionRange } from "../../../src/disk/index.ts";
+import { tempDir } from "../../helpers/tmp.ts";
+import { makeBootDiskImage } from "./images.ts";
+
+const dir = tempDir();
+const HASH_A = "a".repeat(64);
+const HASH_B = "b".repeat(64);
+const VERITY = `65536:65537:${"5a".repeat(32)}`;
+const imageA = { rootHash: HASH_A, verity: VERITY, version: "1.0.0" };
+const imageB = { rootHash: HASH_B, verity: VERITY, version: "2.0.0" };
+const initial = initialBootState(imageA);
+
+/** The block the build writes: the boot state, then another variable of GRUB's. */
+function initialEnv(): Uint8Array {
+  const vars = bootStateToEnv(initial);
+  vars.set("saved_entry", "keep me");
+  return encodeEnv(vars);
+}
+
+function readRange(path: string, offset: number, length: number): Buffer {
+  const fd = openSync(path, "r");
+  try {
+    const b = Buffer.alloc(length);
+    readSync(fd, b, 0, length, offset);
+    return b;
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** sha256 of the disk with the bytes [skip.offset, +skip.size) zeroed, streamed. */
+async function hashExcept(path: string, skip: { offset: number; size: number }): Promise<string> {
+  const h = createHash("sha256");
+  let pos = 0;
+  for await (const chunk of createReadStream(path, { highWaterMark: 1 << 20 })) {
+    const c = Buffer.from(chunk as Buffer);
+    const from = Math.max(skip.offset - pos, 0);
+    const to = Math.min(skip.offset + skip.size - pos, c.length);
+    if (from < to) c.fill(0, from, to);
+    h.update(c);
+    pos += c.length;
+  }
+  return h.digest("hex");
+}
+
+describe("BootDisk", () => {
+  it("finds the ESP, /GRUBENV and the slots, and reads the state", async () => {
+    const path = join(dir, "disk.img");
+    const { table, esp } = await makeBootDiskImage(path, { env: initialEnv() });
+    await withBootDisk(path, async (d) => {
+      expect(d.esp).toEqual(esp);
+      expect(d.env.offset).toBeGreaterThan(esp.offset);
+      expect(d.env.offset % 4096).toBe(0);
+      expect(readRange(path, d.env.offset, 1024)).toEqual(Buffer.from(initialEnv()));
+      expect(await d.readState()).toEqual(initial);
+      expect(d.slotRange("A")).toEqual(partitionRange(table.partitions[1]!, 512));
+      expect(d.slotRange("B")).toEqual(partitionRange(table.partitions[2]!, 512));
+    });
+  });
+
+  it("writes the state in place: only /GRUBENV's first 512 bytes change, other variables stay", async () => {
+    const path = join(dir, "write.img");
+    await makeBootDiskImage(path, { env: initialEnv() });
+    const d = await BootDisk.open(path);
+    try {
+      const before = await hashExcept(path, d.env);
+      const next = activateSlot(markUnbootable(initial, "B"), "B", { ...imageB, tries: 3 });
+      await d.writeState(next);
+      expect(await d.readState()).toEqual(next);
+      const block = readRange(path, d.env.offset, 1024);
+      expect(block.subarray(512).every((b) => b === 0x23)).toBe(true);
+      const vars = decodeEnv(block);
+      expect(vars.get("saved_entry")).toBe("keep me");
+      expect([...vars.keys()]).toEqual([...bootStateToEnv(next).keys(), "saved_entry"]);
+      expect(await hashExcept(path, d.env)).toBe(before);
+
+      await d.writeState(markGood(next, "B"));
+      expect((await d.readState()).slots.B).toMatchObject({ good: true, tries: 0 });
+    } finally {
+      await d.close();
+    }
+  });
+
+  it("refuses a state that would reach past the first 512 bytes and leaves the disk as it was", async () => {
+    const path = join(dir, "large.img");
+    // a block made by grub-editenv create: its notice line takes 69 bytes
+    let lines = newEnvLines();
+    for (const [k, v] of bootStateToEnv(initial)) lines = setEnvVar(lines, k, v);
+    await makeBootDiskImage(path, { env: serializeEnvBlock(lines) });
+    const d = await BootDisk.open(path);
+    try {
+      const before = readRange(path, d.env.offset, 1024);
+      expect(before.toString("latin1").startsWith(ENV_HEADER + GRUB_EDITENV_NOTICE)).toBe(true);
+      const long = { ...imageB, version: `2.0.0-${"x".repeat(40)}`, tries: 3 };
+      await expect(d.writeState(activateSlot(initial, "B", long))).rejects.toMatchObject({
+        code: "ENV_TOO_LARGE",
+        message: expect.stringMatching(/the boot state needs 5\d\d bytes, more than the first 512/),
+      });
+      expect(readRange(path, d.env.offset, 1024)).toEqual(before);
+      // the same state fits where the block has no notice line
+      await d.writeState(activateSlot(initial, "B", { ...imageB, tries: 3 }));
+    } finally {
+      await d.close();
+    }
+  });
+
+  it("finds the ESP by type when it is not named esp", async () => {
+    const path = join(dir, "bytype.img");
+    await makeBootDiskImage(path, { env: initialEnv(), espName: "EFI system" });
+    expect(await withBootDisk(path, (d) => d.readState())).toEqual(initial);
+  });
+
+  it("refuses a disk without an ESP, without /GRUBENV, or with a bad state", async () => {
+    const noEsp = join(dir, "noesp.img");
+    await makeBootDiskImage(noEsp, {
+      env: initialEnv(),
+      espName: "boot",
+      espType: PARTITION_TYPES.LINUX_GENERIC,
+    });
+    await expect(BootDisk.open(noEsp)).rejects.toMatchObject({
+      code: "ESP_BAD",
+      message: expect.stringMatching(
+        /no partition named "esp" or of the EFI System Partition type/,
+      ),
+    });
+
+    const noEnv = join(dir, "noenv.img");
+    await makeBootDiskImage(noEnv, { espFiles: { "OTHER.TXT": "x" } });
+    await expect(BootDisk.open(noEnv)).rejects.toMatchObject({
+      code: "ESP_BAD",
+      message: expect.stringMatching(/ESP \(partition 1\) of .*noenv\.img: no file GRUBENV/),
+    });
+
+    const badState = join(dir, "badstate.img");
+    const vars = bootStateToEnv(initial);
+    vars.set("A_tries", "x");
+    await makeBootDiskImage(badState, { env: encodeEnv(vars) });
+    await expect(withBootDisk(badState, (d) => d.readState())).rejects.toMatchObject({
+      code: "BOOT_STATE_INVALID",
+      message: expect.stringMatching(/\/GRUBENV on .*badstate\.img: boot state: A_tries="x"/),
+    });
+
+    const notGpt = join(dir, "notgpt.img");
+    writeFileSync(notGpt, Buffer.alloc(1024 * 1024));
+    await expect(BootDisk.open(notGpt)).rejects.toMatchObject({ code: "GPT_MISSING" });
+  });
+
+  it("a read-only BootDisk does not write", async () => {
+    const path = join(dir, "ro.img");
+    await makeBootDiskImage(path, { env: initialEnv() });
+    await expect(
+      withBootDisk(path, (d) => d.writeState(initial), { readOnly: true }),
+    ).rejects.toMatchObject({ code: "IO_ERROR" });
+  });
+});
+
+describe("the host's boot disk", () => {
+  it("reads abforge.slot= from the kernel command line", () => {
+    expect(slotFromCmdline("console=ttyS0 abforge.slot=B abforge.roothash=ab panic=5\n")).toBe("B");
+    expect(slotFromCmdline("console=ttyS0")).toBeNull();
+    expect(slotFromCmdline("abforge.slot=C")).toBeNull();
+  });
+
+  /** A sysfs tree: /sys/class/block/<name> -> ../../devices/.../block/<disk>/<name>. */
+  function fakeSys(root: string, disks: Record<string, Record<string, string>>): void {
+    mkdirSync(join(root, "sys/class/block"), { recursive: true });
+    for (const [disk, parts] of Object.entries(disks)) {
+      const diskDir = join(root, "sys/devices/pci0000:00/virtio1/block", disk);
+      mkdirSync(diskDir, { recursive: true });
+      writeFileSync(join(diskDir, "uevent"), `MAJOR=253\nMINOR=0\nDEVNAME=${disk}\nDEVTYPE=disk\n`);
+      symlinkSync(diskDir, join(root, "sys/class/block", disk));
+      for (const [part, partname] of Object.entries(parts)) {
+        mkdirSync(join(diskDir, part));
+        writeFileSync(
+          join(diskDir, part, "uevent"),
+          `DEVNAME=${part}\nDEVTYPE=partition\nPARTN=2\nPARTNAME=${partname}\n`,
+        );
+        symlinkSync(join(diskDir, part), join(root, "sys/class/block", part));
+      }
+    }
+  }
+
+  it("finds the one disk with a partition named abforge-A", async () => {
+    const root = join(dir, "host1");
+    fakeSys(root, {
+      sda: { sda1: "data" },
+      vda: { vda1: "esp", vda2: "abforge-A", vda3: "abforge-B", vda4: "state" },
+    });
+    expect(await findHostBootDisk(root)).toBe("/dev/vda");
+  });
+
+  it("BOOT_DISK_NOT_FOUND when no disk or several have it", async () => {
+    const none = join(dir, "host2");
+    fakeSys(none, { sda: { sda1: "data" } });
+    await expect(findHostBootDisk(none)).rejects.toMatchObject({ code: "BOOT_DISK_NOT_FOUND" });
+    const two = join(dir, "host3");
+    fakeSys(two, { vda: { vda2: "abforge-A" }, sdb: { sdb2: "abforge-A" } });
+    await expect(findHostBootDisk(two)).rejects.toMatchObject({
+      code: "BOOT_DISK_NOT_FOUND",
+      message: expect.stringMatching(/several disks .*\/dev\/sdb, \/dev\/vda.*pass --disk/),
+    });
+  });
+});
