@@ -1,15 +1,15 @@
 /**
- * Hash one range of a level's children with positioned reads and writes
- * (README.md, "Format" step 5 and "Verify" step 5). Synchronous on purpose: it
- * runs either in a worker thread (one range per core) or, for small inputs and
- * the upper levels, in the calling thread. Memory: one chunk of children
- * (≤ 2 MiB) and its parent blocks.
+ * Hash ranges of a level's children with positioned reads and writes
+ * (README.md, "Format" step 4 and "Verify" step 7). Synchronous on purpose: it
+ * runs in the calling thread and in worker threads, which share the level
+ * through a queue of ranges in a SharedArrayBuffer (`shareLevel`). Memory per
+ * thread: one chunk of children (about 1 MiB) and its parent blocks.
  */
 import { readSync, readvSync, writeSync } from "node:fs";
 import { hashRecords } from "./hash.ts";
 import type { HashAlgorithm } from "./layout.ts";
 
-export interface RangeTask {
+export interface LevelTask {
   mode: "format" | "verify";
   hashAlgorithm: HashAlgorithm;
   salt: Uint8Array;
@@ -18,9 +18,8 @@ export interface RangeTask {
   /** Byte offset of child 0 in childFd. */
   childOffset: number;
   childSize: number;
-  /** Children [first, end) of this level; `first` is a multiple of hashesPerBlock. */
-  first: number;
-  end: number;
+  /** Children of this level. */
+  children: number;
   hashFd: number;
   /** Byte offset of this level's first hash block in hashFd. */
   levelOffset: number;
@@ -86,11 +85,12 @@ function writeFully(fd: number, buf: Uint8Array, position: number): void {
 }
 
 /**
- * Format: write the parent blocks of children [first, end) and return -1.
- * Verify: return the index of the first child whose digest differs from the
- * one stored in its (already authenticated) parent block, or -1.
+ * A hasher for ranges [first, end) of one level (`first` a multiple of
+ * hashesPerBlock). Format: writes the parent blocks and returns -1. Verify:
+ * returns the first child whose digest differs from the one stored in its
+ * (already authenticated) parent block, or -1. Buffers are allocated once.
  */
-export function runRange(t: RangeTask): number {
+export function rangeHasher(t: LevelTask): (first: number, end: number) => number {
   const per = chunkChildren(t.childSize, t.hashesPerBlock);
   const batch = Math.min(per, batchChildren(t.childSize));
   const saltLen = t.salt.length;
@@ -106,38 +106,111 @@ export function runRange(t: RangeTask): number {
   const computed = Buffer.alloc((per / t.hashesPerBlock) * t.hashBlockSize);
   const stored = t.mode === "verify" ? Buffer.alloc(computed.length) : computed;
 
-  for (let c = t.first; c < t.end; c += per) {
-    const count = Math.min(per, t.end - c);
-    const parentBytes = Math.ceil(count / t.hashesPerBlock) * t.hashBlockSize;
-    const parentPos = t.levelOffset + (c / t.hashesPerBlock) * t.hashBlockSize;
-    computed.fill(0, 0, parentBytes);
-    for (let b = 0; b < count; b += batch) {
-      const n = Math.min(batch, count - b);
-      const position = t.childOffset + (c + b) * t.childSize;
-      if (saltLen === 0) readFully(t.childFd, records.subarray(0, n * recordSize), position);
-      else readvFully(t.childFd, views.slice(0, n), position);
-      hashRecords(
-        t.hashAlgorithm,
-        records,
-        recordSize,
-        n,
-        computed,
-        b * t.digestStride,
-        t.digestStride,
-      );
+  return (first, end) => {
+    for (let c = first; c < end; c += per) {
+      const count = Math.min(per, end - c);
+      const parentBytes = Math.ceil(count / t.hashesPerBlock) * t.hashBlockSize;
+      const parentPos = t.levelOffset + (c / t.hashesPerBlock) * t.hashBlockSize;
+      computed.fill(0, 0, parentBytes);
+      for (let b = 0; b < count; b += batch) {
+        const n = Math.min(batch, count - b);
+        const position = t.childOffset + (c + b) * t.childSize;
+        if (saltLen === 0) readFully(t.childFd, records.subarray(0, n * recordSize), position);
+        else readvFully(t.childFd, views.slice(0, n), position);
+        hashRecords(
+          t.hashAlgorithm,
+          records,
+          recordSize,
+          n,
+          computed,
+          b * t.digestStride,
+          t.digestStride,
+        );
+      }
+      if (t.mode === "format") {
+        writeFully(t.hashFd, computed.subarray(0, parentBytes), parentPos);
+        continue;
+      }
+      readFully(t.hashFd, stored.subarray(0, parentBytes), parentPos);
+      for (let j = 0; j < count; j++) {
+        const at = j * t.digestStride;
+        if (computed.compare(stored, at, at + t.digestSize, at, at + t.digestSize) !== 0)
+          return c + j;
+      }
     }
-    if (t.mode === "format") {
-      writeFully(t.hashFd, computed.subarray(0, parentBytes), parentPos);
-      continue;
+    return -1;
+  };
+}
+
+/** The whole level in the calling thread. */
+export function runLevel(t: LevelTask): number {
+  return rangeHasher(t)(0, t.children);
+}
+
+/*
+ * The shared queue: a BigInt64Array over a SharedArrayBuffer.
+ *   [0] next range to claim   [1] lowest bad child found (NONE: none)
+ *   [2 + w] state of worker w: 0 not started, 1 started, 2 cancelled
+ */
+const NEXT = 0;
+const FIRST_BAD = 1;
+const NONE = 2n ** 62n;
+export const WORKER_STARTED = 1n;
+export const WORKER_CANCELLED = 2n;
+
+export function newQueue(workers: number): SharedArrayBuffer {
+  const sab = new SharedArrayBuffer(8 * (2 + workers));
+  new BigInt64Array(sab)[FIRST_BAD] = NONE;
+  return sab;
+}
+
+/** Children per queued range: whole chunks, about 4 MiB. */
+export function rangeChildren(t: LevelTask): number {
+  const per = chunkChildren(t.childSize, t.hashesPerBlock);
+  return per * Math.max(1, Math.floor((4 * 1024 * 1024) / (per * t.childSize)));
+}
+
+/**
+ * Claim ranges from the queue until none is left (or, in verify, until the
+ * next range starts after a bad child already found) and hash them.
+ */
+export function shareLevel(t: LevelTask, queue: SharedArrayBuffer): void {
+  const q = new BigInt64Array(queue);
+  const size = rangeChildren(t);
+  const run = rangeHasher(t);
+  for (;;) {
+    const first = Number(Atomics.add(q, NEXT, 1n)) * size;
+    if (first >= t.children || BigInt(first) > Atomics.load(q, FIRST_BAD)) return;
+    const bad = run(first, Math.min(t.children, first + size));
+    if (bad < 0) continue;
+    // lower the shared minimum
+    for (let seen = Atomics.load(q, FIRST_BAD); BigInt(bad) < seen; ) {
+      const was = Atomics.compareExchange(q, FIRST_BAD, seen, BigInt(bad));
+      if (was === seen) break;
+      seen = was;
     }
-    readFully(t.hashFd, stored.subarray(0, parentBytes), parentPos);
-    for (let j = 0; j < count; j++) {
-      const at = j * t.digestStride;
-      if (computed.compare(stored, at, at + t.digestSize, at, at + t.digestSize) !== 0)
-        return c + j;
-    }
+    return;
   }
-  return -1;
+}
+
+/** Stop handing out ranges (after an error in one thread). */
+export function closeQueue(queue: SharedArrayBuffer): void {
+  Atomics.store(new BigInt64Array(queue), NEXT, 2n ** 53n);
+}
+
+export function firstBad(queue: SharedArrayBuffer): number {
+  const v = Atomics.load(new BigInt64Array(queue), FIRST_BAD);
+  return v === NONE ? -1 : Number(v);
+}
+
+/** A worker marks itself started, or learns it was cancelled (false). */
+export function startWorker(queue: SharedArrayBuffer, w: number): boolean {
+  return Atomics.compareExchange(new BigInt64Array(queue), 2 + w, 0n, WORKER_STARTED) === 0n;
+}
+
+/** The caller cancels a worker that has not started yet (true), else it must wait for it. */
+export function cancelWorker(queue: SharedArrayBuffer, w: number): boolean {
+  return Atomics.compareExchange(new BigInt64Array(queue), 2 + w, 0n, WORKER_CANCELLED) === 0n;
 }
 
 export function isShortFile(err: unknown): boolean {

@@ -185,6 +185,6 @@ export function decodeSuperblock(b: Uint8Array, where = "superblock"): Superbloc
     dataBlockSize: view.getUint32(SB.dataBlockSize, true),
     hashBlockSize: view.getUint32(SB.hashBlockSize, true),
     dataBlocks: Number(dataBlocks),
-    salt: b.slice(SB.salt, SB.salt + saltSize),
+    salt: new Uint8Array(b.subarray(SB.salt, SB.salt + saltSize)),
   };
 }

@@ -28,9 +28,19 @@ import {
   type TreeLayout,
   treeLayout,
 } from "./layout.ts";
-import { isShortFile, type RangeTask, runRange } from "./range.ts";
+import {
+  cancelWorker,
+  closeQueue,
+  firstBad,
+  isShortFile,
+  type LevelTask,
+  newQueue,
+  rangeChildren,
+  runLevel,
+  shareLevel,
+} from "./range.ts";
 import { checkUuid, decodeSuperblock, encodeSuperblock, type Superblock } from "./superblock.ts";
-import type { WorkerReply } from "./worker.ts";
+import type { WorkerInput, WorkerReply } from "./worker.ts";
 
 export interface VerityParams {
   hashAlgorithm: HashAlgorithm;
@@ -74,7 +84,7 @@ export interface VerityFormatOptions {
   uuid?: string;
   /** Default: true. */
   superblock?: boolean;
-  /** Threads for the data level. Default: one per core, for data of 16 MiB or more. */
+  /** Threads for the data level (the caller + workers). Default: one per core, for data of 64 MiB or more. */
   threads?: number;
 }
 
@@ -82,7 +92,7 @@ export interface VerityVerifyOptions extends VerityFormatOptions {
   rootHash: string;
 }
 
-const PARALLEL_MIN_BYTES = 16 * 1024 * 1024;
+const PARALLEL_MIN_BYTES = 64 * 1024 * 1024;
 
 function badParams(message: string, details: Record<string, unknown> = {}): VerityError {
   return new VerityError("VERITY_BAD_PARAMS", message, { details });
@@ -185,61 +195,83 @@ function rangeError(t: { path: string; role: string }, err: unknown): ToolError 
   return ioError(t, "read or write failed", err);
 }
 
-function runInWorker(task: RangeTask): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const worker = new Worker(new URL("./worker.ts", import.meta.url), { workerData: task });
+interface Spawned {
+  worker: Worker;
+  done: Promise<WorkerReply>;
+}
+
+function spawnWorker(input: WorkerInput): Spawned {
+  const worker = new Worker(new URL("./worker.ts", import.meta.url), { workerData: input });
+  const done = new Promise<WorkerReply>((resolve) => {
     let reply: WorkerReply | undefined;
     worker.once("message", (m: WorkerReply) => {
       reply = m;
     });
-    worker.once("error", reject);
-    worker.once("exit", (code) => {
-      if (!reply) return reject(new Error(`verity worker exited with code ${code} and no result`));
-      if (reply.ok) return resolve(reply.firstBad);
-      const err = Object.assign(new Error(reply.message), { code: reply.code });
-      reject(reply.shortFile ? Object.assign(err, { shortFile: true }) : err);
-    });
+    worker.once("error", (err) =>
+      resolve({ ok: false, message: err.message, code: undefined, shortFile: false }),
+    );
+    worker.once("exit", (code) =>
+      resolve(
+        reply ?? {
+          ok: false,
+          message: `verity worker exited with code ${code}`,
+          code: undefined,
+          shortFile: false,
+        },
+      ),
+    );
   });
+  return { worker, done };
 }
 
 /**
- * Level 0 over the data, split into one range per thread (each range a whole
- * number of hash blocks). Returns the first bad data block (verify) or -1.
+ * Level 0 over the data (README.md, "Format" step 4): the calling thread and
+ * threads-1 workers claim ranges from a shared queue, so hashing starts at once
+ * and a worker that is not up before the queue is empty is cancelled. Returns
+ * the first bad data block (verify) or -1.
  */
 async function dataLevel(
-  base: Omit<RangeTask, "first" | "end">,
-  children: number,
+  task: LevelTask,
   threads: number,
   data: OpenFile,
   hash: OpenFile,
 ): Promise<number> {
-  const parentBlocks = Math.ceil(children / base.hashesPerBlock);
-  const n = Math.max(1, Math.min(threads, parentBlocks));
-  const wrap = (err: unknown) => {
-    const short = isShortFile(err) || (err as { shortFile?: boolean }).shortFile === true;
-    const target = base.mode === "format" ? hash : data;
-    return short
-      ? ioError(target, "file is shorter than the verity parameters need", err)
-      : rangeError(target, err);
-  };
-  if (n === 1) {
-    try {
-      return runRange({ ...base, first: 0, end: children });
-    } catch (err) {
-      throw wrap(err);
-    }
+  const workers = Math.max(
+    0,
+    Math.min(threads, Math.ceil(task.children / rangeChildren(task))) - 1,
+  );
+  const queue = newQueue(workers);
+  const spawned: Spawned[] = [];
+  for (let index = 0; index < workers; index++) spawned.push(spawnWorker({ task, queue, index }));
+  let failure: unknown;
+  try {
+    shareLevel(task, queue);
+  } catch (err) {
+    failure = err;
+    closeQueue(queue);
   }
-  const tasks: Promise<number>[] = [];
-  for (let w = 0; w < n; w++) {
-    const first = Math.floor((parentBlocks * w) / n) * base.hashesPerBlock;
-    const end = Math.min(children, Math.floor((parentBlocks * (w + 1)) / n) * base.hashesPerBlock);
-    tasks.push(runInWorker({ ...base, first, end }));
+  // Workers that have not started are not needed any more; the others must
+  // finish before the caller closes the descriptors they use.
+  const replies = await Promise.all(
+    spawned.map(async (s, index) => {
+      if (cancelWorker(queue, index)) {
+        await s.worker.terminate();
+        return { ok: true } as WorkerReply;
+      }
+      return s.done;
+    }),
+  );
+  const bad = replies.find((r): r is Extract<WorkerReply, { ok: false }> => !r.ok);
+  if (!failure && bad)
+    failure = Object.assign(new Error(bad.message), { code: bad.code, shortFile: bad.shortFile });
+  if (failure) {
+    const short = isShortFile(failure) || (failure as { shortFile?: boolean }).shortFile === true;
+    const target = task.mode === "format" ? hash : data;
+    throw short
+      ? ioError(target, "file is shorter than the verity parameters need", failure)
+      : rangeError(target, failure);
   }
-  const results = await Promise.allSettled(tasks);
-  const failed = results.find((r) => r.status === "rejected");
-  if (failed) throw wrap((failed as PromiseRejectedResult).reason);
-  const bad = results.map((r) => (r as PromiseFulfilledResult<number>).value).filter((b) => b >= 0);
-  return bad.length ? Math.min(...bad) : -1;
+  return firstBad(queue);
 }
 
 function threadsFor(o: VerityFormatOptions, dataBytes: number): number {
@@ -313,8 +345,8 @@ export async function formatVerity(o: VerityFormatOptions): Promise<VerityParams
           childOffset: dataOffset,
           childSize: dataBlockSize,
           levelOffset: level0.startBlock * hashBlockSize,
+          children: dataBlocks,
         },
-        dataBlocks,
         threadsFor(o, dataBlocks * dataBlockSize),
         data,
         hash,
@@ -322,14 +354,13 @@ export async function formatVerity(o: VerityFormatOptions): Promise<VerityParams
       let below = level0;
       for (const level of upper) {
         try {
-          runRange({
+          runLevel({
             ...common,
             childFd: hash.fd,
             childOffset: below.startBlock * hashBlockSize,
             childSize: hashBlockSize,
             levelOffset: level.startBlock * hashBlockSize,
-            first: 0,
-            end: level.children,
+            children: level.children,
           });
         } catch (err) {
           throw rangeError(hash, err);
@@ -523,14 +554,13 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
       if (!parent || !child) continue;
       let bad: number;
       try {
-        bad = runRange({
+        bad = runLevel({
           ...common,
           childFd: hash.fd,
           childOffset: child.startBlock * hashBlockSize,
           childSize: hashBlockSize,
           levelOffset: parent.startBlock * hashBlockSize,
-          first: 0,
-          end: parent.children,
+          children: parent.children,
         });
       } catch (err) {
         throw rangeError(hash, err);
@@ -553,8 +583,8 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
           childOffset: dataOffset,
           childSize: dataBlockSize,
           levelOffset: level0.startBlock * hashBlockSize,
+          children: dataBlocks,
         },
-        dataBlocks,
         threadsFor(o, dataBlocks * dataBlockSize),
         data,
         hash,

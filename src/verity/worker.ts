@@ -1,23 +1,33 @@
 /**
- * Worker thread entry: hashes one range of a level (range.ts) and posts the
- * result. The parent shares its file descriptors with the worker (one process).
+ * Worker thread entry: claims ranges of one level from the shared queue
+ * (range.ts) until none is left, then posts how it ended. The parent shares
+ * its file descriptors with the worker (one process).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { isShortFile, type RangeTask, runRange } from "./range.ts";
+import { isShortFile, type LevelTask, shareLevel, startWorker } from "./range.ts";
+
+export interface WorkerInput {
+  task: LevelTask;
+  queue: SharedArrayBuffer;
+  index: number;
+}
 
 export type WorkerReply =
-  | { ok: true; firstBad: number }
+  | { ok: true }
   | { ok: false; message: string; code: string | undefined; shortFile: boolean };
 
-let reply: WorkerReply;
-try {
-  reply = { ok: true, firstBad: runRange(workerData as RangeTask) };
-} catch (err) {
-  reply = {
-    ok: false,
-    message: err instanceof Error ? err.message : String(err),
-    code: (err as NodeJS.ErrnoException).code,
-    shortFile: isShortFile(err),
-  };
+const { task, queue, index } = workerData as WorkerInput;
+let reply: WorkerReply = { ok: true };
+if (startWorker(queue, index)) {
+  try {
+    shareLevel(task, queue);
+  } catch (err) {
+    reply = {
+      ok: false,
+      message: err instanceof Error ? err.message : String(err),
+      code: (err as NodeJS.ErrnoException).code,
+      shortFile: isShortFile(err),
+    };
+  }
 }
 parentPort?.postMessage(reply);
