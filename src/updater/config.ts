@@ -12,6 +12,7 @@ export type RebootPolicy = "auto" | "manual";
 export type SlotName = "A" | "B";
 
 export interface HealthCheckConfig {
+  /** For logs; default `check-<n>`. */
   name: string;
   /** argv, run without a shell; a string in the YAML means `/bin/sh -c STRING`. */
   command: string[];
@@ -180,7 +181,7 @@ export function parseConfig(text: string, source: string): AgentConfig {
           }
           config.healthChecks = [];
           valueNode.items.forEach((item, i) => {
-            const check = parseHealthCheck(item as Node, `healthChecks[${i}]`, lineOf, errors);
+            const check = parseHealthCheck(item as Node, i, `healthChecks[${i}]`, lineOf, errors);
             if (check) config.healthChecks.push(check);
           });
           break;
@@ -228,6 +229,7 @@ export async function loadConfig(path: string): Promise<AgentConfig> {
 
 function parseHealthCheck(
   node: Node,
+  index: number,
   field: string,
   lineOf: (n: Node | null | undefined) => number,
   errors: FieldError[],
@@ -251,16 +253,15 @@ function parseHealthCheck(
     if (!["name", "command", "timeoutMs"].includes(k))
       bad(k, "unknown field (known: name, command, timeoutMs)");
   }
-  if (typeof v.name !== "string" || v.name.length === 0)
+  if (v.name !== undefined && (typeof v.name !== "string" || v.name.length === 0))
     bad("name", `must be a non-empty string, got ${show(v.name)}`);
   const argv = commandOf(v.command);
   if (!argv)
     bad("command", `must be a command (a string or a list of strings), got ${show(v.command)}`);
   if (!isInt(v.timeoutMs) || v.timeoutMs <= 0)
     bad("timeoutMs", `must be a positive integer, got ${show(v.timeoutMs)}`);
-  return ok && argv
-    ? { name: v.name as string, command: argv, timeoutMs: v.timeoutMs as number }
-    : null;
+  const name = (v.name as string | undefined) ?? `check-${index + 1}`;
+  return ok && argv ? { name, command: argv, timeoutMs: v.timeoutMs as number } : null;
 }
 
 function parseSlots(

@@ -6,12 +6,14 @@
  * real one everywhere else (files as block devices, child processes, HTTP on
  * 127.0.0.1).
  */
+import { execFile } from "node:child_process";
 import type { KeyObject } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { setTimeout as sleep } from "node:timers/promises";
+import { promisify } from "node:util";
 import { type BootState, nextBootSlot, slotFromCmdline } from "../bootloader/index.ts";
 import { loadPublicKey } from "../bundle/index.ts";
 import {
@@ -21,7 +23,8 @@ import {
   partitionRange,
   readGpt,
 } from "../disk/index.ts";
-import { run } from "../exec.ts";
+import { ToolError } from "../errors.ts";
+import { requireTool, run } from "../exec.ts";
 import type { Logger } from "../log.ts";
 import { fetchIndex, openRange } from "../repo/index.ts";
 import { errText, type SlotLocation, type SlotName } from "./config.ts";
@@ -159,6 +162,8 @@ export const bootStateBootedSlot: BootedSlotSource = {
   },
 };
 
+const execFileP = promisify(execFile);
+
 export interface ByteRange {
   offset: number;
   size: number;
@@ -262,14 +267,8 @@ export class SquashfsImageFiles implements ImageFiles {
     );
   }
   async trustedKeys(): Promise<KeyObject[]> {
-    const listing = await run("unsquashfs", [
-      "-o",
-      String(this.#offset),
-      "-lc",
-      this.#disk,
-      KEYS_DIR,
-    ]);
-    const files = listing.stdout
+    const listing = await unsquashfs(["-o", String(this.#offset), "-lc", this.#disk, KEYS_DIR]);
+    const files = listing
       .split("\n")
       .map((l) => l.trim().replace(/^squashfs-root\//, ""))
       .filter((l) => l.startsWith(`${KEYS_DIR}/`) && l.endsWith(".pub"))
@@ -288,8 +287,32 @@ export class SquashfsImageFiles implements ImageFiles {
     }
   }
   async #cat(path: string): Promise<string> {
-    const r = await run("unsquashfs", ["-o", String(this.#offset), "-cat", this.#disk, path]);
-    return r.stdout;
+    return unsquashfs(["-o", String(this.#offset), "-cat", this.#disk, path]);
+  }
+}
+
+/**
+ * unsquashfs with stdin closed: src/exec.ts run() pipes stdin, and a tool
+ * that exits before reading it makes that write fail with EPIPE.
+ */
+async function unsquashfs(args: string[]): Promise<string> {
+  const bin = requireTool("unsquashfs");
+  try {
+    const { stdout } = await execFileP(bin, args, {
+      encoding: "utf8",
+      maxBuffer: 16 * 1024 * 1024,
+    });
+    return stdout;
+  } catch (cause) {
+    const e = cause as { stderr?: string; code?: unknown };
+    throw new ToolError(
+      "TOOL_FAILED",
+      `unsquashfs ${args.join(" ")} failed: ${(e.stderr ?? errText(cause)).trim()}`,
+      {
+        cause,
+        details: { tool: "unsquashfs", args, exitCode: e.code },
+      },
+    );
   }
 }
 
