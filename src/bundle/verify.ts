@@ -9,7 +9,7 @@ import { stat } from "node:fs/promises";
 import { Writable } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import { isBaseError } from "../errors.ts";
-import type { VerityParams } from "../verity/index.ts";
+import { type VerityParams, verifyVerity } from "../verity/index.ts";
 import { BundleError } from "./errors.ts";
 import { ioStep } from "./io.ts";
 import { CHUNK_SIZE, type Manifest } from "./manifest.ts";
@@ -86,8 +86,6 @@ const VERITY_FIELDS = [
 
 async function checkVerity(path: string, where: string, m: Manifest, slotOffset: number) {
   const v = m.verity;
-  // Loaded on first use: src/bundle only needs src/verity for this check.
-  const { verifyVerity } = await import("../verity/index.ts");
   let found: VerityParams;
   try {
     found = await verifyVerity({

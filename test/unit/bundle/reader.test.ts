@@ -377,7 +377,7 @@ describe("BundleReader on hostile bundles", () => {
           if (edits.length === 1 || cut !== undefined) expect(o.error).toBeInstanceOf(BundleError);
         },
       ),
-      { numRuns: 1500 },
+      { numRuns: 1000 },
     );
   });
 });
