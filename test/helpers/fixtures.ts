@@ -18,9 +18,11 @@
  * Sizes are small (slot partitions of 8 MiB, slot images of a few MiB = a few
  * 1 MiB chunks) so a test file stays well under a minute.
  */
+import { execFile } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { copyFile, mkdir, open, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { promisify } from "node:util";
 import {
   bootStateToEnv,
   encodeEnv,
@@ -39,10 +41,20 @@ import {
   writeBundle,
 } from "../../src/bundle/index.ts";
 import { PARTITION_TYPES, partitionRange, planDisk, writeGpt } from "../../src/disk/index.ts";
-import { run } from "../../src/exec.ts";
+import { requireTool } from "../../src/exec.ts";
 import { formatVerity, type VerityParams } from "../../src/verity/index.ts";
 
 const MiB = 1024 * 1024;
+const execFileP = promisify(execFile);
+
+/**
+ * Run a tool with stdin closed (src/exec.ts run() writes to the tool's
+ * stdin, which fails with EPIPE when the tool exits first).
+ */
+export async function tool(name: string, args: readonly string[]): Promise<string> {
+  const { stdout } = await execFileP(requireTool(name), args, { encoding: "utf8" });
+  return stdout;
+}
 
 export interface FixtureKey {
   privateKey: KeyObject;
@@ -96,7 +108,7 @@ export async function makeSlotImage(path: string, o: SlotImageOptions): Promise<
       k.export({ type: "spki", format: "pem" }),
     );
   await writeFile(join(root, "payload.bin"), randomBytes(o.payloadBytes ?? 2.5 * MiB));
-  await run("mksquashfs", [
+  await tool("mksquashfs", [
     root,
     path,
     "-noappend",
@@ -190,7 +202,7 @@ export async function makeBootDisk(
     ByteRange,
     ByteRange,
   ];
-  await run("mkfs.vfat", [
+  await tool("mkfs.vfat", [
     "-F",
     "32",
     "-s",
@@ -212,7 +224,7 @@ export async function makeBootDisk(
   });
   const envFile = `${path}.GRUBENV`;
   await writeFile(envFile, encodeEnv(bootStateToEnv(boot)));
-  await run("mcopy", ["-i", `${path}@@${esp.offset}`, envFile, "::/GRUBENV"]);
+  await tool("mcopy", ["-i", `${path}@@${esp.offset}`, envFile, "::/GRUBENV"]);
   await copyInto(slotA.path, path, a.offset);
   return { path, esp, slots: { A: a, B: b }, state };
 }

@@ -1,0 +1,160 @@
+// After boot (src/updater/README.md, "After boot", the decision table): health checks,
+// mark good once, reboot without marking, rollback recorded and never reinstalled.
+// GRUB's boot rule is played by src/bootloader grubBoot on the disk image's boot state.
+import { readFile } from "node:fs/promises";
+import { beforeAll, describe, expect, it } from "vitest";
+import { grubBoot } from "../../../src/bootloader/index.ts";
+import type { AgentConfig, HealthCheckConfig } from "../../../src/updater/index.ts";
+import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
+import { tempDir } from "../../helpers/tmp.ts";
+import { readBoot, testAgent, writeBoot } from "./harness.ts";
+
+let w: UpdateWorld;
+beforeAll(async () => {
+  w = await makeUpdateWorld(tempDir());
+});
+
+const ok: HealthCheckConfig = { name: "ok", command: ["/bin/sh", "-c", "exit 0"], timeoutMs: 5000 };
+const broken: HealthCheckConfig = {
+  name: "broken",
+  command: ["/bin/sh", "-c", "echo broken >&2; exit 3"],
+  timeoutMs: 5000,
+};
+const hangs: HealthCheckConfig = { name: "hangs", command: ["sleep", "30"], timeoutMs: 300 };
+const bundle = (v: string) => (w.bundles[v] as BundleFixture).path;
+
+/** GRUB at power-on: pick the slot, count the try, save the state. */
+async function powerOn(disk: string) {
+  const { slot, state } = grubBoot(await readBoot(disk));
+  await writeBoot(disk, state);
+  return slot;
+}
+
+async function installed(name: string, config: Partial<AgentConfig>) {
+  const d = await w.freshDisk(name);
+  const t = await testAgent(d.path, { config: { tries: 2, ...config } });
+  await t.agent.install(bundle("2.0.0"));
+  return d;
+}
+
+describe("after boot", () => {
+  it("the new slot passes its checks: marked good once, recorded", async () => {
+    const d = await installed("healthy", { healthChecks: [ok] });
+    expect(await powerOn(d.path)).toBe("B");
+    const t = await testAgent(d.path, { config: { healthChecks: [ok] } });
+    const r = await t.agent.afterBoot();
+    expect(r).toMatchObject({ action: "marked-good", booted: "B", version: "2.0.0" });
+    const boot = await readBoot(d.path);
+    expect(boot.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect(boot.slots.A).toMatchObject({ good: true, version: "1.0.0" });
+    expect(t.agent.state).toMatchObject({
+      pending: null,
+      lastGood: { slot: "B", version: "2.0.0" },
+    });
+    expect(t.lines.map((l) => l.msg)).toContain("marked good: slot B (2.0.0)");
+    // once: a second run changes nothing on the disk
+    const env = await readFile(d.path);
+    expect(await t.agent.afterBoot()).toMatchObject({ action: "nothing" });
+    expect((await readFile(d.path)).equals(env)).toBe(true);
+  });
+
+  it.each([
+    ["fails", broken, false],
+    ["times out", hangs, true],
+  ])(
+    "a check that %s: not marked, reboot so GRUB counts the try",
+    async (_what, check, timedOut) => {
+      const d = await installed(`unhealthy-${check.name}`, {});
+      await powerOn(d.path);
+      const t = await testAgent(d.path, { config: { healthChecks: [ok, check] } });
+      const started = Date.now();
+      const r = await t.agent.afterBoot();
+      expect(Date.now() - started).toBeLessThan(5000);
+      expect(r).toMatchObject({ action: "unhealthy", booted: "B", rebooting: true });
+      if (r.action !== "unhealthy") throw new Error("unreachable");
+      expect(r.checks.map((c) => [c.name, c.ok, c.timedOut])).toEqual([
+        ["ok", true, false],
+        [check.name, false, timedOut],
+      ]);
+      expect((await readBoot(d.path)).slots.B).toMatchObject({ good: false, tries: 1 });
+      expect(t.reboots).toHaveLength(1);
+      expect(t.agent.state.lastError).toMatchObject({ code: "HEALTH_CHECK_FAILED" });
+      expect(t.lines.some((l) => /^health check [a-z]+ failed/.test(l.msg))).toBe(true);
+    },
+  );
+
+  it("reboot policy manual: a failing check only logs", async () => {
+    const d = await installed("unhealthy-manual", {});
+    await powerOn(d.path);
+    const t = await testAgent(d.path, { config: { healthChecks: [broken], reboot: "manual" } });
+    expect(await t.agent.afterBoot()).toMatchObject({ action: "unhealthy", rebooting: false });
+    expect(t.reboots).toHaveLength(0);
+  });
+
+  it("tries run out, GRUB falls back: the rollback is recorded and the version never installed again", async () => {
+    const d = await installed("rollback", {});
+    const boots: string[] = [];
+    for (;;) {
+      const slot = (await powerOn(d.path)) as string;
+      boots.push(slot);
+      // the host knows the slot GRUB booted (abforge.slot= on the kernel command line)
+      const cmdline = { bootedSlot: async () => slot as "A" | "B" };
+      const t = await testAgent(d.path, {
+        config: { healthChecks: [broken] },
+        overrides: { bootedSlot: cmdline },
+      });
+      const r = await t.agent.afterBoot();
+      if (slot === "A") {
+        expect(r).toMatchObject({
+          action: "rollback",
+          booted: "A",
+          failedSlot: "B",
+          version: "2.0.0",
+        });
+        expect(t.lines.some((l) => /^rollback: /.test(l.msg) && l.level === 40)).toBe(true);
+        break;
+      }
+      expect(r).toMatchObject({ action: "unhealthy" });
+    }
+    expect(boots).toEqual(["B", "B", "A"]);
+
+    const t = await testAgent(d.path);
+    expect(t.agent.state.badVersions).toEqual(["2.0.0"]);
+    const status = await t.agent.status();
+    expect(status).toMatchObject({
+      booted: { slot: "A", version: "1.0.0", good: true },
+      other: { slot: "B", version: "2.0.0", good: false, tries: 0 },
+      badVersions: ["2.0.0"],
+      pending: null,
+    });
+    expect(status.rollbacks).toEqual([
+      expect.objectContaining({
+        version: "2.0.0",
+        slot: "B",
+        reason: expect.stringMatching(/used up its boot tries/),
+      }),
+    ]);
+    // a rollback is recorded once
+    expect(await t.agent.afterBoot()).toMatchObject({ action: "nothing" });
+    expect(t.agent.state.rollbacks).toHaveLength(1);
+    // never again, but a newer version is fine
+    await expect(t.agent.install(bundle("2.0.0"))).rejects.toMatchObject({
+      code: "UPDATE_BAD_VERSION",
+    });
+    expect(await t.agent.install(bundle("3.0.0"))).toMatchObject({
+      outcome: "installed",
+      slot: "B",
+    });
+  });
+
+  it("installed but not rebooted yet: nothing to decide", async () => {
+    const d = await installed("not-rebooted", {});
+    const stillA = { bootedSlot: async () => "A" as const };
+    const t = await testAgent(d.path, { overrides: { bootedSlot: stillA } });
+    expect(await t.agent.afterBoot()).toMatchObject({
+      action: "await-reboot",
+      slot: "B",
+      version: "2.0.0",
+    });
+  });
+});

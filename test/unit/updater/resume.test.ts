@@ -1,0 +1,209 @@
+// Polling a real repository over HTTP and resuming an interrupted download
+// (src/updater/README.md, "Resume"): src/repo publish + serve on 127.0.0.1,
+// behind a recording proxy that shows each Range request the agent makes.
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { writeFile } from "node:fs/promises";
+import { createServer, request, type Server } from "node:http";
+import type { AddressInfo } from "node:net";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readBundleHead } from "../../../src/bundle/index.ts";
+import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
+import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
+import {
+  type BundleFixture,
+  copyInto,
+  makeUpdateWorld,
+  readRange,
+  type UpdateWorld,
+} from "../../helpers/fixtures.ts";
+import { tempDir } from "../../helpers/tmp.ts";
+import { readBoot, testAgent } from "./harness.ts";
+
+const MiB = 1024 * 1024;
+let w: UpdateWorld;
+let repo: RepoServer;
+let proxy: Server;
+let proxyUrl: string;
+/** Every request that reached the repository: path and Range header. */
+const requests: { url: string; range: string | undefined }[] = [];
+let slotOffset: number;
+
+beforeAll(async () => {
+  // 4.5 MiB of payload: a slot image of 5 chunks
+  w = await makeUpdateWorld(tempDir(), { payloadBytes: 4.5 * MiB, versions: ["2.0.0"] });
+  const repoDir = join(w.dir, "repo");
+  await publish({ repoDir, bundlePath: bundle().path, channel: "stable", key: w.key.privateKey });
+  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+  const target = new URL(repo.url);
+  proxy = createServer((req, res) => {
+    requests.push({ url: req.url ?? "", range: req.headers.range });
+    const up = request(
+      {
+        host: target.hostname,
+        port: target.port,
+        path: req.url,
+        method: req.method,
+        headers: req.headers,
+      },
+      (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      },
+    );
+    up.on("error", () => res.destroy());
+    req.pipe(up);
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  proxyUrl = `http://127.0.0.1:${(proxy.address() as AddressInfo).port}/`;
+  slotOffset = (await readBundleHead(createReadStream(bundle().path))).layout.slotOffset;
+});
+
+afterAll(async () => {
+  proxy?.closeAllConnections();
+  await new Promise((r) => proxy?.close(r));
+  await repo?.close();
+});
+
+const bundle = () => w.bundles["2.0.0"] as BundleFixture;
+const digest = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
+const config = () => ({ repoUrl: proxyUrl, channel: "stable", reboot: "manual" as const });
+const bundleRequests = () => requests.filter((r) => r.url.includes("/bundles/"));
+
+/** Check with an agent that is stopped (as by SIGTERM) once `afterChunks` chunks are written. */
+async function interruptedCheck(disk: string, afterChunks: number) {
+  const t = await testAgent(disk, { config: config() });
+  const stop = new AbortController();
+  t.agent.onChunk = (done) => {
+    if (done === afterChunks) stop.abort(new Error("SIGTERM"));
+  };
+  await expect(t.agent.check(stop.signal)).rejects.toMatchObject({ code: "UPDATE_ABORTED" });
+  return t;
+}
+
+describe("check against a served repository", () => {
+  it("fetches and verifies the index, installs over HTTP, then is up to date", async () => {
+    const d = await w.freshDisk("check-ok");
+    const t = await testAgent(d.path, { config: config() });
+    expect(await t.agent.check()).toEqual({
+      outcome: "installed",
+      version: "2.0.0",
+      slot: "B",
+      rebooting: false,
+    });
+    expect(
+      digest(await readRange(d.path, { offset: d.slots.B.offset, size: bundle().slot.size })),
+    ).toBe(bundle().manifest.slotImage.sha256);
+    expect((await readBoot(d.path)).slots.B).toMatchObject({
+      version: "2.0.0",
+      tries: 3,
+      good: false,
+    });
+    expect(t.agent.state.index?.serial).toBe(1);
+    // the image now boots B = 2.0.0, the latest
+    expect(await t.agent.check()).toEqual({ outcome: "up-to-date", version: "2.0.0" });
+    expect(t.agent.state.lastCheck).toMatchObject({ outcome: "up-to-date", version: "2.0.0" });
+  });
+
+  it("skips a version recorded as bad without downloading it", async () => {
+    const d = await w.freshDisk("check-bad");
+    await new StateStore(`${d.path}.abforge-state`).save({
+      ...initialAgentState(),
+      badVersions: ["2.0.0"],
+    });
+    const t = await testAgent(d.path, { config: config() });
+    const before = requests.length;
+    expect(await t.agent.check()).toMatchObject({ outcome: "skipped", version: "2.0.0" });
+    expect(requests.slice(before).map((r) => r.url)).toEqual(["/channels/stable.json"]);
+    expect(t.lines.map((l) => l.msg)).toContain("skip 2.0.0: recorded as bad (it rolled back)");
+    expect(t.lines.some((l) => /downloading/.test(l.msg))).toBe(false);
+  });
+
+  it("refuses an index with a lower serial than one already seen (replay)", async () => {
+    const d = await w.freshDisk("check-replay");
+    await new StateStore(`${d.path}.abforge-state`).save({
+      ...initialAgentState(),
+      index: { serial: 9, sha256: "0".repeat(64) },
+    });
+    const t = await testAgent(d.path, { config: config() });
+    await expect(t.agent.check()).rejects.toMatchObject({ code: "REPO_INDEX_REPLAYED" });
+    expect(t.agent.state.lastError).toMatchObject({ code: "REPO_INDEX_REPLAYED" });
+  });
+});
+
+describe("resume after an interrupted download", () => {
+  it("a restarted agent continues with a Range request at the first chunk not written", async () => {
+    const d = await w.freshDisk("resume-http");
+    await interruptedCheck(d.path, 2);
+    const state = await new StateStore(`${d.path}.abforge-state`).load();
+    expect(state.progress).toMatchObject({
+      slot: "B",
+      version: "2.0.0",
+      verifiedChunks: 2,
+      chunksTotal: 5,
+    });
+    // interrupted: B is unbootable, A (good) boots
+    expect((await readBoot(d.path)).order).toEqual(["A", "B"]);
+
+    const before = bundleRequests().length;
+    const t = await testAgent(d.path, { config: config() }); // the restart
+    expect(await t.agent.check()).toMatchObject({ outcome: "installed", version: "2.0.0" });
+    // the head (manifest, signature) again from byte 0, then the slot image from chunk 2
+    expect(
+      bundleRequests()
+        .slice(before)
+        .map((r) => r.range),
+    ).toEqual([undefined, `bytes=${slotOffset + 2 * MiB}-`]);
+    expect(t.lines.map((l) => l.msg)).toContain(
+      "resuming 2.0.0 at chunk 2 of 5 (chunks before it verified in slot B)",
+    );
+    expect(
+      digest(await readRange(d.path, { offset: d.slots.B.offset, size: bundle().slot.size })),
+    ).toBe(bundle().manifest.slotImage.sha256);
+    expect((await readBoot(d.path)).slots.B).toMatchObject({ version: "2.0.0", tries: 3 });
+  });
+
+  it("re-checks the written chunks on the partition instead of trusting the state file", async () => {
+    const d = await w.freshDisk("resume-damaged");
+    await interruptedCheck(d.path, 3);
+    // chunk 1 is damaged on the partition after the state file recorded it
+    const zeros = join(w.dir, "zeros");
+    await writeFile(zeros, Buffer.alloc(MiB));
+    await copyInto(zeros, d.path, d.slots.B.offset + MiB);
+    const before = bundleRequests().length;
+    const t = await testAgent(d.path, { config: config() });
+    expect(await t.agent.check()).toMatchObject({ outcome: "installed" });
+    expect(
+      bundleRequests()
+        .slice(before)
+        .map((r) => r.range),
+    ).toEqual([undefined, `bytes=${slotOffset + 1 * MiB}-`]);
+    expect(t.lines.map((l) => l.msg)).toContain(
+      "chunk 1 in slot B does not match; rewriting from there",
+    );
+    expect(
+      digest(await readRange(d.path, { offset: d.slots.B.offset, size: bundle().slot.size })),
+    ).toBe(bundle().manifest.slotImage.sha256);
+  });
+
+  it("a local bundle file resumes by seeking", async () => {
+    const d = await w.freshDisk("resume-file");
+    const t1 = await testAgent(d.path, { config: { reboot: "manual" } });
+    const stop = new AbortController();
+    t1.agent.onChunk = (done) => {
+      if (done === 4) stop.abort(new Error("SIGTERM"));
+    };
+    await expect(t1.agent.install(bundle().path, stop.signal)).rejects.toMatchObject({
+      code: "UPDATE_ABORTED",
+    });
+    const t2 = await testAgent(d.path, { config: { reboot: "manual" } });
+    const written: number[] = [];
+    t2.agent.onChunk = (done) => written.push(done);
+    expect(await t2.agent.install(bundle().path)).toMatchObject({ outcome: "installed" });
+    expect(written).toEqual([5]); // only the last chunk was read and written again
+    expect(t2.lines.map((l) => l.msg)).toContain(
+      "resuming 2.0.0 at chunk 4 of 5 (chunks before it verified in slot B)",
+    );
+  });
+});
