@@ -3,7 +3,7 @@
  * (README.md, "Reading" and "Writing").
  */
 import { closeSync, fstatSync, openSync, readSync, type Stats } from "node:fs";
-import { type FileHandle, open, readFile } from "node:fs/promises";
+import { type FileHandle, open, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { ToolError } from "../errors.ts";
 import { logger } from "../log.ts";
@@ -47,14 +47,25 @@ async function readSysNumber(path: string): Promise<number | undefined> {
  * `<sysRoot>/dev/block/MAJ:MIN/size` (always in 512-byte units) and its
  * logical sector size from `queue/logical_block_size` there.
  */
-export async function diskInfo(path: string, stats: Stats, sysRoot = "/sys"): Promise<DiskInfo> {
+export async function diskInfo(
+  path: string,
+  o: { stats?: Stats; sysRoot?: string } = {},
+): Promise<DiskInfo> {
+  let stats = o.stats;
+  if (!stats) {
+    try {
+      stats = await stat(path);
+    } catch (err) {
+      throw ioError(path, "cannot stat", err);
+    }
+  }
   if (stats.isFile()) return { sizeBytes: stats.size, sectorSize: 512, blockDevice: false };
   if (!stats.isBlockDevice()) {
     throw new GptError("GPT_BAD_INPUT", `${path} is neither a regular file nor a block device`, {
       details: { path },
     });
   }
-  const dir = join(sysRoot, "dev/block", majorMinor(stats.rdev));
+  const dir = join(o.sysRoot ?? "/sys", "dev/block", majorMinor(stats.rdev));
   const sectors512 = await readSysNumber(join(dir, "size"));
   if (sectors512 === undefined) {
     throw ioError(path, "block device size unknown", new Error(`cannot read ${join(dir, "size")}`));
@@ -80,7 +91,7 @@ export async function readGpt(
     throw ioError(path, "cannot open", err);
   }
   try {
-    const info = await diskInfo(path, fstatSync(fd));
+    const info = await diskInfo(path, { stats: fstatSync(fd) });
     const readAt = (offset: number, length: number): Uint8Array => {
       const buf = new Uint8Array(length);
       let done = 0;
@@ -143,7 +154,7 @@ export async function writeGpt(path: string, table: GptTable): Promise<void> {
     throw ioError(path, "cannot open for writing", err);
   }
   try {
-    const info = await diskInfo(path, await fh.stat());
+    const info = await diskInfo(path, { stats: await fh.stat() });
     if (info.blockDevice) {
       if (info.sizeBytes !== tableBytes || info.sectorSize !== table.sectorSize) {
         throw new GptError(
@@ -198,7 +209,7 @@ export async function createDisk(
   let fh: FileHandle | undefined;
   try {
     fh = await open(path, "r");
-    existing = (await diskInfo(path, await fh.stat())).sizeBytes;
+    existing = (await diskInfo(path, { stats: await fh.stat() })).sizeBytes;
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ENOENT") {
       if (err instanceof GptError || err instanceof ToolError) throw err;

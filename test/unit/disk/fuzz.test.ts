@@ -21,7 +21,7 @@ const tableArb: fc.Arbitrary<GptTable> = fc
   .record({
     sectorSize: fc.constantFrom(512, 4096),
     entryCount: fc.oneof(fc.constant(128), fc.integer({ min: 1, max: 300 })),
-    usable: fc.integer({ min: 1, max: 3000 }),
+    usable: fc.integer({ min: 1, max: 400 }),
     diskGuid: guid,
     cuts: fc.uniqueArray(fc.integer({ min: 0, max: 1_000_000 }), { maxLength: 16 }),
     seeds: fc.array(

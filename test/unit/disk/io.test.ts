@@ -1,10 +1,10 @@
 /** readGpt / writeGpt on image files (README: Reading, Writing). */
-import { readFileSync, statSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, type Stats, statSync, writeFileSync } from "node:fs";
 import { open, truncate } from "node:fs/promises";
 import { join } from "node:path";
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { GptError } from "../../../src/disk/errors.ts";
-import { createDisk, readGpt, writeGpt } from "../../../src/disk/io.ts";
+import { createDisk, diskInfo, readGpt, writeGpt } from "../../../src/disk/io.ts";
 import { planDisk } from "../../../src/disk/plan.ts";
 import { PARTITION_TYPES } from "../../../src/disk/types.ts";
 import { ToolError } from "../../../src/errors.ts";
@@ -125,5 +125,38 @@ describe("createDisk", () => {
         partitions: [{ name: "esp", typeGuid: PARTITION_TYPES.ESP, sizeBytes: 4 * MiB }],
       }),
     ).rejects.toMatchObject({ code: "GPT_NO_SPACE" });
+  });
+});
+
+describe("diskInfo", () => {
+  function blockDevice(rdev: number): Stats {
+    return { isFile: () => false, isBlockDevice: () => true, rdev } as Stats;
+  }
+
+  it("takes a block device's size and sector size from sysfs by major:minor", async () => {
+    const sys = join(dir, "sys");
+    // 259:300 is encoded with the minor's high bits above the major (Linux's new_encode_dev)
+    const dev = join(sys, "dev/block/259:300");
+    mkdirSync(join(dev, "queue"), { recursive: true });
+    writeFileSync(join(dev, "size"), "81920\n");
+    writeFileSync(join(dev, "queue/logical_block_size"), "4096\n");
+    const rdev = (300 & 0xff) | (259 << 8) | ((300 & ~0xff) << 12);
+    expect(await diskInfo("/dev/fake", { stats: blockDevice(rdev), sysRoot: sys })).toEqual({
+      sizeBytes: 81920 * 512,
+      sectorSize: 4096,
+      blockDevice: true,
+    });
+    await expect(
+      diskInfo("/dev/other", { stats: blockDevice(7 << 8), sysRoot: sys }),
+    ).rejects.toMatchObject({
+      code: "IO_ERROR",
+    });
+  });
+
+  it("gives a file's size, and refuses what is neither a file nor a block device", async () => {
+    const path = join(dir, "info.img");
+    writeFileSync(path, Buffer.alloc(4096));
+    expect(await diskInfo(path)).toEqual({ sizeBytes: 4096, sectorSize: 512, blockDevice: false });
+    await expect(diskInfo("/dev/null")).rejects.toMatchObject({ code: "GPT_BAD_INPUT" });
   });
 });
