@@ -7,5 +7,7 @@
 export * from "./bootdisk.ts";
 export * from "./env.ts";
 export * from "./errors.ts";
+export * from "./esp.ts";
 export * from "./fat.ts";
+export * from "./grub.ts";
 export * from "./state.ts";

@@ -1,0 +1,445 @@
+/**
+ * The build pipeline (README.md, "The pipeline"): spec → kernel → initramfs →
+ * rootfs (the spec's layers, then the boot flow and the agent) → squashfs →
+ * slot image with dm-verity → ESP with GRUB and the initial boot state →
+ * state filesystem → GPT disk → signed bundle → build.json.
+ *
+ * Every step is named, timed and logged with its output size. All work
+ * happens in a private directory inside the output directory; the outputs
+ * are renamed into place only when every step succeeded, so a failed build
+ * leaves the previous outputs as they were and no half-written file.
+ */
+import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import {
+  bootStateToEnv,
+  buildEsp,
+  buildGrubEfi,
+  encodeEnv,
+  grubConfig,
+  initialBootState,
+} from "../bootloader/index.ts";
+import {
+  hashSlotImage,
+  type KeyObject,
+  keyId,
+  loadPrivateKey,
+  loadPublicKey,
+  publicKeyFromPrivate,
+  writeBundle,
+} from "../bundle/index.ts";
+import { formatBytes, PARTITION_TYPES, type TableJson, tableToJson } from "../disk/index.ts";
+import { toolTimeMs } from "../exec.ts";
+import { type Logger, logger } from "../log.ts";
+import type { VerityParams } from "../verity/index.ts";
+import { AGENT_DIR, agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
+import { assembleDisk } from "./assemble.ts";
+import { buildStateFs } from "./filesystems.ts";
+import {
+  buildInitramfs,
+  ROOTFS_MOUNT_POINTS,
+  rootfsBootFiles,
+  sourceDateEpoch,
+} from "./initramfs.ts";
+import { fetchKernel } from "./kernel.ts";
+import { applyLayers } from "./layers.ts";
+import { buildSlotImage, verityCmdlineValue } from "./slot.ts";
+import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec } from "./spec.ts";
+import { loadSpec } from "./spec.ts";
+import { buildSquashfs, fileDigest } from "./squashfs.ts";
+
+export interface BuildOptions {
+  specPath: string;
+  outDir: string;
+  /** Overrides the spec's version. */
+  version?: string;
+  /** The ed25519 private key that signs the bundle. */
+  keyPath: string;
+  /** Downloaded kernel packages are kept here between builds. */
+  cacheDir?: string;
+  log?: Logger;
+}
+
+export interface StepReport {
+  name: string;
+  ms: number;
+  /** Size of what the step produced, in bytes (0 when it produced no file). */
+  bytes: number;
+}
+
+export interface BuildReport {
+  name: string;
+  version: string;
+  compatible: string;
+  createdAt: string;
+  kernel: { version: string; package: string | null };
+  slotImage: { size: number; sha256: string };
+  verity: VerityParams;
+  bundle: { file: string; size: number; sha256: string; keyId: string };
+  disk: { file: string; size: number; table: TableJson };
+  steps: StepReport[];
+  totalMs: number;
+  /** Time spent inside external tools (mksquashfs, mkfs.*, grub-mkimage, ...), by tool. */
+  toolMs: Record<string, number>;
+}
+
+export interface BuildResult {
+  disk: string;
+  bundle: string;
+  buildJson: string;
+  report: BuildReport;
+}
+
+const ORIGIN = (label: string): LayerOrigin => ({ file: "(abforge)", line: 0, col: 0, label });
+
+export function defaultCacheDir(): string {
+  return (
+    process.env.ABFORGE_CACHE ??
+    join(process.env.XDG_CACHE_HOME ?? join(process.env.HOME ?? "/tmp", ".cache"), "abforge")
+  );
+}
+
+/** Run a build end to end (see the module comment). */
+export async function build(o: BuildOptions): Promise<BuildResult> {
+  const log = (o.log ?? logger()).child({ module: "build" });
+  const started = performance.now();
+  const toolsBefore = toolTimeMs();
+  const steps: StepReport[] = [];
+  const step = async <T>(
+    name: string,
+    fn: () => Promise<T>,
+    output?: (r: T) => string | undefined,
+  ): Promise<T> => {
+    const t = performance.now();
+    log.info({ step: name }, `${name} ...`);
+    const result = await fn();
+    const file = output?.(result);
+    const bytes = file ? (await stat(file)).size : 0;
+    const ms = Math.round(performance.now() - t);
+    steps.push({ name, ms, bytes });
+    log.info(
+      { step: name, ms, bytes },
+      `${name} done${bytes ? ` (${formatBytes(bytes)})` : ""} in ${(ms / 1000).toFixed(1)} s`,
+    );
+    return result;
+  };
+
+  const spec = await step("spec", () => loadSpec(o.specPath, { version: o.version }));
+  const key = await step("key", () => loadPrivateKey(o.keyPath));
+  const trusted = await trustedKeys(spec, key);
+
+  await mkdir(o.outDir, { recursive: true });
+  const work = await mkdtemp(join(o.outDir, ".build-"));
+  try {
+    const kernel = await step("kernel", () =>
+      fetchKernel({
+        ...(spec.kernel.package ? { package: spec.kernel.package } : { path: spec.kernel.path! }),
+        cacheDir: o.cacheDir ?? defaultCacheDir(),
+      }),
+    );
+    const initrd = await step(
+      "initramfs",
+      () =>
+        buildInitramfs({
+          kernelTree: kernel,
+          modules: spec.kernel.modules,
+          outPath: join(work, "initrd.img"),
+        }),
+      (r) => r.path,
+    );
+
+    const rootDir = join(work, "rootfs");
+    const pseudoPath = join(work, "rootfs.pseudo");
+    const layers = await step("rootfs", async () => {
+      const system = await systemLayers({
+        spec,
+        work,
+        vmlinuz: kernel.vmlinuz,
+        initrd: initrd.path,
+        trusted,
+      });
+      return applyLayers({ rootfs: { layers: [...spec.rootfs.layers, ...system] } }, rootDir, {
+        log,
+        pseudoFilePath: pseudoPath,
+      });
+    });
+
+    const squashfsPath = join(work, "rootfs.squashfs");
+    await step(
+      "squashfs",
+      () =>
+        buildSquashfs({
+          sourceDir: rootDir,
+          outPath: squashfsPath,
+          compression: spec.rootfs.compression,
+          ...(layers.pseudoFile ? { pseudoFile: layers.pseudoFile } : {}),
+        }),
+      () => squashfsPath,
+    );
+    await rm(rootDir, { recursive: true, force: true });
+
+    const slot = await step(
+      "slot image",
+      () =>
+        buildSlotImage({
+          squashfsPath,
+          outPath: join(work, "slot.img"),
+          maxBytes: spec.disk.slotSizeBytes,
+        }),
+      (r) => r.path,
+    );
+    await rm(squashfsPath, { force: true });
+
+    const espPath = join(work, "esp.img");
+    await step(
+      "esp",
+      async () => {
+        const efi = join(work, "BOOTX64.EFI");
+        await buildGrubEfi(efi, grubConfig({ cmdline: spec.kernel.cmdline }));
+        const state = initialBootState({
+          rootHash: slot.verity.rootHash,
+          verity: verityCmdlineValue(slot.verity),
+          version: spec.version,
+        });
+        await buildEsp({
+          outPath: espPath,
+          sizeBytes: spec.disk.espSizeBytes,
+          efiPath: efi,
+          env: encodeEnv(bootStateToEnv(state)),
+          volumeId: volumeId(spec.name),
+        });
+      },
+      () => espPath,
+    );
+
+    const statePath = join(work, "state.img");
+    await step(
+      "state",
+      () =>
+        buildStateFs({
+          outPath: statePath,
+          sizeBytes: spec.disk.stateSizeBytes,
+          uuidSeed: spec.name,
+        }),
+      () => statePath,
+    );
+
+    const diskPath = join(work, "disk.img");
+    const table = await step(
+      "disk",
+      () =>
+        assembleDisk({
+          outPath: diskPath,
+          diskGuidSeed: spec.name,
+          partitions: [
+            {
+              name: "esp",
+              typeGuid: PARTITION_TYPES.ESP,
+              sizeBytes: spec.disk.espSizeBytes,
+              imagePath: espPath,
+            },
+            {
+              name: "abforge-A",
+              typeGuid: PARTITION_TYPES.ROOT_X86_64,
+              sizeBytes: spec.disk.slotSizeBytes,
+              imagePath: slot.path,
+            },
+            {
+              name: "abforge-B",
+              typeGuid: PARTITION_TYPES.ROOT_X86_64,
+              sizeBytes: spec.disk.slotSizeBytes,
+            },
+            {
+              name: "state",
+              typeGuid: PARTITION_TYPES.LINUX_GENERIC,
+              sizeBytes: spec.disk.stateSizeBytes,
+              imagePath: statePath,
+            },
+          ],
+        }),
+      () => diskPath,
+    );
+    await rm(espPath, { force: true });
+    await rm(statePath, { force: true });
+
+    const createdAt = new Date((sourceDateEpoch() || Math.floor(Date.now() / 1000)) * 1000)
+      .toISOString()
+      .replace(/\.\d{3}Z$/, "Z");
+    const bundleName = `${spec.name}-${spec.version}.bundle`;
+    const bundlePath = join(work, bundleName);
+    const written = await step(
+      "bundle",
+      async () =>
+        writeBundle({
+          outPath: bundlePath,
+          key,
+          slotImagePath: slot.path,
+          manifest: {
+            formatVersion: 1,
+            name: spec.name,
+            compatible: spec.compatible,
+            version: spec.version,
+            createdAt,
+            slotImage: await hashSlotImage(slot.path),
+            verity: slot.verity,
+          },
+        }),
+      () => bundlePath,
+    );
+    await rm(slot.path, { force: true });
+
+    const toolsAfter = toolTimeMs();
+    const toolMs: Record<string, number> = {};
+    for (const [tool, ms] of toolsAfter) {
+      const d = ms - (toolsBefore.get(tool) ?? 0);
+      if (d > 0) toolMs[tool] = Math.round(d);
+    }
+    const report: BuildReport = {
+      name: spec.name,
+      version: spec.version,
+      compatible: spec.compatible,
+      createdAt,
+      kernel: {
+        version: kernel.version,
+        package: kernel.package ? `${kernel.package.name}=${kernel.package.version}` : null,
+      },
+      slotImage: {
+        size: written.manifest.slotImage.size,
+        sha256: written.manifest.slotImage.sha256,
+      },
+      verity: slot.verity,
+      bundle: {
+        file: bundleName,
+        size: (await stat(bundlePath)).size,
+        sha256: (await fileDigest(bundlePath)).sha256,
+        keyId: written.manifest.keyId,
+      },
+      disk: { file: "disk.img", size: (await stat(diskPath)).size, table: tableToJson(table) },
+      steps,
+      totalMs: Math.round(performance.now() - started),
+      toolMs,
+    };
+    const buildJsonTmp = join(work, "build.json");
+    await writeFile(buildJsonTmp, `${JSON.stringify(report, null, 2)}\n`);
+
+    // Everything succeeded: move the outputs into place (same filesystem: atomic renames).
+    const result: BuildResult = {
+      disk: join(o.outDir, "disk.img"),
+      bundle: join(o.outDir, bundleName),
+      buildJson: join(o.outDir, "build.json"),
+      report,
+    };
+    await rename(diskPath, result.disk);
+    await rename(bundlePath, result.bundle);
+    await rename(buildJsonTmp, result.buildJson);
+    log.info(
+      {
+        disk: result.disk,
+        bundle: result.bundle,
+        rootHash: slot.verity.rootHash,
+        totalMs: report.totalMs,
+      },
+      `built ${spec.name} ${spec.version}`,
+    );
+    return result;
+  } finally {
+    await rm(work, { recursive: true, force: true });
+  }
+}
+
+/** The public keys the image trusts: the spec's, or the public half of the signing key. */
+async function trustedKeys(spec: ImageSpec, signingKey: KeyObject): Promise<KeyObject[]> {
+  if (spec.update.keys.length === 0) return [publicKeyFromPrivate(signingKey)];
+  const keys: KeyObject[] = [];
+  for (const path of spec.update.keys) keys.push(await loadPublicKey(path));
+  const signer = keyId(publicKeyFromPrivate(signingKey));
+  if (!keys.some((k) => keyId(k) === signer)) {
+    logger()
+      .child({ module: "build" })
+      .warn(
+        { signer, trusted: keys.map(keyId) },
+        "the image does not trust the key that signs this build's bundle",
+      );
+  }
+  return keys;
+}
+
+/**
+ * What abforge adds after the spec's layers, through the same safe layer code:
+ * the mount points and boot files of the init flow, the kernel and initramfs,
+ * the Node 24 runtime, the agent's code, its config, keys and the release file.
+ */
+async function systemLayers(o: {
+  spec: ImageSpec;
+  work: string;
+  vmlinuz: string;
+  initrd: string;
+  trusted: KeyObject[];
+}): Promise<LayerSpec[]> {
+  const sys = join(o.work, "system");
+  for (const d of ROOTFS_MOUNT_POINTS) await mkdir(join(sys, d), { recursive: true });
+  const agentRoot = join(sys, AGENT_DIR);
+  await mkdir(agentRoot, { recursive: true });
+  await copyTree(SOURCE_ROOT, agentRoot, [
+    "package.json",
+    "bin",
+    "src",
+    ...(await runtimePackages()),
+  ]);
+
+  const root = { uid: 0, gid: 0 };
+  const text = (path: string, content: string, mode: number): FileEntry => ({
+    path,
+    content,
+    mode,
+    ...root,
+  });
+  const boot = (await rootfsBootFiles()).map((f) =>
+    text(`/${f.path}`, Buffer.from(f.data).toString("utf8"), f.mode),
+  );
+  const agent = agentFiles({ spec: o.spec, trustedKeys: o.trusted }).map((f) =>
+    text(f.path, f.content, f.mode),
+  );
+  const services = await serviceFiles();
+  return [
+    {
+      kind: "host-binaries",
+      binaries: [{ binary: NODE_BINARY, to: "/usr/bin/node" }],
+      origin: ORIGIN("node runtime"),
+    },
+    { kind: "dir", path: sys, origin: ORIGIN("abforge agent code") },
+    {
+      kind: "files",
+      origin: ORIGIN("abforge boot flow and agent config"),
+      files: [
+        ...boot,
+        ...agent,
+        ...services.map((s) => text(s.path, s.content, s.mode)),
+        { path: "/boot/vmlinuz", source: o.vmlinuz, mode: 0o644, ...root },
+        { path: "/boot/initrd.img", source: o.initrd, mode: 0o644, ...root },
+      ],
+    },
+  ];
+}
+
+/** The network and agent services (busybox init runs /etc/init.d/S??* in order). */
+async function serviceFiles(): Promise<{ path: string; content: string; mode: number }[]> {
+  const asset = (name: string) => readFile(new URL(`./assets/${name}`, import.meta.url), "utf8");
+  return [
+    { path: "/etc/init.d/S10network", content: await asset("S10network"), mode: 0o755 },
+    { path: "/etc/abforge/udhcpc.script", content: await asset("udhcpc.script"), mode: 0o755 },
+    { path: "/etc/init.d/S50abforge-agent", content: await asset("S50abforge-agent"), mode: 0o755 },
+  ];
+}
+
+async function copyTree(from: string, to: string, entries: readonly string[]): Promise<void> {
+  for (const e of entries)
+    await cp(join(from, e), join(to, e), { recursive: true, dereference: false });
+}
+
+/** A FAT volume serial (8 hex digits) derived from the image name: same name, same ESP. */
+function volumeId(name: string): string {
+  let h = 0x811c9dc5;
+  for (const c of Buffer.from(name)) h = Math.imul(h ^ c, 0x01000193) >>> 0;
+  return h.toString(16).padStart(8, "0");
+}

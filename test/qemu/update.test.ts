@@ -1,0 +1,139 @@
+/**
+ * End to end (the update-daemon issue): a host on demo 1.0.0 follows channel
+ * `stable` of a repository served by `abforge repo serve` on 127.0.0.1,
+ * reached from the guest only through QEMU's restricted user network and one
+ * guestfwd. It installs 2.0.0 into B, boots it and marks it good; then 3.0.0,
+ * whose health check fails, is installed into A, boots until its tries are
+ * spent, the bootloader returns to 2.0.0, and the agent records the rollback
+ * and never installs 3.0.0 again. Every assertion reads the serial console or
+ * the disk's boot state.
+ */
+import { type ChildProcess, spawn } from "node:child_process";
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { Vm } from "../../qemu/vm.ts";
+import { BootDisk, type BootState } from "../../src/bootloader/index.ts";
+import { ABFORGE, abforge } from "../helpers/cli.ts";
+import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
+
+const BANNER = /abforge: booted slot (A|B) version (\S+) roothash ([0-9a-f]{64})/;
+const BOOT_MS = 240_000;
+
+let vm: Vm | undefined;
+let server: ChildProcess | undefined;
+
+afterAll(async () => {
+  await vm?.kill();
+  server?.kill("SIGTERM");
+});
+
+async function bootState(disk: string): Promise<BootState> {
+  const d = await BootDisk.open(disk);
+  try {
+    return await d.readState();
+  } finally {
+    await d.close();
+  }
+}
+
+async function publish(repoDir: string, bundle: string): Promise<void> {
+  const r = await abforge([
+    "repo",
+    "publish",
+    bundle,
+    "--repo",
+    repoDir,
+    "--channel",
+    "stable",
+    "--key",
+    SIGNING_KEY,
+  ]);
+  expect(r.code, r.stderr).toBe(0);
+}
+
+/** Start `abforge repo serve` on a free loopback port and return that port. */
+async function serve(repoDir: string): Promise<number> {
+  const child = spawn(
+    ABFORGE,
+    ["repo", "serve", "--repo", repoDir, "--port", "0", "--host", "127.0.0.1"],
+    {
+      stdio: ["ignore", "pipe", "pipe"],
+    },
+  );
+  server = child;
+  let out = "";
+  return new Promise((resolve, reject) => {
+    child.stdout?.on("data", (d: Buffer) => {
+      out += d.toString();
+      const m = /http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
+      if (m) resolve(Number(m[1]));
+    });
+    child.on("exit", (code) => reject(new Error(`repo serve exited ${code}: ${out}`)));
+  });
+}
+
+async function banner(v: Vm): Promise<{ slot: string; version: string }> {
+  const m = await v.waitFor(BANNER, { timeoutMs: BOOT_MS });
+  return { slot: m[1]!, version: m[2]! };
+}
+
+describe("updates end to end", () => {
+  it("installs 2.0.0, marks it good, rolls back an unhealthy 3.0.0 and never retries it", async () => {
+    const repoDir = mkdtempSync(join(tmpdir(), "abforge-repo-"));
+    await publish(repoDir, image("v2").bundle);
+    const port = await serve(repoDir);
+    const disk = freshDisk("v1");
+    vm = await Vm.start({
+      disk,
+      serialLog: join(dirname(disk), "serial.log"),
+      forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: port },
+    });
+
+    // 1.0.0 boots from A; the agent checks at once and installs 2.0.0 into B.
+    expect(await banner(vm)).toEqual({ slot: "A", version: "1.0.0" });
+    await vm.waitFor(/"msg":"installed"[^\n]*"version":"2\.0\.0"|installed[^\n]*2\.0\.0/, {
+      timeoutMs: BOOT_MS,
+    });
+    expect(await banner(vm)).toEqual({ slot: "B", version: "2.0.0" });
+    await vm.waitFor(/marked good/, { timeoutMs: BOOT_MS });
+    let s = await bootState(disk);
+    expect(s.order[0]).toBe("B");
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect(s.slots.A).toMatchObject({ good: true, version: "1.0.0" });
+
+    // 3.0.0 is published; the next poll installs it into A, and it boots.
+    await publish(repoDir, image("v3").bundle);
+    expect(await banner(vm)).toEqual({ slot: "A", version: "3.0.0" });
+    // Its health check fails: no mark, reboot, until the tries are spent.
+    await vm.waitFor(/health check[^\n]*fail/i, { timeoutMs: BOOT_MS });
+    let b = await banner(vm);
+    while (b.slot === "A") {
+      expect(b.version).toBe("3.0.0");
+      b = await banner(vm);
+    }
+    expect(b).toEqual({ slot: "B", version: "2.0.0" });
+    await vm.waitFor(/rollback/i, { timeoutMs: BOOT_MS });
+    s = await bootState(disk);
+    expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+
+    await vm.waitFor(/# $/m, { timeoutMs: 60_000 });
+    const status = await vm.run("/usr/lib/abforge/bin/abforge agent status --json 2>/dev/null", {
+      timeoutMs: 120_000,
+    });
+    const parsed = JSON.parse(status.output) as {
+      rollbacks: { version: string }[];
+      badVersions: string[];
+    };
+    expect(parsed.rollbacks.map((r) => r.version)).toContain("3.0.0");
+    expect(parsed.badVersions).toContain("3.0.0");
+
+    // Two more polls (30 s apart) see 3.0.0 and skip it.
+    const from = vm.mark();
+    await vm.waitFor(/skip[^\n]*3\.0\.0|3\.0\.0[^\n]*skip/i, { timeoutMs: 120_000, from });
+    expect(vm.console.slice(from)).not.toMatch(/downloading[^\n]*3\.0\.0/i);
+    expect((await bootState(disk)).slots.A).toMatchObject({ good: false, tries: 0 });
+  });
+});
