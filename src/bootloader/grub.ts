@@ -1,0 +1,229 @@
+/**
+ * GRUB for abforge disks: the grub.cfg that implements the boot rule of the
+ * boot-state contract, and the x86_64 EFI image that carries it. Procedure:
+ * src/build/README.md, "GRUB".
+ *
+ * GRUB's embedded config (`grub-mkimage -c`) runs in the rescue parser, which
+ * knows no `if`, `for` or `function`. So the embedded config only hands over
+ * to normal mode with the real grub.cfg, which sits in a memdisk (a tar inside
+ * the EFI image): the ESP holds nothing but the EFI image and /GRUBENV.
+ */
+import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { run } from "../exec.ts";
+import { logger } from "../log.ts";
+import { BootloaderError } from "./errors.ts";
+import { MAX_TRIES, type SlotName } from "./state.ts";
+
+/** GPT partition number of each slot on an abforge disk (disk layout contract). */
+export const SLOT_PARTITIONS: Record<SlotName, number> = { A: 2, B: 3 };
+
+/** Modules built into the EFI image (FACTS.md list plus what grub.cfg uses). */
+export const GRUB_MODULES: readonly string[] = [
+  "part_gpt",
+  "fat",
+  "squash4",
+  "gzio",
+  "xzio",
+  "search",
+  "loadenv",
+  "test",
+  "echo",
+  "linux",
+  "boot",
+  "normal",
+  "regexp",
+  "halt",
+  "memdisk",
+  "tar",
+];
+
+/** Characters a kernel command line from a spec may use: it is pasted into GRUB script. */
+const CMDLINE_SAFE = /^[A-Za-z0-9 =,._:/+@%-]*$/;
+
+export interface GrubConfigOptions {
+  /** The spec's kernel command line (e.g. `console=ttyS0 quiet`). */
+  cmdline: string;
+}
+
+function slotFunction(slot: SlotName, cmdline: string): string {
+  const part = SLOT_PARTITIONS[slot];
+  const decrements: string[] = [];
+  for (let n = 1; n <= MAX_TRIES; n++) {
+    decrements.push(
+      `  elif [ "$${slot}_tries" = ${n} ]; then`,
+      `    set ${slot}_tries=${n - 1}`,
+      `    if save_env --file "$abforge_env" ${slot}_tries; then set abforge_boot=1; fi`,
+    );
+  }
+  const dev = `($abforge_disk,gpt${part})`;
+  return [
+    `function abforge_try_${slot} {`,
+    "  set abforge_boot=0",
+    `  if [ "$${slot}_good" = 1 ]; then`,
+    "    set abforge_boot=1",
+    ...decrements,
+    "  else",
+    `    echo "abforge: skipping slot ${slot} (not good, no tries left)"`,
+    "  fi",
+    '  if [ "$abforge_boot" = 1 ]; then',
+    `    if [ -z "$${slot}_roothash" ]; then`,
+    `      echo "abforge: slot ${slot} is empty"`,
+    "    else",
+    `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries)"`,
+    `      if linux ${dev}/boot/vmlinuz abforge.slot=${slot} "abforge.roothash=$${slot}_roothash" "abforge.verity=$${slot}_verity" "abforge.version=$${slot}_version"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
+    `        if initrd ${dev}/boot/initrd.img; then`,
+    "          boot",
+    "        fi",
+    "      fi",
+    `      echo "abforge: slot ${slot}: cannot load its kernel or initrd"`,
+    "    fi",
+    "  fi",
+    "}",
+  ].join("\n");
+}
+
+/**
+ * The grub.cfg of every abforge disk (README.md, "GRUB", steps 1-5). Pure.
+ * Throws BootloaderError GRUB_BAD_CMDLINE for a command line GRUB script
+ * would misread (quotes, `$`, `;`, braces, newlines).
+ */
+export function grubConfig(o: GrubConfigOptions): string {
+  const cmdline = o.cmdline.trim().replace(/\s+/g, " ");
+  if (!CMDLINE_SAFE.test(cmdline)) {
+    throw new BootloaderError(
+      "GRUB_BAD_CMDLINE",
+      `kernel command line "${o.cmdline}": only letters, digits, spaces and = , . _ : / + @ % - are allowed`,
+      { details: { cmdline: o.cmdline } },
+    );
+  }
+  const vars = ["order"];
+  for (const s of ["A", "B"] as const) {
+    for (const v of ["tries", "good", "roothash", "verity", "version"]) vars.push(`${s}_${v}`);
+  }
+  return `# abforge grub.cfg: the boot rule of src/build/README.md, "GRUB".
+set timeout=0
+set pager=0
+
+# 1. The ESP is the partition this EFI image was loaded from; the slots are
+#    partitions ${SLOT_PARTITIONS.A} and ${SLOT_PARTITIONS.B} of the same disk.
+regexp --set=1:abforge_esp '^\\((.*)\\)' "$cmdpath"
+if [ -z "$abforge_esp" ]; then
+  search --no-floppy --file /GRUBENV --set=abforge_esp
+fi
+regexp --set=1:abforge_disk '^(.*),gpt[0-9]+$' "$abforge_esp"
+if [ -z "$abforge_disk" ]; then
+  echo "abforge: cannot find the boot disk (cmdpath $cmdpath)"
+  echo "abforge: no bootable slot"
+  halt
+fi
+set abforge_env="($abforge_esp)/GRUBENV"
+
+# 2. The boot state, with safe defaults for anything missing.
+set order="A B"
+${vars
+  .slice(1)
+  .map((v) => `set ${v}=${v.endsWith("_tries") || v.endsWith("_good") ? "0" : '""'}`)
+  .join("\n")}
+load_env --file "$abforge_env" ${vars.join(" ")}
+
+# 3. Per slot: good → boot; tries > 0 → tries - 1, save_env, boot; else skip.
+#    GRUB has no arithmetic: the decrement is unrolled. A kernel or initrd
+#    that does not load falls through to the next slot.
+${slotFunction("A", cmdline)}
+
+${slotFunction("B", cmdline)}
+
+# 4. The slot order.
+if [ "$order" = "B A" ]; then
+  abforge_try_B
+  abforge_try_A
+else
+  abforge_try_A
+  abforge_try_B
+fi
+
+# 5. Nothing booted.
+echo "abforge: no bootable slot"
+halt
+`;
+}
+
+/**
+ * The config embedded with `grub-mkimage -c`: rescue-parser commands only.
+ * It enters normal mode with the memdisk's grub.cfg; if that ever returns,
+ * it powers off rather than wait at a prompt.
+ */
+export const EARLY_CONFIG = `normal (memdisk)/grub.cfg
+echo "abforge: no bootable slot"
+halt
+`;
+
+/**
+ * A ustar archive holding one regular file (owner 0:0, mode 0644, mtime 0),
+ * the memdisk GRUB reads grub.cfg from. Pure and deterministic.
+ */
+export function ustarSingleFile(name: string, data: Uint8Array): Uint8Array {
+  const enc = new TextEncoder();
+  if (enc.encode(name).length > 99) throw new Error(`ustar name too long: ${name}`);
+  const header = new Uint8Array(512);
+  const put = (offset: number, text: string) => header.set(enc.encode(text), offset);
+  const octal = (n: number, width: number) => `${n.toString(8).padStart(width - 1, "0")}\0`;
+  put(0, name);
+  put(100, octal(0o644, 8));
+  put(108, octal(0, 8));
+  put(116, octal(0, 8));
+  put(124, octal(data.length, 12));
+  put(136, octal(0, 12));
+  put(148, "        "); // checksum field counts as spaces while summing
+  put(156, "0");
+  put(257, "ustar\0");
+  put(263, "00");
+  let sum = 0;
+  for (const b of header) sum += b;
+  put(148, `${sum.toString(8).padStart(6, "0")}\0 `);
+  const dataBlocks = Math.ceil(data.length / 512) * 512;
+  const out = new Uint8Array(512 + dataBlocks + 1024);
+  out.set(header, 0);
+  out.set(data, 512);
+  return out;
+}
+
+/**
+ * Build the EFI image (`/EFI/BOOT/BOOTX64.EFI`) carrying `cfg` (README.md,
+ * "GRUB"): `grub-mkimage -O x86_64-efi` with the memdisk and the early
+ * config. Byte-identical for the same cfg and GRUB version.
+ */
+export async function buildGrubEfi(outPath: string, cfg: string): Promise<void> {
+  const started = Date.now();
+  const work = await mkdtemp(join(tmpdir(), "abforge-grub-"));
+  const tmp = `${outPath}.tmp-${process.pid}`;
+  try {
+    const memdisk = join(work, "memdisk.tar");
+    const early = join(work, "early.cfg");
+    await writeFile(memdisk, ustarSingleFile("grub.cfg", new TextEncoder().encode(cfg)));
+    await writeFile(early, EARLY_CONFIG);
+    await mkdir(dirname(outPath), { recursive: true });
+    await run("grub-mkimage", [
+      "-O",
+      "x86_64-efi",
+      "-p",
+      "/EFI/BOOT",
+      "-c",
+      early,
+      "-m",
+      memdisk,
+      "-o",
+      tmp,
+      ...GRUB_MODULES,
+    ]);
+    await rename(tmp, outPath);
+  } finally {
+    await rm(work, { recursive: true, force: true });
+    await rm(tmp, { force: true });
+  }
+  logger()
+    .child({ module: "bootloader", step: "grub" })
+    .info({ path: outPath, ms: Date.now() - started }, "GRUB EFI image built");
+}

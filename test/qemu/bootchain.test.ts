@@ -1,0 +1,139 @@
+/**
+ * The boot chain from the build's own pieces (src/build/README.md, "Boot
+ * artifacts"), without the pipeline: a busybox root filesystem with the
+ * kernel and our initramfs → squashfs → slot image with dm-verity → ESP with
+ * GRUB and the boot state → state ext4 → GPT disk, booted under QEMU (OVMF,
+ * TCG) until the guest prints its banner and offers a root shell.
+ */
+import { execFileSync } from "node:child_process";
+import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { Vm } from "../../qemu/vm.ts";
+import {
+  BootDisk,
+  bootStateToEnv,
+  buildEsp,
+  buildGrubEfi,
+  encodeEnv,
+  grubConfig,
+  initialBootState,
+} from "../../src/bootloader/index.ts";
+import { abforgePartitions, assembleDisk } from "../../src/build/assemble.ts";
+import { buildStateFs } from "../../src/build/filesystems.ts";
+import { buildInitramfs, installRootfsBootFiles } from "../../src/build/initramfs.ts";
+import { fetchKernel, installKernel } from "../../src/build/kernel.ts";
+import { buildSlotImage, verityCmdlineValue } from "../../src/build/slot.ts";
+import { buildSquashfs } from "../../src/build/squashfs.ts";
+import { requireTool } from "../../src/exec.ts";
+import { CACHE_DIR, KERNEL_PACKAGE } from "../helpers/cache.ts";
+import { tempDir } from "../helpers/tmp.ts";
+
+const MiB = 1024 * 1024;
+const BANNER = /abforge: booted slot (A|B) version (\S+) roothash ([0-9a-f]{64})/;
+const PROMPT = /abforge:[^\n]*# $/m;
+const VERSION = "1.0.0";
+
+/** A minimal root filesystem: busybox with its applet links, plus the boot files. */
+async function makeRootfs(root: string): Promise<void> {
+  const busybox = requireTool("busybox");
+  mkdirSync(join(root, "bin"), { recursive: true });
+  execFileSync("cp", [busybox, join(root, "bin/busybox")]);
+  for (const applet of execFileSync(busybox, ["--list-full"], { encoding: "utf8" }).split("\n")) {
+    if (!applet || applet === "bin/busybox") continue;
+    const depth = applet.split("/").length - 1;
+    mkdirSync(join(root, applet, ".."), { recursive: true });
+    symlinkSync(`${"../".repeat(depth)}bin/busybox`, join(root, applet));
+  }
+  await installRootfsBootFiles(root);
+  writeFileSync(join(root, "etc/hostname"), "bootchain\n");
+}
+
+describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", async () => {
+  const dir = tempDir("abforge-bootchain-");
+  const root = join(dir, "rootfs");
+  await makeRootfs(root);
+  const tree = await fetchKernel({ package: KERNEL_PACKAGE, cacheDir: CACHE_DIR });
+  await installKernel(tree, root);
+  await buildInitramfs({ kernelTree: tree, modules: [], outPath: join(root, "boot/initrd.img") });
+
+  const squashfs = await buildSquashfs({
+    sourceDir: root,
+    outPath: join(dir, "root.squashfs"),
+    compression: "xz",
+  });
+  const slot = await buildSlotImage({
+    squashfsPath: squashfs.path,
+    outPath: join(dir, "slot.img"),
+    maxBytes: 96 * MiB,
+  });
+  const state = initialBootState({
+    rootHash: slot.verity.rootHash,
+    verity: verityCmdlineValue(slot.verity),
+    version: VERSION,
+  });
+  const efi = join(dir, "BOOTX64.EFI");
+  await buildGrubEfi(efi, grubConfig({ cmdline: "console=ttyS0" }));
+  await buildEsp({
+    outPath: join(dir, "esp.img"),
+    sizeBytes: 64 * MiB,
+    efiPath: efi,
+    env: encodeEnv(bootStateToEnv(state)),
+    volumeId: "ABF0B007",
+  });
+  await buildStateFs({
+    outPath: join(dir, "state.img"),
+    sizeBytes: 32 * MiB,
+    uuidSeed: "bootchain",
+  });
+  const disk = join(dir, "disk.img");
+  await assembleDisk({
+    outPath: disk,
+    diskGuidSeed: "bootchain",
+    partitions: abforgePartitions({
+      espBytes: 64 * MiB,
+      slotBytes: 96 * MiB,
+      stateBytes: 32 * MiB,
+      espImage: join(dir, "esp.img"),
+      slotAImage: slot.path,
+      stateImage: join(dir, "state.img"),
+    }),
+  });
+
+  let vm: Vm | undefined;
+  afterAll(async () => {
+    await vm?.kill();
+  });
+
+  it("the disk's partitions and boot state read back as built", async () => {
+    const sgdisk = execFileSync("sgdisk", ["-v", disk], { encoding: "utf8" });
+    expect(sgdisk).toMatch(/No problems found/);
+    const d = await BootDisk.open(disk);
+    try {
+      expect(await d.readState()).toEqual(state);
+      const { offset } = d.slotRange("A");
+      const fh = readFileSync(disk).subarray(offset, offset + slot.bytes);
+      expect(Buffer.compare(fh, readFileSync(slot.path))).toBe(0);
+    } finally {
+      await d.close();
+    }
+  });
+
+  it("boots slot A to the banner and a root shell on the serial console", async () => {
+    const started = Date.now();
+    vm = await Vm.start({ disk, serialLog: join(dir, "serial.log") });
+    const m = await vm.waitFor(BANNER, { timeoutMs: 300_000 });
+    const bannerMs = Date.now() - started;
+    process.stderr.write(`bootchain: QEMU start → banner in ${(bannerMs / 1000).toFixed(1)} s\n`);
+    expect(m.slice(1, 4)).toEqual(["A", VERSION, slot.verity.rootHash]);
+    await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
+
+    const mounts = await vm.run("cat /proc/mounts");
+    expect(mounts.output).toMatch(/^\/dev\/mapper\/abforge-root \/ squashfs ro/m);
+    expect(mounts.output).toMatch(/ \/var ext4 rw/);
+    expect(mounts.output).toMatch(/ \/etc overlay rw/);
+    expect((await vm.run("cat /sys/block/dm-0/dm/name")).output).toBe("abforge-root\n");
+    expect(vm.console).toMatch(/abforge: booting slot A version 1\.0\.0/);
+    expect((await vm.run("touch /probe")).output).toMatch(/Read-only file system/);
+  });
+});
