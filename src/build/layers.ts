@@ -324,7 +324,7 @@ async function applyDebootstrap(
   } finally {
     await rm(workDir, { recursive: true, force: true });
   }
-  importNative(tree);
+  recordNativeTree(tree);
 }
 
 /**
@@ -332,7 +332,7 @@ async function applyDebootstrap(
  * created in the staging directory, and turn its device nodes, FIFOs and
  * sockets into pseudo-file entries (removed from disk).
  */
-function importNative(tree: StagingTree): void {
+export function recordNativeTree(tree: StagingTree): void {
   const rootSt = lstatSync(tree.rootDir);
   tree.meta.set("", { mode: rootSt.mode & 0o7777, uid: rootSt.uid, gid: rootSt.gid });
   const walk = (rel: string): void => {

@@ -22,9 +22,15 @@ import { gzipSync } from "node:zlib";
 import tarStream from "tar-stream";
 import { describe, expect, it } from "vitest";
 import { BuildError } from "../../../src/build/errors.ts";
-import { applyLayers, DYNAMIC_LOADER, parseLdd } from "../../../src/build/layers.ts";
+import {
+  applyLayers,
+  DYNAMIC_LOADER,
+  hostAptMirror,
+  parseLdd,
+  recordNativeTree,
+} from "../../../src/build/layers.ts";
 import type { LayerSpec } from "../../../src/build/spec.ts";
-import { entryComponents, pseudoName } from "../../../src/build/staging.ts";
+import { entryComponents, pseudoName, StagingTree } from "../../../src/build/staging.ts";
 import { detectCompression } from "../../../src/build/tar-extract.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
@@ -630,5 +636,64 @@ describe("host-binaries", () => {
 describe("pseudo file names", () => {
   it("escapes spaces, tabs, quotes and backslashes", () => {
     expect(pseudoName('a b\t"c\\d')).toBe('a\\ b\\\t\\"c\\\\d');
+  });
+});
+
+describe("debootstrap", () => {
+  it("finds the host apt's mirror for a suite in sources.list and deb822 .sources files", async () => {
+    const etc = join(work, `apt-${++counter}`);
+    mkdirSync(join(etc, "sources.list.d"), { recursive: true });
+    writeFileSync(
+      join(etc, "sources.list"),
+      "# none\ndeb-src http://src.example/debian bookworm main\n",
+    );
+    writeFileSync(
+      join(etc, "sources.list.d/debian.sources"),
+      "Types: deb\nURIs: http://mirror.example/debian\nSuites: bookworm bookworm-updates\nComponents: main\n\n" +
+        "Types: deb\nURIs: http://security.example/debian-security\nSuites: bookworm-security\n",
+    );
+    writeFileSync(
+      join(etc, "sources.list.d/extra.list"),
+      "deb [arch=amd64] http://trixie.example/debian trixie main\n",
+    );
+    expect(await hostAptMirror("bookworm", etc)).toBe("http://mirror.example/debian");
+    expect(await hostAptMirror("trixie", etc)).toBe("http://trixie.example/debian");
+    expect(await hostAptMirror("sid", etc)).toBe("http://mirror.example/debian");
+    expect(await hostAptMirror("bookworm", join(work, "no-apt"))).toBeUndefined();
+  });
+
+  it("must be the first layer", async () => {
+    const first = await tarFile([{ name: "a", content: "x" }]);
+    const err = await refused(
+      [
+        tarLayer(first),
+        {
+          kind: "debootstrap",
+          suite: "bookworm",
+          variant: "minbase",
+          packages: [],
+          origin: origin("debootstrap bookworm"),
+        },
+      ],
+      "LAYER_FAILED",
+    );
+    expect(err.message).toMatch(
+      /^layer 1 \(debootstrap bookworm, .*\): debootstrap creates the rootfs: it must be the first layer/,
+    );
+  });
+
+  it("records what a privileged tool left on disk and turns FIFOs into pseudo entries", async () => {
+    const { root } = staging();
+    mkdirSync(join(root, "usr/bin"), { recursive: true, mode: 0o755 });
+    writeFileSync(join(root, "usr/bin/su"), "su", { mode: 0o755 });
+    execFileSync("chmod", ["4755", join(root, "usr/bin/su")]);
+    execFileSync("mkfifo", ["-m", "0600", join(root, "usr/fifo")]);
+    const tree = new StagingTree(root);
+    recordNativeTree(tree);
+    const uid = process.getuid!();
+    const gid = process.getgid!();
+    expect(tree.meta.get("usr/bin/su")).toEqual({ mode: 0o4755, uid, gid });
+    expect(existsSync(join(root, "usr/fifo"))).toBe(false);
+    expect(tree.virtual.get("usr/fifo")).toEqual({ mode: 0o600, uid, gid, type: "fifo" });
   });
 });
