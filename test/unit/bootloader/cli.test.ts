@@ -127,23 +127,35 @@ describe("abforge slots", () => {
     expect(JSON.parse(namedA.stdout).slots.A.good).toBe(true);
   });
 
-  it("usage errors exit 2; bad tries, a bad ESP and a missing disk have their own codes", async () => {
+  it("usage errors exit 2; bad tries, a bad ESP, a bad state and a missing disk have their own codes", async () => {
     const path = await disk("usage.img");
-    expect((await abforge(["slots", "set-next", "C", "--disk", path])).code).toBe(2);
-    expect((await abforge(["slots", "set-next", "A", "--tries", "x", "--disk", path])).code).toBe(
-      2,
-    );
-    const tries = await abforge(["slots", "set-next", "A", "--tries", "10", "--disk", path]);
-    expect(tries.code).toBe(EXIT_CODES.BOOT_REFUSED);
-    expect(tries.stderr).toMatch(/tries must be 1-9, got 10/);
-
     const noEnv = join(dir, "noenv.img");
     await makeBootDiskImage(noEnv, {});
-    const bad = await abforge(["slots", "show", "--disk", noEnv, "--json"]);
+    const invalid = join(dir, "invalid.img");
+    const vars = bootStateToEnv(initialBootState(imageA));
+    vars.set("order", "B");
+    await makeBootDiskImage(invalid, { env: encodeEnv(vars) });
+
+    // independent runs, in parallel
+    const [slotC, triesX, tries10, bad, inv, missing] = await Promise.all([
+      abforge(["slots", "set-next", "C", "--disk", path]),
+      abforge(["slots", "set-next", "A", "--tries", "x", "--disk", path]),
+      abforge(["slots", "set-next", "A", "--tries", "10", "--disk", path]),
+      abforge(["slots", "show", "--disk", noEnv, "--json"]),
+      abforge(["slots", "show", "--disk", invalid, "--json"]),
+      abforge(["slots", "show", "--disk", join(dir, "nope.img")]),
+    ]);
+    expect(slotC.code).toBe(2);
+    expect(slotC.stderr).toMatch(/slot must be A or B, got "C"/);
+    expect(triesX.code).toBe(2);
+    expect(tries10.code).toBe(EXIT_CODES.BOOT_REFUSED);
+    expect(tries10.stderr).toMatch(/tries must be 1-9, got 10/);
     expect(bad.code).toBe(EXIT_CODES.ESP_BAD);
     expect(JSON.parse(bad.stdout).error).toMatchObject({ code: "ESP_BAD" });
-
-    const missing = await abforge(["slots", "show", "--disk", join(dir, "nope.img")]);
+    expect(inv.code).toBe(EXIT_CODES.BOOT_STATE_INVALID);
+    expect(JSON.parse(inv.stdout).error.details.problems).toEqual([
+      { variable: "order", value: "B", reason: 'must be "A B" or "B A"' },
+    ]);
     expect(missing.code).toBe(EXIT_CODES.IO_ERROR);
     expect(missing.stderr).toMatch(/nope\.img/);
   });
@@ -165,18 +177,17 @@ describe("abforge bootloader env", () => {
       freeBytes: 1024 - 105,
     });
 
-    expect((await abforge(["bootloader", "env", "set", file, "novalue"])).code).toBe(
-      EXIT_CODES.ENV_BAD_ENTRY,
-    );
-    expect((await abforge(["bootloader", "env", "set", file, "#x=1"])).code).toBe(
-      EXIT_CODES.ENV_BAD_ENTRY,
-    );
-    expect((await abforge(["bootloader", "env", "show", join(dir, "none.env")])).code).toBe(
-      EXIT_CODES.ENV_NOT_FOUND,
-    );
     const bad = join(dir, "bad.env");
     writeFileSync(bad, Buffer.alloc(1024, 0x23));
-    const r = await abforge(["bootloader", "env", "show", bad, "--json"]);
+    const [noValue, hashName, none, r] = await Promise.all([
+      abforge(["bootloader", "env", "set", file, "novalue"]),
+      abforge(["bootloader", "env", "set", file, "#x=1"]),
+      abforge(["bootloader", "env", "show", join(dir, "none.env")]),
+      abforge(["bootloader", "env", "show", bad, "--json"]),
+    ]);
+    expect(noValue.code).toBe(EXIT_CODES.ENV_BAD_ENTRY);
+    expect(hashName.code).toBe(EXIT_CODES.ENV_BAD_ENTRY);
+    expect(none.code).toBe(EXIT_CODES.ENV_NOT_FOUND);
     expect(r.code).toBe(EXIT_CODES.ENV_BAD_BLOCK);
     expect(r.stderr).toMatch(/bad\.env: does not start with the header/);
     expect(JSON.parse(r.stdout).error.code).toBe("ENV_BAD_BLOCK");
