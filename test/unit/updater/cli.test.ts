@@ -1,0 +1,172 @@
+// abforge agent, run as an operator runs it (the real binary) on a disk image with --disk.
+import { spawn } from "node:child_process";
+import { readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
+import { ABFORGE, abforge } from "../../helpers/cli.ts";
+import {
+  type BundleFixture,
+  makeBundle,
+  makeSlotImage,
+  makeUpdateWorld,
+  type UpdateWorld,
+} from "../../helpers/fixtures.ts";
+import { tempDir } from "../../helpers/tmp.ts";
+
+let w: UpdateWorld;
+let repo: RepoServer;
+let untrustedBundle: string;
+beforeAll(async () => {
+  w = await makeUpdateWorld(tempDir(), { versions: ["0.9.0", "2.0.0"] });
+  const img = await makeSlotImage(join(w.dir, "u.img"), {
+    version: "2.2.0",
+    compatible: w.compatible,
+    trustedKeys: [],
+  });
+  untrustedBundle = (await makeBundle(join(w.dir, "u.bundle"), img, w.untrusted.privateKey)).path;
+  const repoDir = join(w.dir, "repo");
+  await publish({ repoDir, bundlePath: bundle("2.0.0"), channel: "stable", key: w.key.privateKey });
+  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+});
+afterAll(async () => {
+  await repo?.close();
+});
+
+const bundle = (v: string) => (w.bundles[v] as BundleFixture).path;
+
+describe("abforge agent --disk", () => {
+  it("install, status, mark-good: JSON before and after", async () => {
+    const d = await w.freshDisk("cli");
+    let r = await abforge(["agent", "status", "--disk", d.path, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      booted: { slot: "A", version: "1.0.0", good: true },
+      other: { slot: "B", version: "" },
+      progress: null,
+      rollbacks: [],
+      badVersions: [],
+    });
+
+    r = await abforge(["agent", "install", bundle("2.0.0"), "--disk", d.path, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toEqual({
+      outcome: "installed",
+      version: "2.0.0",
+      slot: "B",
+      rebooting: true,
+    });
+    // one JSON log line per step on stderr
+    const steps = r.stderr
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => JSON.parse(l) as { step?: string })
+      .filter((l) => l.step);
+    expect(steps).toHaveLength(9);
+
+    r = await abforge(["agent", "status", "--disk", d.path, "--json"]);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      booted: { slot: "B", version: "2.0.0", good: false, tries: 3 },
+      other: { slot: "A", version: "1.0.0", good: true },
+      pending: { slot: "B", version: "2.0.0" },
+    });
+
+    r = await abforge(["agent", "mark-good", "--disk", d.path, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({
+      action: "marked-good",
+      booted: "B",
+      version: "2.0.0",
+    });
+
+    r = await abforge(["agent", "status", "--disk", d.path]);
+    expect(r.stdout).toMatch(/^booted\s+slot B\s+2\.0\.0\s+good$/m);
+    expect(r.stdout).toContain(`state      ${d.path}.abforge-state/state.json`);
+  });
+
+  it("a refusal is one line and its own exit code", async () => {
+    const d = await w.freshDisk("cli-refuse");
+    const r = await abforge(["agent", "install", bundle("0.9.0"), "--disk", d.path]);
+    expect(r.code).toBe(71);
+    expect(r.stderr.split("\n").filter((l) => l.startsWith("abforge: "))).toEqual([
+      "abforge: update 0.9.0 is older than the running 1.0.0; abforge never downgrades",
+    ]);
+  });
+
+  it("--pubkey adds a trusted key; without it the image's keys decide", async () => {
+    const d = await w.freshDisk("cli-pubkey");
+    let r = await abforge(["agent", "install", untrustedBundle, "--disk", d.path]);
+    expect(r.code).toBe(52); // BUNDLE_UNTRUSTED_KEY
+    r = await abforge([
+      "agent",
+      "install",
+      untrustedBundle,
+      "--disk",
+      d.path,
+      "--pubkey",
+      w.untrusted.publicKeyPath,
+      "--json",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout)).toMatchObject({ outcome: "installed", version: "2.2.0" });
+  });
+
+  it("a corrupt state file is reported and moved aside", async () => {
+    const d = await w.freshDisk("cli-corrupt");
+    const stateDir = join(w.dir, "corrupt-state");
+    await abforge(["agent", "status", "--disk", d.path, "--state-dir", stateDir]);
+    await writeFile(join(stateDir, "state.json"), "{ torn");
+    const r = await abforge([
+      "agent",
+      "status",
+      "--disk",
+      d.path,
+      "--state-dir",
+      stateDir,
+      "--json",
+    ]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).lastError).toMatchObject({ code: "STATE_CORRUPT" });
+    expect(
+      (await readdir(stateDir)).filter((n) => n.startsWith("state.json.corrupt-")),
+    ).toHaveLength(1);
+  });
+
+  it("run: checks at once, installs, and stops cleanly on SIGTERM", async () => {
+    const d = await w.freshDisk("cli-run");
+    const config = join(w.dir, "agent.yaml");
+    await writeFile(
+      config,
+      [
+        `repoUrl: ${repo.url}`,
+        "channel: stable",
+        "pollIntervalMs: 600000",
+        "pollJitterMs: 1000",
+        "reboot: manual",
+        `trustedKeys: [${w.key.publicKeyPath}]`,
+        `compatible: ${w.compatible}`,
+      ].join("\n"),
+    );
+    const child = spawn(ABFORGE, ["agent", "run", "--disk", d.path, "--config", config], {
+      env: { ...process.env, ABFORGE_LOG_FORMAT: "json" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stderr = "";
+    const installed = new Promise<void>((resolve) => {
+      child.stderr.on("data", (b: Buffer) => {
+        stderr += b.toString();
+        if (stderr.includes("reboot policy is manual")) resolve();
+      });
+    });
+    const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));
+    await installed;
+    child.kill("SIGTERM");
+    expect(await exited).toBe(0);
+    const msgs = stderr
+      .split("\n")
+      .filter(Boolean)
+      .map((l) => (JSON.parse(l) as { msg: string }).msg);
+    expect(msgs).toContain("installed 2.0.0 into slot B; it boots next (3 tries)");
+    expect(msgs.at(-1)).toBe("agent stopped");
+  });
+});

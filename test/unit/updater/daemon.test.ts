@@ -1,0 +1,98 @@
+// The daemon loop (src/updater/README.md, "The daemon"): after-boot handling, a check at once,
+// then every pollIntervalMs ± jitter; errors back off and never end the loop; abort stops it.
+import { join } from "node:path";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { publish, RepoError, type RepoServer, serve } from "../../../src/repo/index.ts";
+import type { Clock, HttpClient } from "../../../src/updater/index.ts";
+import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
+import { tempDir } from "../../helpers/tmp.ts";
+import { readBoot, testAgent } from "./harness.ts";
+
+let w: UpdateWorld;
+let repo: RepoServer;
+beforeAll(async () => {
+  w = await makeUpdateWorld(tempDir(), { versions: ["2.0.0"] });
+  const repoDir = join(w.dir, "repo");
+  await publish({
+    repoDir,
+    bundlePath: (w.bundles["2.0.0"] as BundleFixture).path,
+    channel: "stable",
+    key: w.key.privateKey,
+  });
+  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+});
+afterAll(async () => {
+  await repo?.close();
+});
+
+describe("agent run", () => {
+  it("checks at once, backs off after errors, polls with jitter, never crashes, stops on abort", async () => {
+    const d = await w.freshDisk("daemon");
+    const stop = new AbortController();
+    const delays: number[] = [];
+    const clock: Clock = {
+      now: () => new Date(),
+      async sleep(ms) {
+        delays.push(ms);
+        if (delays.length === 4) stop.abort(new Error("SIGTERM"));
+      },
+    };
+    let fetches = 0;
+    const t0 = await testAgent(d.path);
+    const real = t0.options.http;
+    const flaky: HttpClient = {
+      fetch(url, o) {
+        fetches += 1;
+        if (fetches <= 2)
+          return Promise.reject(
+            new RepoError("REPO_DOWNLOAD_FAILED", `${url}: connection refused`),
+          );
+        return real.fetch(url, o);
+      },
+      openRange: (url, o) => real.openRange(url, o),
+    };
+    const t = await testAgent(d.path, {
+      config: {
+        repoUrl: repo.url,
+        channel: "stable",
+        pollIntervalMs: 80_000,
+        pollJitterMs: 8_000,
+        maxBackoffMs: 60_000,
+      },
+      overrides: { clock, http: flaky, random: { fraction: () => 0.75, id: () => "host" } },
+    });
+    await t.agent.run(stop.signal);
+    // two failures: interval/8 then doubled; then 80000 + (0.75*2-1)*8000 after each good check
+    expect(delays).toEqual([10_000, 20_000, 84_000, 84_000]);
+    expect(fetches).toBe(4);
+    expect(t.agent.state.lastError).toMatchObject({ code: "REPO_DOWNLOAD_FAILED" });
+    expect(t.agent.state.lastCheck).toMatchObject({ outcome: "up-to-date", version: "2.0.0" });
+    expect((await readBoot(d.path)).slots.B).toMatchObject({ version: "2.0.0" });
+    const msgs = t.lines.map((l) => l.msg);
+    expect(msgs[0]).toBe("agent started");
+    expect(msgs.filter((m) => m.startsWith("check failed"))).toHaveLength(2);
+    expect(msgs).toContain("installed 2.0.0 into slot B; it boots next (3 tries)");
+    expect(msgs.at(-1)).toBe("agent stopped");
+  });
+
+  it("an abort during the sleep between checks ends the loop at once", async () => {
+    const d = await w.freshDisk("daemon-stop");
+    const stop = new AbortController();
+    const t = await testAgent(d.path, {
+      config: {
+        repoUrl: repo.url,
+        channel: "stable",
+        pollIntervalMs: 3_600_000,
+        pollJitterMs: 0,
+        reboot: "manual",
+      },
+    });
+    const running = t.agent.run(stop.signal);
+    await new Promise((r) => setTimeout(r, 1500));
+    const started = Date.now();
+    stop.abort(new Error("SIGTERM"));
+    await running;
+    expect(Date.now() - started).toBeLessThan(1000);
+    expect(t.lines.at(-1)?.msg).toBe("agent stopped");
+  });
+});
