@@ -48,7 +48,7 @@ export const DYNAMIC_LOADER = "/lib64/ld-linux-x86-64.so.2";
 
 export function describeLayer(layer: LayerSpec, index: number): string {
   const o = layer.origin;
-  return `layer ${index} (${o.label}, ${o.file}:${o.line})`;
+  return `rootfs.layers[${index}] (${o.label}, ${o.file}:${o.line})`;
 }
 
 /** Apply every layer of the spec into rootDir (created if missing; debootstrap needs it empty). */

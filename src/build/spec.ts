@@ -629,7 +629,14 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
   }
   layerNodes?.forEach((node, i) => {
     const layer = parseLayer(c, node, `rootfs.layers[${i}]`, references, hostBinaries);
-    if (layer) layers.push(layer);
+    if (layer?.kind === "debootstrap" && i > 0) {
+      issues.add(
+        node.loc,
+        `rootfs.layers[${i}]`,
+        "debootstrap creates the rootfs: it must be the first layer",
+      );
+      layersOk = false;
+    } else if (layer) layers.push(layer);
     else layersOk = false;
   });
 

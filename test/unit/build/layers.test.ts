@@ -180,7 +180,7 @@ describe("tar layers: contents, modes and owners", () => {
     writeFileSync(path, Uint8Array.of(0xfd, 0x37, 0x7a, 0x58, 0x5a, 0, 1, 2));
     const err = await refused([tarLayer(path)], "LAYER_FAILED");
     expect(err.message).toMatch(
-      /^layer 0 \(tar .*fake.tar, \/specs\/test.yaml:7\): .*xz-compressed/,
+      /^rootfs\.layers\[0\] \(tar .*fake.tar, \/specs\/test.yaml:7\): .*xz-compressed/,
     );
   });
 
@@ -236,7 +236,7 @@ describe("tar layers: nothing lands outside the rootfs", () => {
     ]);
     const err = await refused([tarLayer(path)]);
     expect(err.message).toMatch(
-      /^layer 0 \(tar .*, \/specs\/test.yaml:7\): entry "a\/..\/..\/evil": .*\.\. component/,
+      /^rootfs\.layers\[0\] \(tar .*, \/specs\/test.yaml:7\): entry "a\/..\/..\/evil": .*\.\. component/,
     );
     expect(err.details).toMatchObject({ layer: 0, entry: "a/../../evil" });
   });
@@ -485,7 +485,7 @@ describe("dir and files layers", () => {
     symlinkSync("../../../../etc/shadow", join(src, "shadow"));
     const err = await refused([{ kind: "dir", path: src, origin: origin("dir evil/") }]);
     expect(err.message).toMatch(
-      /^layer 0 \(dir evil\/, \/specs\/test.yaml:7\): entry "shadow": symlink shadow -> .* points outside/,
+      /^rootfs\.layers\[0\] \(dir evil\/, \/specs\/test.yaml:7\): entry "shadow": symlink shadow -> .* points outside/,
     );
   });
 
@@ -678,7 +678,7 @@ describe("debootstrap", () => {
       "LAYER_FAILED",
     );
     expect(err.message).toMatch(
-      /^layer 1 \(debootstrap bookworm, .*\): debootstrap creates the rootfs: it must be the first layer/,
+      /^rootfs\.layers\[1\] \(debootstrap bookworm, .*\): debootstrap creates the rootfs: it must be the first layer/,
     );
   });
 

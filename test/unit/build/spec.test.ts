@@ -314,6 +314,13 @@ describe("invalid specs: every error names file, line and field", () => {
       "update.healthChecks[0].timeout",
       /unknown field/,
     ],
+    [
+      "debootstrap after another layer",
+      /- dir: overlay\//,
+      "- debootstrap: { suite: bookworm }",
+      "rootfs.layers[1]",
+      /must be the first layer/,
+    ],
     ["disk as a list", /^disk: .*$/m, "disk: [1, 2]", "disk", /must be a mapping/],
   ];
   for (const [what, pattern, replacement, field, message] of cases) {
