@@ -138,6 +138,9 @@ export function run(
         ),
       );
     });
+    // A tool that exits without reading stdin closes the pipe before our
+    // write lands: that EPIPE is no failure (the exit status tells).
+    child.stdin.on("error", () => {});
     child.stdin.end(options.input ?? "");
   });
 }
