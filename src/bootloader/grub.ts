@@ -128,7 +128,7 @@ ${vars
   .join("\n")}
 load_env --file "$abforge_env" ${vars.join(" ")}
 
-# 3. Per slot: good → boot; tries > 0 → tries - 1, save_env, boot; else skip.
+# 3. Per slot: good: boot; tries > 0: tries - 1, save_env, boot; else skip.
 #    GRUB has no arithmetic: the decrement is unrolled. A kernel or initrd
 #    that does not load falls through to the next slot.
 ${slotFunction("A", cmdline)}
