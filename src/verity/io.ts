@@ -8,7 +8,6 @@ import {
   constants,
   fstatSync,
   fsyncSync,
-  ftruncateSync,
   openSync,
   readFileSync,
   readSync,
@@ -106,16 +105,6 @@ export function writeAt(f: OpenFile, buf: Uint8Array, position: number): void {
       done += writeSync(f.fd, buf, done, buf.length - done, position + done);
   } catch (err) {
     throw ioError(f, `cannot write ${buf.length} bytes at byte ${position}`, err);
-  }
-}
-
-/** A regular file shorter than `size` is extended with zeros (block devices are left alone). */
-export function extendTo(f: OpenFile, size: number): void {
-  if (f.isBlockDevice) return;
-  try {
-    if (Number(fstatSync(f.fd).size) < size) ftruncateSync(f.fd, size);
-  } catch (err) {
-    throw ioError(f, `cannot extend to ${size} bytes`, err);
   }
 }
 

@@ -87,8 +87,10 @@ function writeFully(fd: number, buf: Uint8Array, position: number): void {
 /**
  * A hasher for ranges [first, end) of one level (`first` a multiple of
  * hashesPerBlock). Format: writes the parent blocks and returns -1. Verify:
- * returns the first child whose digest differs from the one stored in its
- * (already authenticated) parent block, or -1. Buffers are allocated once.
+ * returns the first digest slot whose bytes in the (already authenticated)
+ * parent block differ from what format would write — the child's digest, or
+ * the zero padding after it, or an unused slot past the last child — or -1.
+ * The caller tells these apart (verity.ts, `classify`). Buffers are allocated once.
  */
 export function rangeHasher(t: LevelTask): (first: number, end: number) => number {
   const per = chunkChildren(t.childSize, t.hashesPerBlock);
@@ -131,11 +133,14 @@ export function rangeHasher(t: LevelTask): (first: number, end: number) => numbe
         writeFully(t.hashFd, computed.subarray(0, parentBytes), parentPos);
         continue;
       }
+      // The parent blocks must equal what format writes: the digests AND the
+      // zeros after each digest and after the last one (cryptsetup checks the
+      // same), else a smaller data block count would pass with the same tree.
       readFully(t.hashFd, stored.subarray(0, parentBytes), parentPos);
-      for (let j = 0; j < count; j++) {
-        const at = j * t.digestStride;
-        if (computed.compare(stored, at, at + t.digestSize, at, at + t.digestSize) !== 0)
-          return c + j;
+      if (computed.compare(stored, 0, parentBytes, 0, parentBytes) !== 0) {
+        let i = 0;
+        while (computed[i] === stored[i]) i++;
+        return c + Math.floor(i / t.digestStride);
       }
     }
     return -1;

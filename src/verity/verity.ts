@@ -10,7 +10,6 @@ import { VerityError } from "./errors.ts";
 import { blockDigest } from "./hash.ts";
 import {
   closeFile,
-  extendTo,
   ioError,
   type OpenFile,
   openFile,
@@ -24,6 +23,7 @@ import {
   checkHashAlgorithm,
   checkSalt,
   type HashAlgorithm,
+  type LevelLayout,
   SUPERBLOCK_SIZE,
   type TreeLayout,
   treeLayout,
@@ -381,8 +381,8 @@ export async function formatVerity(o: VerityFormatOptions): Promise<VerityParams
       );
       writeAt(hash, area, hashOffset);
     }
-    // Step 8: size and durability.
-    extendTo(hash, layout.treeEnd);
+    // Step 8: durability. The file now ends at treeEnd at least: the tree's
+    // last block (or the superblock's zero fill) was written last.
     syncFile(hash);
     return toParams(p, layout, rootHash);
   } finally {
@@ -438,6 +438,56 @@ function fromSuperblock(o: VerityVerifyOptions, hash: OpenFile, hashOffset: numb
     throw clash("data size", o.dataSize, `${sb.dataBlocks * sb.dataBlockSize} bytes`);
   }
   return sb;
+}
+
+interface BadPadding {
+  block: number;
+  byte: number;
+}
+
+/**
+ * What a bad digest slot found by a range means (range.ts, rangeHasher): the
+ * child's digest differs (the child is bad), or the parent block has non-zero
+ * bytes where format writes zeros (the parent is bad, or the data block count
+ * is not the one the tree was made for).
+ */
+function classify(
+  t: LevelTask,
+  level: LevelLayout,
+  slot: number,
+  children: OpenFile,
+  hash: OpenFile,
+): "child" | BadPadding {
+  const parentIndex = Math.floor(slot / t.hashesPerBlock);
+  const block = readAt(hash, t.hashBlockSize, t.levelOffset + parentIndex * t.hashBlockSize);
+  if (slot < t.children) {
+    const child = readAt(children, t.childSize, t.childOffset + slot * t.childSize);
+    const at = (slot % t.hashesPerBlock) * t.digestStride;
+    if (!blockDigest(t.hashAlgorithm, t.salt, child).equals(block.subarray(at, at + t.digestSize)))
+      return "child";
+  }
+  const used = Math.min(t.hashesPerBlock, t.children - parentIndex * t.hashesPerBlock);
+  let byte = 0;
+  while (byte < block.length) {
+    const isDigest =
+      Math.floor(byte / t.digestStride) < used && byte % t.digestStride < t.digestSize;
+    if (!isDigest && block[byte] !== 0) break;
+    byte++;
+  }
+  return { block: level.startBlock + parentIndex, byte };
+}
+
+function paddingMismatch(
+  hash: OpenFile,
+  level: LevelLayout,
+  bad: BadPadding,
+  hashBlockSize: number,
+): VerityError {
+  const offset = bad.block * hashBlockSize;
+  return mismatch(
+    `hash file ${hash.path}: hash block ${bad.block} (level ${level.level}, byte ${offset}) has a non-zero byte at ${bad.byte} where it must be zero (a corrupt block, or not the data block count it was made for)`,
+    { area: "hash", block: bad.block, level: level.level, byteInBlock: bad.byte, offset },
+  );
 }
 
 /**
@@ -506,7 +556,7 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
         { area: "data", block, offset: dataOffset + block * dataBlockSize },
       );
     }
-    if (hash.size < layout.treeEnd) {
+    if (layout.treeBlocks > 0 && hash.size < layout.treeEnd) {
       const block = Math.floor(hash.size / hashBlockSize);
       throw mismatch(
         `hash file ${hash.path}: ${hash.size} bytes, too short for the tree (${layout.treeEnd}); hash block ${block} is missing`,
@@ -552,20 +602,23 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
       const parent = layout.levels[i];
       const child = layout.levels[i - 1];
       if (!parent || !child) continue;
+      const task: LevelTask = {
+        ...common,
+        childFd: hash.fd,
+        childOffset: child.startBlock * hashBlockSize,
+        childSize: hashBlockSize,
+        levelOffset: parent.startBlock * hashBlockSize,
+        children: parent.children,
+      };
       let bad: number;
       try {
-        bad = runLevel({
-          ...common,
-          childFd: hash.fd,
-          childOffset: child.startBlock * hashBlockSize,
-          childSize: hashBlockSize,
-          levelOffset: parent.startBlock * hashBlockSize,
-          children: parent.children,
-        });
+        bad = runLevel(task);
       } catch (err) {
         throw rangeError(hash, err);
       }
       if (bad >= 0) {
+        const what = classify(task, parent, bad, hash, hash);
+        if (what !== "child") throw paddingMismatch(hash, parent, what, hashBlockSize);
         const block = child.startBlock + bad;
         throw mismatch(
           `hash file ${hash.path}: hash block ${block} (level ${child.level}, byte ${block * hashBlockSize}) does not match its digest in level ${parent.level}`,
@@ -576,20 +629,18 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
     // Step 7: every data block against level 0, in parallel.
     const level0 = layout.levels[0];
     if (level0) {
-      const bad = await dataLevel(
-        {
-          ...common,
-          childFd: data.fd,
-          childOffset: dataOffset,
-          childSize: dataBlockSize,
-          levelOffset: level0.startBlock * hashBlockSize,
-          children: dataBlocks,
-        },
-        threadsFor(o, dataBlocks * dataBlockSize),
-        data,
-        hash,
-      );
+      const task: LevelTask = {
+        ...common,
+        childFd: data.fd,
+        childOffset: dataOffset,
+        childSize: dataBlockSize,
+        levelOffset: level0.startBlock * hashBlockSize,
+        children: dataBlocks,
+      };
+      const bad = await dataLevel(task, threadsFor(o, dataBlocks * dataBlockSize), data, hash);
       if (bad >= 0) {
+        const what = classify(task, level0, bad, data, hash);
+        if (what !== "child") throw paddingMismatch(hash, level0, what, hashBlockSize);
         const offset = dataOffset + bad * dataBlockSize;
         throw mismatch(
           `data file ${data.path}: data block ${bad} (byte ${offset}) does not match its hash`,

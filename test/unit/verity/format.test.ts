@@ -88,7 +88,10 @@ describe("formatVerity / verifyVerity", () => {
           rootHash: ref.rootHash.toString("hex"),
         });
         const written = readFileSync(hashPath);
-        expect(written.length).toBe(Math.max(layout.treeEnd, c.inside ? dataBytes : 0));
+        // the file ends with the tree (or the superblock's zero fill); like veritysetup,
+        // nothing is written without a superblock when one data block needs no tree
+        const expectedEnd = c.superblock || layout.treeBlocks > 0 ? layout.treeEnd : 0;
+        expect(written.length).toBe(Math.max(expectedEnd, c.inside ? dataBytes : 0));
         if (c.inside) expect(written.subarray(0, dataBytes).equals(data)).toBe(true);
         const start = layout.hashStartBlock * c.hashBlockSize;
         expect(written.subarray(start, layout.treeEnd).equals(Buffer.from(ref.tree))).toBe(true);
@@ -309,6 +312,53 @@ describe("formatVerity / verifyVerity", () => {
       (await rejection(verifyVerity({ dataPath, hashPath, rootHash: root, hashOffset: 4096 })))
         .code,
     ).toBe("VERITY_BAD_SUPERBLOCK");
+    // fewer data blocks than the tree was made for: the left-over digests are caught
+    const nosbData = file("nosb.img");
+    const nosbHash = file("nosb.hash");
+    writeFileSync(nosbData, randomBytes(10 * 4096));
+    const q = await formatVerity({
+      dataPath: nosbData,
+      hashPath: nosbHash,
+      superblock: false,
+      salt: new Uint8Array(0),
+    });
+    const fewer = await rejection(
+      verifyVerity({
+        dataPath: nosbData,
+        hashPath: nosbHash,
+        superblock: false,
+        dataBlocks: 9,
+        rootHash: q.rootHash,
+      }),
+    );
+    // one level: the only hash block is the top, so the root hash no longer matches
+    expect(fewer.details).toMatchObject({ area: "hash", block: 0 });
+    writeFileSync(nosbData, randomBytes(300 * 4096));
+    const r = await formatVerity({
+      dataPath: nosbData,
+      hashPath: nosbHash,
+      superblock: false,
+      salt: new Uint8Array(0),
+    });
+    const fewer2 = await rejection(
+      verifyVerity({
+        dataPath: nosbData,
+        hashPath: nosbHash,
+        superblock: false,
+        dataBlocks: 290,
+        rootHash: r.rootHash,
+      }),
+    );
+    expect(fewer2.code).toBe("VERITY_MISMATCH");
+    expect(fewer2.details).toMatchObject({
+      area: "hash",
+      block: 3,
+      level: 0,
+      byteInBlock: (290 - 256) * 32,
+    });
+    expect(fewer2.message).toMatch(
+      /hash block 3 \(level 0, byte 12288\) has a non-zero byte at 1088 where it must be zero/,
+    );
     // a truncated data file names the first missing block
     writeFileSync(dataPath, readFileSync(dataPath).subarray(0, 30 * 1024));
     const short = await rejection(verifyVerity({ dataPath, hashPath, rootHash: root }));
