@@ -24,7 +24,7 @@ import {
   readGpt,
 } from "../disk/index.ts";
 import { ToolError } from "../errors.ts";
-import { requireTool, run } from "../exec.ts";
+import { requireTool } from "../exec.ts";
 import type { Logger } from "../log.ts";
 import { fetchIndex, openRange } from "../repo/index.ts";
 import { errText, type SlotLocation, type SlotName } from "./config.ts";
@@ -67,7 +67,7 @@ export class CommandRebooter implements Rebooter {
   }
   async reboot(): Promise<void> {
     const [cmd, ...args] = this.#argv as [string, ...string[]];
-    await run(cmd, args);
+    await tool(cmd, args);
   }
 }
 
@@ -292,11 +292,12 @@ export class SquashfsImageFiles implements ImageFiles {
 }
 
 /**
- * unsquashfs with stdin closed: src/exec.ts run() pipes stdin, and a tool
- * that exits before reading it makes that write fail with EPIPE.
+ * Run a tool with stdin closed (src/exec.ts run() writes to the tool's
+ * stdin, and a tool that exits before reading it makes that write fail
+ * with EPIPE).
  */
-async function unsquashfs(args: string[]): Promise<string> {
-  const bin = requireTool("unsquashfs");
+async function tool(name: string, args: readonly string[]): Promise<string> {
+  const bin = requireTool(name);
   try {
     const { stdout } = await execFileP(bin, args, {
       encoding: "utf8",
@@ -307,14 +308,16 @@ async function unsquashfs(args: string[]): Promise<string> {
     const e = cause as { stderr?: string; code?: unknown };
     throw new ToolError(
       "TOOL_FAILED",
-      `unsquashfs ${args.join(" ")} failed: ${(e.stderr ?? errText(cause)).trim()}`,
+      `${name} ${args.join(" ")} failed: ${(e.stderr || errText(cause)).trim()}`,
       {
         cause,
-        details: { tool: "unsquashfs", args, exitCode: e.code },
+        details: { tool: name, args, exitCode: e.code },
       },
     );
   }
 }
+
+const unsquashfs = (args: readonly string[]) => tool("unsquashfs", args);
 
 function releaseError(where: string, cause: unknown): never {
   throw new UpdaterError(
