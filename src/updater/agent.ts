@@ -19,6 +19,7 @@ import {
   installBundle,
   type StateHandle,
 } from "./installer.ts";
+import { type AgentLock, acquireLock } from "./lock.ts";
 import type {
   BootedSlotSource,
   ByteRange,
@@ -198,6 +199,21 @@ export class Agent {
     }
   }
 
+  #lockDepth = 0;
+  #lock: AgentLock | undefined;
+
+  /** Run `fn` holding the state directory's lock (reentrant: run() holds it for its lifetime). */
+  async #locked<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#lockDepth === 0) this.#lock = await acquireLock(this.#o.stateDir);
+    this.#lockDepth += 1;
+    try {
+      return await fn();
+    } finally {
+      this.#lockDepth -= 1;
+      if (this.#lockDepth === 0) await this.#lock?.release();
+    }
+  }
+
   async #recordError(err: unknown): Promise<void> {
     const code = isBaseError(err) ? err.code : "UNEXPECTED";
     const at = this.#o.clock.now().toISOString();
@@ -242,6 +258,10 @@ export class Agent {
    * rollback when the bootloader fell back.
    */
   afterBoot(): Promise<AfterBootResult> {
+    return this.#locked(() => this.#afterBoot());
+  }
+
+  #afterBoot(): Promise<AfterBootResult> {
     return this.#recording(() =>
       this.#withContext(async (c) => {
         const d = decideAfterBoot({ booted: c.booted, boot: c.boot, pending: this.state.pending });
@@ -346,6 +366,10 @@ export class Agent {
    * index, decide, and install when there is something to install.
    */
   check(signal?: AbortSignal): Promise<CheckResult> {
+    return this.#locked(() => this.#check(signal));
+  }
+
+  #check(signal?: AbortSignal): Promise<CheckResult> {
     return this.#recording(() =>
       this.#withContext(async (c) => {
         const cfg = this.#o.config;
@@ -457,6 +481,10 @@ export class Agent {
 
   /** Install from a local bundle file or a URL (air-gapped hosts, tests). */
   install(location: string, signal?: AbortSignal): Promise<CheckResult> {
+    return this.#locked(() => this.#installFrom(location, signal));
+  }
+
+  #installFrom(location: string, signal?: AbortSignal): Promise<CheckResult> {
     return this.#recording(() =>
       this.#withContext(async (c) => {
         const keys = await this.#trustedKeys(c);
@@ -568,7 +596,11 @@ export class Agent {
    * recorded and the next check backs off; it never ends the loop. Returns
    * when `signal` aborts (SIGTERM), also in the middle of a download.
    */
-  async run(signal: AbortSignal): Promise<void> {
+  run(signal: AbortSignal): Promise<void> {
+    return this.#locked(() => this.#run(signal));
+  }
+
+  async #run(signal: AbortSignal): Promise<void> {
     const cfg = this.#o.config;
     this.#log.info({ disk: this.#o.diskPath, stateDir: this.#o.stateDir }, "agent started");
     try {

@@ -9,6 +9,7 @@ import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { errText, type SlotName } from "./config.ts";
 import { UpdaterError } from "./errors.ts";
+import { isAlive } from "./lock.ts";
 
 export const STATE_SCHEMA_VERSION = 1;
 export const STATE_FILE_NAME = "state.json";
@@ -144,7 +145,11 @@ export class StateStore {
     await fsyncDir(this.dir);
   }
 
-  /** Temp files left by a crash between write and rename; removed at start. */
+  /**
+   * Temp files left by a crash between write and rename; removed at start.
+   * A temp file of a live process (another agent command saving right now)
+   * is left alone.
+   */
   async removeStaleTemps(): Promise<string[]> {
     let names: string[];
     try {
@@ -152,7 +157,10 @@ export class StateStore {
     } catch {
       return [];
     }
-    const stale = names.filter((n) => n.startsWith(`${STATE_FILE_NAME}.tmp-`));
+    const prefix = `${STATE_FILE_NAME}.tmp-`;
+    const stale = names.filter(
+      (n) => n.startsWith(prefix) && !isAlive(Number(n.slice(prefix.length))),
+    );
     for (const n of stale) await rm(join(this.dir, n), { force: true });
     return stale;
   }

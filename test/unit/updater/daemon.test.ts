@@ -89,10 +89,18 @@ describe("agent run", () => {
     });
     const running = t.agent.run(stop.signal);
     await new Promise((r) => setTimeout(r, 1500));
+    // one agent at a time: a second one (an operator's `agent check`) is refused while it runs
+    const other = await testAgent(d.path, { config: { repoUrl: repo.url, channel: "stable" } });
+    await expect(other.agent.check()).rejects.toMatchObject({
+      code: "UPDATE_REFUSED",
+      message: expect.stringMatching(/another abforge agent \(pid \d+\) is working with/),
+    });
     const started = Date.now();
     stop.abort(new Error("SIGTERM"));
     await running;
     expect(Date.now() - started).toBeLessThan(1000);
     expect(t.lines.at(-1)?.msg).toBe("agent stopped");
+    // the lock is released: the next agent may work
+    expect(await other.agent.check()).toMatchObject({ outcome: "up-to-date" });
   });
 });

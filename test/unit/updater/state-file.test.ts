@@ -1,6 +1,6 @@
 // The state file (src/updater/README.md, "State file"): atomic replace, schema, corruption moved aside.
 import { spawn } from "node:child_process";
-import { readdir, readFile, writeFile } from "node:fs/promises";
+import { readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
@@ -52,9 +52,14 @@ describe("state file", () => {
     const store = new StateStore(tempDir());
     await store.save(sample(1));
     // what a crash between write and rename leaves: a half-written temp file
-    await writeFile(join(store.dir, "state.json.tmp-4242"), '{"schemaVersion": 1, "badVer');
+    await writeFile(join(store.dir, "state.json.tmp-4194399"), '{"schemaVersion": 1, "badVer');
     expect(await store.load()).toEqual(sample(1));
-    expect(await store.removeStaleTemps()).toEqual(["state.json.tmp-4242"]);
+    // a temp file of a live process (another agent command saving now) is not touched
+    const live = `state.json.tmp-${process.pid}`;
+    await writeFile(join(store.dir, live), "{}");
+    expect(await store.removeStaleTemps()).toEqual(["state.json.tmp-4194399"]);
+    expect((await readdir(store.dir)).sort()).toEqual(["state.json", live]);
+    await rm(join(store.dir, live));
     expect(await readdir(store.dir)).toEqual(["state.json"]);
   });
 
