@@ -90,6 +90,7 @@ export async function buildStateFs(o: StateFsOptions): Promise<{ path: string; u
       ],
       { env },
     );
+    await fixChangeTimes(tmp, src, mtime, env);
     await rename(tmp, o.outPath);
   } finally {
     await rm(work, { recursive: true, force: true });
@@ -111,4 +112,45 @@ async function setTimes(path: string, seconds: number): Promise<void> {
     for (const name of await readdir(path)) await setTimes(join(path, name), seconds);
   }
   await lutimes(path, seconds, seconds);
+}
+
+/**
+ * mkfs.ext4 -d also copies each file's ctime, which no one can set on the
+ * source; E2FSPROGS_FAKE_TIME does not cover it. Rewrite it with debugfs.
+ */
+async function fixChangeTimes(
+  image: string,
+  src: string,
+  seconds: number,
+  env: NodeJS.ProcessEnv,
+): Promise<void> {
+  const lines: string[] = [];
+  async function walk(rel: string): Promise<void> {
+    for (const name of (await readdir(join(src, rel))).sort()) {
+      const path = `${rel}/${name}`;
+      if (/["\\\n]/.test(path)) {
+        throw new BuildError(
+          "BUILD_FAILED",
+          `state partition: file name ${JSON.stringify(path)} has a quote, backslash or newline`,
+          { details: { path } },
+        );
+      }
+      lines.push(`sif "${path}" ctime @${seconds}`);
+      if ((await lstat(join(src, path))).isDirectory()) await walk(path);
+    }
+  }
+  await walk("");
+  const cmds = `${image}.debugfs`;
+  await writeFile(cmds, `${lines.join("\n")}\n`);
+  try {
+    const r = await run("debugfs", ["-w", "-f", cmds, image], { env });
+    const problem = r.stderr.split("\n").find((l) => l.trim() && !l.startsWith("debugfs "));
+    if (problem) {
+      throw new BuildError("BUILD_FAILED", `state partition: debugfs: ${problem}`, {
+        details: { stderr: r.stderr },
+      });
+    }
+  } finally {
+    await rm(cmds, { force: true });
+  }
 }
