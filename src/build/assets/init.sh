@@ -69,7 +69,7 @@ find_part() {
   return 1
 }
 
-# Step 5: wait (bounded) for partition $1 to appear.
+# Step 4: wait (bounded) for partition $1 to appear.
 wait_part() {
   i=0
   while [ "$i" -lt "$WAIT_TENTHS" ]; do
