@@ -279,6 +279,8 @@ export interface UpdateWorldOptions {
   /** Versions to make bundles of (signed by the trusted key); default 2.0.0 and 3.0.0. */
   versions?: string[];
   payloadBytes?: number;
+  /** Size of each slot partition (default SLOT_BYTES, 8 MiB). */
+  slotBytes?: number;
 }
 
 /** Keys, the 1.0.0 disk, and bundles: the world most updater tests start from. */
@@ -297,7 +299,11 @@ export async function makeUpdateWorld(
       ...(o.payloadBytes ? { payloadBytes: o.payloadBytes } : {}),
     });
   const v1 = await image("1.0.0");
-  const disk = await makeBootDisk(join(dir, "pristine.img"), v1);
+  const disk = await makeBootDisk(
+    join(dir, "pristine.img"),
+    v1,
+    o.slotBytes ? { slotBytes: o.slotBytes } : {},
+  );
   const bundles: Record<string, BundleFixture> = {};
   for (const v of o.versions ?? ["2.0.0", "3.0.0"])
     bundles[v] = await makeBundle(join(dir, `demo-${v}.bundle`), await image(v), key.privateKey);
