@@ -175,7 +175,6 @@ function installPlan(ctx: InstallContext): Step[] {
         const e = r.req.expected;
         if (e && (e.version !== m.version || e.slotDataOffset !== r.slotOffset))
           refuse(
-            r,
             "UPDATE_VERIFY_FAILED",
             `the bundle is ${m.version} with its slot image at byte ${r.slotOffset}; the channel index promised ${e.version} at byte ${e.slotDataOffset}`,
           );
@@ -186,9 +185,9 @@ function installPlan(ctx: InstallContext): Step[] {
           candidate: { version: m.version, compatible: m.compatible },
           badVersions: ctx.state.current.badVersions,
         });
-        if (decision.action === "refuse") refuse(r, decision.code, decision.message);
+        if (decision.action === "refuse") refuse(decision.code, decision.message);
         if (decision.action === "none") {
-          if (decision.reason === "bad-version") refuse(r, "UPDATE_BAD_VERSION", decision.message);
+          if (decision.reason === "bad-version") refuse("UPDATE_BAD_VERSION", decision.message);
           r.result = { outcome: "up-to-date", version: m.version };
           return;
         }
@@ -206,11 +205,7 @@ function installPlan(ctx: InstallContext): Step[] {
         }
         const blocker = installBlocker(boot, ctx.booted);
         if (blocker)
-          refuse(
-            r,
-            "UPDATE_REFUSED",
-            `cannot install ${m.version} into slot ${r.target}: ${blocker}`,
-          );
+          refuse("UPDATE_REFUSED", `cannot install ${m.version} into slot ${r.target}: ${blocker}`);
       },
     },
     // 3. the slot image must fit the inactive partition
@@ -222,7 +217,6 @@ function installPlan(ctx: InstallContext): Step[] {
         const treeEnd = m.verity.hashOffset + m.verity.hashAreaSize;
         if (m.slotImage.size > part.size || treeEnd > part.size)
           refuse(
-            r,
             "UPDATE_TOO_LARGE",
             `slot image of ${m.version} is ${Math.max(m.slotImage.size, treeEnd)} bytes; slot ${r.target}'s partition holds ${part.size}`,
             { size: m.slotImage.size, partitionSize: part.size },
@@ -481,7 +475,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
   }
 }
 
-function refuse(_r: Run, code: UpdaterErrorCode, message: string, details = {}): never {
+function refuse(code: UpdaterErrorCode, message: string, details = {}): never {
   throw new UpdaterError(code, message, { details });
 }
 
