@@ -46,24 +46,53 @@ export function batchChildren(childSize: number): number {
   return Math.max(1, Math.floor((128 * 1024) / childSize));
 }
 
-class ShortFileError extends Error {}
+/** Which file of a range failed: its children's or the hash file. */
+export type RangeFile = "child" | "hash";
 
-function readFully(fd: number, buf: Uint8Array, position: number): void {
+/** A read or write of a range that failed, with the file and whether it hit the end. */
+export class RangeIoError extends Error {
+  readonly file: RangeFile;
+  readonly endOfFile: boolean;
+  readonly errno: string | undefined;
+  constructor(file: RangeFile, message: string, endOfFile: boolean, errno?: string) {
+    super(message);
+    this.file = file;
+    this.endOfFile = endOfFile;
+    this.errno = errno;
+  }
+}
+
+function io<T>(file: RangeFile, what: string, fn: () => T): T {
+  try {
+    return fn();
+  } catch (err) {
+    if (err instanceof RangeIoError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    throw new RangeIoError(file, `${what}: ${e.message}`, false, e.code);
+  }
+}
+
+function readFully(file: RangeFile, fd: number, buf: Uint8Array, position: number): void {
   let done = 0;
   while (done < buf.length) {
-    const n = readSync(fd, buf, done, buf.length - done, position + done);
-    if (n === 0) throw new ShortFileError(`unexpected end of file at byte ${position + done}`);
+    const n = io(file, `read at byte ${position + done}`, () =>
+      readSync(fd, buf, done, buf.length - done, position + done),
+    );
+    if (n === 0)
+      throw new RangeIoError(file, `unexpected end of file at byte ${position + done}`, true);
     done += n;
   }
 }
 
 /** readv into `views`, resuming after short reads (readv may stop at IOV_MAX or EOF). */
-function readvFully(fd: number, views: Uint8Array[], position: number): void {
+function readvFully(file: RangeFile, fd: number, views: Uint8Array[], position: number): void {
   let pending = views;
   let pos = position;
   while (pending.length > 0) {
-    let n = readvSync(fd, pending, pos);
-    if (n === 0) throw new ShortFileError(`unexpected end of file at byte ${pos}`);
+    const at = pos;
+    const list = pending;
+    let n = io(file, `read at byte ${at}`, () => readvSync(fd, list, at));
+    if (n === 0) throw new RangeIoError(file, `unexpected end of file at byte ${pos}`, true);
     pos += n;
     let i = 0;
     while (i < pending.length && n >= (pending[i] as Uint8Array).length) {
@@ -80,7 +109,9 @@ function readvFully(fd: number, views: Uint8Array[], position: number): void {
 function writeFully(fd: number, buf: Uint8Array, position: number): void {
   let done = 0;
   while (done < buf.length) {
-    done += writeSync(fd, buf, done, buf.length - done, position + done);
+    done += io("hash", `write at byte ${position + done}`, () =>
+      writeSync(fd, buf, done, buf.length - done, position + done),
+    );
   }
 }
 
@@ -117,8 +148,9 @@ export function rangeHasher(t: LevelTask): (first: number, end: number) => numbe
       for (let b = 0; b < count; b += batch) {
         const n = Math.min(batch, count - b);
         const position = t.childOffset + (c + b) * t.childSize;
-        if (saltLen === 0) readFully(t.childFd, records.subarray(0, n * recordSize), position);
-        else readvFully(t.childFd, views.slice(0, n), position);
+        if (saltLen === 0)
+          readFully("child", t.childFd, records.subarray(0, n * recordSize), position);
+        else readvFully("child", t.childFd, views.slice(0, n), position);
         hashRecords(
           t.hashAlgorithm,
           records,
@@ -136,7 +168,7 @@ export function rangeHasher(t: LevelTask): (first: number, end: number) => numbe
       // The parent blocks must equal what format writes: the digests AND the
       // zeros after each digest and after the last one (cryptsetup checks the
       // same), else a smaller data block count would pass with the same tree.
-      readFully(t.hashFd, stored.subarray(0, parentBytes), parentPos);
+      readFully("hash", t.hashFd, stored.subarray(0, parentBytes), parentPos);
       if (computed.compare(stored, 0, parentBytes, 0, parentBytes) !== 0) {
         let i = 0;
         while (computed[i] === stored[i]) i++;
@@ -216,8 +248,4 @@ export function startWorker(queue: SharedArrayBuffer, w: number): boolean {
 /** The caller cancels a worker that has not started yet (true), else it must wait for it. */
 export function cancelWorker(queue: SharedArrayBuffer, w: number): boolean {
   return Atomics.compareExchange(new BigInt64Array(queue), 2 + w, 0n, WORKER_CANCELLED) === 0n;
-}
-
-export function isShortFile(err: unknown): boolean {
-  return err instanceof ShortFileError;
 }

@@ -5,7 +5,6 @@
 import { randomBytes, randomUUID } from "node:crypto";
 import { availableParallelism } from "node:os";
 import { Worker } from "node:worker_threads";
-import type { ToolError } from "../errors.ts";
 import { VerityError } from "./errors.ts";
 import { blockDigest } from "./hash.ts";
 import {
@@ -32,9 +31,9 @@ import {
   cancelWorker,
   closeQueue,
   firstBad,
-  isShortFile,
   type LevelTask,
   newQueue,
+  RangeIoError,
   rangeChildren,
   runLevel,
   shareLevel,
@@ -190,9 +189,11 @@ function toParams(
   };
 }
 
-function rangeError(t: { path: string; role: string }, err: unknown): ToolError {
-  if (isShortFile(err)) return ioError(t, "file is shorter than the verity parameters need", err);
-  return ioError(t, "read or write failed", err);
+/** An I/O failure inside a range (range.ts), named by its file. */
+function rangeError(err: unknown, children: OpenFile, hash: OpenFile): unknown {
+  if (!(err instanceof RangeIoError)) return err;
+  const f = err.file === "child" ? children : hash;
+  return ioError(f, err.endOfFile ? "shorter than the verity parameters need" : "I/O failed", err);
 }
 
 interface Spawned {
@@ -208,15 +209,22 @@ function spawnWorker(input: WorkerInput): Spawned {
       reply = m;
     });
     worker.once("error", (err) =>
-      resolve({ ok: false, message: err.message, code: undefined, shortFile: false }),
+      resolve({
+        ok: false,
+        message: err.message,
+        file: undefined,
+        endOfFile: false,
+        errno: undefined,
+      }),
     );
     worker.once("exit", (code) =>
       resolve(
         reply ?? {
           ok: false,
           message: `verity worker exited with code ${code}`,
-          code: undefined,
-          shortFile: false,
+          file: undefined,
+          endOfFile: false,
+          errno: undefined,
         },
       ),
     );
@@ -262,15 +270,12 @@ async function dataLevel(
     }),
   );
   const bad = replies.find((r): r is Extract<WorkerReply, { ok: false }> => !r.ok);
-  if (!failure && bad)
-    failure = Object.assign(new Error(bad.message), { code: bad.code, shortFile: bad.shortFile });
-  if (failure) {
-    const short = isShortFile(failure) || (failure as { shortFile?: boolean }).shortFile === true;
-    const target = task.mode === "format" ? hash : data;
-    throw short
-      ? ioError(target, "file is shorter than the verity parameters need", failure)
-      : rangeError(target, failure);
+  if (!failure && bad) {
+    failure = bad.file
+      ? new RangeIoError(bad.file, bad.message, bad.endOfFile, bad.errno)
+      : new Error(`verity worker failed: ${bad.message}`);
   }
+  if (failure) throw rangeError(failure, data, hash);
   return firstBad(queue);
 }
 
@@ -363,7 +368,7 @@ export async function formatVerity(o: VerityFormatOptions): Promise<VerityParams
             children: level.children,
           });
         } catch (err) {
-          throw rangeError(hash, err);
+          throw rangeError(err, hash, hash);
         }
         below = level;
       }
@@ -614,7 +619,7 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
       try {
         bad = runLevel(task);
       } catch (err) {
-        throw rangeError(hash, err);
+        throw rangeError(err, hash, hash);
       }
       if (bad >= 0) {
         const what = classify(task, parent, bad, hash, hash);

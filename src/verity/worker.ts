@@ -4,7 +4,7 @@
  * its file descriptors with the worker (one process).
  */
 import { parentPort, workerData } from "node:worker_threads";
-import { isShortFile, type LevelTask, shareLevel, startWorker } from "./range.ts";
+import { type LevelTask, type RangeFile, RangeIoError, shareLevel, startWorker } from "./range.ts";
 
 export interface WorkerInput {
   task: LevelTask;
@@ -14,7 +14,13 @@ export interface WorkerInput {
 
 export type WorkerReply =
   | { ok: true }
-  | { ok: false; message: string; code: string | undefined; shortFile: boolean };
+  | {
+      ok: false;
+      message: string;
+      file: RangeFile | undefined;
+      endOfFile: boolean;
+      errno: string | undefined;
+    };
 
 const { task, queue, index } = workerData as WorkerInput;
 let reply: WorkerReply = { ok: true };
@@ -22,11 +28,13 @@ if (startWorker(queue, index)) {
   try {
     shareLevel(task, queue);
   } catch (err) {
+    const io = err instanceof RangeIoError ? err : undefined;
     reply = {
       ok: false,
       message: err instanceof Error ? err.message : String(err),
-      code: (err as NodeJS.ErrnoException).code,
-      shortFile: isShortFile(err),
+      file: io?.file,
+      endOfFile: io?.endOfFile ?? false,
+      errno: io?.errno,
     };
   }
 }

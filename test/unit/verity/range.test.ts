@@ -121,6 +121,6 @@ describe("range queue", () => {
     const { task } = setup("format", "short");
     const queue = newQueue(1);
     const reply = await runWorker({ ...task, children: dataBlocks + 5 }, queue, 0);
-    expect(reply).toMatchObject({ ok: false, shortFile: true });
+    expect(reply).toMatchObject({ ok: false, file: "child", endOfFile: true });
   });
 });
