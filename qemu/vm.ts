@@ -114,8 +114,13 @@ export class Vm {
       `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
       "-drive",
       `if=pflash,format=raw,file=${varsPath}`,
+      // Fixed PCI addresses and bootindex: the OVMF variables kept beside the
+      // disk remember boot entries by device path, so adding a NIC must not
+      // move the disk, and the disk boots first whatever the variables say.
       "-drive",
-      `file=${options.disk},format=raw,if=virtio,cache=unsafe`,
+      `file=${options.disk},format=raw,if=none,id=disk0,cache=unsafe`,
+      "-device",
+      "virtio-blk-pci,drive=disk0,addr=0x5,bootindex=0",
       "-chardev",
       "stdio,id=ser0,signal=off",
       "-serial",
@@ -133,7 +138,7 @@ export class Vm {
         "-netdev",
         `user,id=n0,restrict=on,guestfwd=tcp:${f.guestAddress}:${f.guestPort}-cmd:${cmd}`,
         "-device",
-        "virtio-net-pci,netdev=n0",
+        "virtio-net-pci,netdev=n0,addr=0x6,romfile=",
       );
     } else {
       args.push("-nic", "none");

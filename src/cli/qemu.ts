@@ -1,6 +1,4 @@
 import type { Command } from "commander";
-import { QemuError } from "../../qemu/errors.ts";
-import { Vm } from "../../qemu/vm.ts";
 import { logger } from "../log.ts";
 import { action, intOption } from "./command.ts";
 
@@ -40,6 +38,10 @@ export function register(program: Command): void {
     )
     .action(
       action(async (disk: string, opts: QemuOptions) => {
+        // The harness lives outside src/ and is not shipped in images: load it
+        // only when this command runs.
+        const { QemuError } = await import("../../qemu/errors.ts");
+        const { Vm } = await import("../../qemu/vm.ts");
         const log = logger().child({ module: "qemu" });
         const [guestAddress, guestPortText] = opts.repoAddress.split(":");
         const guestPort = Number(guestPortText ?? "80");

@@ -14,7 +14,7 @@ import { ABFORGE, abforge } from "../helpers/cli.ts";
 import { freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
 
 const BANNER = /abforge: booted slot (A|B) version (\S+) roothash ([0-9a-f]{64})/;
-const PROMPT = /abforge:[^\n]*# $/m;
+const PROMPT = /abforge:[^\n]*# /;
 const BOOT_MS = 180_000;
 
 let vm: Vm | undefined;

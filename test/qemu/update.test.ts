@@ -119,7 +119,7 @@ describe("updates end to end", () => {
     expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
     expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
 
-    await vm.waitFor(/# $/m, { timeoutMs: 60_000 });
+    await vm.waitFor(/abforge:[^\n]*# /, { timeoutMs: 60_000 });
     const status = await vm.run("/usr/lib/abforge/bin/abforge agent status --json 2>/dev/null", {
       timeoutMs: 120_000,
     });
