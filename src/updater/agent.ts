@@ -264,7 +264,12 @@ export class Agent {
   #afterBoot(): Promise<AfterBootResult> {
     return this.#recording(() =>
       this.#withContext(async (c) => {
-        const d = decideAfterBoot({ booted: c.booted, boot: c.boot, pending: this.state.pending });
+        const d = decideAfterBoot({
+          booted: c.booted,
+          boot: c.boot,
+          pending: this.state.pending,
+          badVersions: this.state.badVersions,
+        });
         const now = () => this.#o.clock.now().toISOString();
         switch (d.action) {
           case "nothing":

@@ -118,10 +118,34 @@ export function decideAfterBoot(o: {
   booted: SlotName;
   boot: BootFacts;
   pending: PendingSlot | null;
+  /** Versions already recorded as bad (row 1b records a rollback once). */
+  badVersions?: readonly string[];
 }): AfterBootDecision {
   const { booted, boot, pending } = o;
   const b = boot.slots[booted];
   if (pending === null) {
+    // row 1b: no record (the state file was lost), yet the other slot holds a
+    // newer version that was tried and failed: GRUB fell back from it.
+    const other = otherSlot(booted);
+    const o_ = boot.slots[other];
+    if (
+      b.good &&
+      o_.rootHash !== "" &&
+      !o_.good &&
+      o_.tries === 0 &&
+      semver.valid(o_.version) &&
+      semver.valid(b.version) &&
+      semver.gt(o_.version, b.version) &&
+      !(o.badVersions ?? []).includes(o_.version)
+    )
+      return {
+        action: "rollback",
+        slot: other,
+        version: o_.version,
+        reason:
+          `slot ${other} holds ${o_.version}, newer than the running ${b.version}, with no tries left and not good; ` +
+          "the state file has no record of it (lost?): the bootloader fell back from it",
+      };
     // rows 1-2
     if (b.good)
       return {

@@ -133,6 +133,28 @@ describe("decideAfterBoot: the decision table", () => {
   });
 });
 
+describe("decideAfterBoot without a record (state file lost)", () => {
+  const failedB = boot(slot(0, true, "2.0.0"), slot(0, false, "3.0.0"), ["A", "B"]);
+  it("row 1b: a newer version out of tries in the other slot → rollback, once", () => {
+    expect(decideAfterBoot({ booted: "A", boot: failedB, pending: null })).toMatchObject({
+      action: "rollback",
+      slot: "B",
+      version: "3.0.0",
+    });
+    expect(
+      decideAfterBoot({ booted: "A", boot: failedB, pending: null, badVersions: ["3.0.0"] }),
+    ).toMatchObject({
+      action: "nothing",
+    });
+  });
+  it("an install interrupted after mark-unbootable (an older version left there) is not a rollback", () => {
+    const interrupted = boot(slot(0, true, "2.0.0"), slot(0, false, "1.0.0"), ["A", "B"]);
+    expect(decideAfterBoot({ booted: "A", boot: interrupted, pending: null })).toMatchObject({
+      action: "nothing",
+    });
+  });
+});
+
 describe("installBlocker", () => {
   it("refuses while the booted slot is not good, and says why", () => {
     expect(installBlocker(boot(slot(0, true, "1.0.0"), slot(2, false, "2.0.0")), "B")).toMatch(
