@@ -8,25 +8,23 @@
  * and never installs 3.0.0 again. Every assertion reads the serial console or
  * the disk's boot state.
  */
-import { type ChildProcess, spawn } from "node:child_process";
 import { mkdtempSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { BANNER, PROMPT, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { BootDisk, type BootState } from "../../src/bootloader/index.ts";
-import { ABFORGE, abforge } from "../helpers/cli.ts";
 import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
 
-const BANNER = /abforge: booted slot (A|B) version (\S+) roothash ([0-9a-f]{64})/;
 const BOOT_MS = 240_000;
 
 let vm: Vm | undefined;
-let server: ChildProcess | undefined;
+let server: ServedRepo | undefined;
 
 afterAll(async () => {
   await vm?.kill();
-  server?.kill("SIGTERM");
+  server?.stop();
 });
 
 async function bootState(disk: string): Promise<BootState> {
@@ -38,42 +36,6 @@ async function bootState(disk: string): Promise<BootState> {
   }
 }
 
-async function publish(repoDir: string, bundle: string): Promise<void> {
-  const r = await abforge([
-    "repo",
-    "publish",
-    bundle,
-    "--repo",
-    repoDir,
-    "--channel",
-    "stable",
-    "--key",
-    SIGNING_KEY,
-  ]);
-  expect(r.code, r.stderr).toBe(0);
-}
-
-/** Start `abforge repo serve` on a free loopback port and return that port. */
-async function serve(repoDir: string): Promise<number> {
-  const child = spawn(
-    ABFORGE,
-    ["repo", "serve", "--repo", repoDir, "--port", "0", "--host", "127.0.0.1"],
-    {
-      stdio: ["ignore", "pipe", "pipe"],
-    },
-  );
-  server = child;
-  let out = "";
-  return new Promise((resolve, reject) => {
-    child.stdout?.on("data", (d: Buffer) => {
-      out += d.toString();
-      const m = /http:\/\/127\.0\.0\.1:(\d+)/.exec(out);
-      if (m) resolve(Number(m[1]));
-    });
-    child.on("exit", (code) => reject(new Error(`repo serve exited ${code}: ${out}`)));
-  });
-}
-
 async function banner(v: Vm): Promise<{ slot: string; version: string }> {
   const m = await v.waitFor(BANNER, { timeoutMs: BOOT_MS });
   return { slot: m[1]!, version: m[2]! };
@@ -82,13 +44,13 @@ async function banner(v: Vm): Promise<{ slot: string; version: string }> {
 describe("updates end to end", () => {
   it("installs 2.0.0, marks it good, rolls back an unhealthy 3.0.0 and never retries it", async () => {
     const repoDir = mkdtempSync(join(tmpdir(), "abforge-repo-"));
-    await publish(repoDir, image("v2").bundle);
-    const port = await serve(repoDir);
+    await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
+    server = await serveRepo(repoDir);
     const disk = freshDisk("v1");
     vm = await Vm.start({
       disk,
       serialLog: join(dirname(disk), "serial.log"),
-      forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: port },
+      forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: server.port },
     });
 
     // 1.0.0 boots from A; the agent checks at once and installs 2.0.0 into B.
@@ -104,7 +66,7 @@ describe("updates end to end", () => {
     expect(s.slots.A).toMatchObject({ good: true, version: "1.0.0" });
 
     // 3.0.0 is published; the next poll installs it into A, and it boots.
-    await publish(repoDir, image("v3").bundle);
+    await publishBundle(repoDir, image("v3").bundle, SIGNING_KEY);
     expect(await banner(vm)).toEqual({ slot: "A", version: "3.0.0" });
     // Its health check fails: no mark, reboot, until the tries are spent.
     await vm.waitFor(/health check[^\n]*fail/i, { timeoutMs: BOOT_MS });
@@ -119,7 +81,7 @@ describe("updates end to end", () => {
     expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
     expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
 
-    await vm.waitFor(/abforge:[^\n]*# /, { timeoutMs: 60_000 });
+    await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
     const status = await vm.run("/usr/lib/abforge/bin/abforge agent status --json 2>/dev/null", {
       timeoutMs: 120_000,
     });

@@ -1,0 +1,135 @@
+/**
+ * The main job, end to end: build the demo image (1.0.0, 2.0.0 and an
+ * unhealthy 3.0.0), boot 1.0.0 under QEMU, let its agent update it to 2.0.0
+ * from a repository served on 127.0.0.1, then publish 3.0.0 and watch the
+ * bootloader roll it back. Run by scripts/demo.sh after setup.
+ *
+ *   scripts/demo.sh [--rebuild] [--out DIR]
+ *
+ * The guest's serial console is shown as it comes; lines starting with
+ * `demo:` say what just happened.
+ */
+import { execFileSync } from "node:child_process";
+import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { join, resolve } from "node:path";
+import { parseArgs } from "node:util";
+import {
+  ABFORGE_BIN,
+  abforgeCommand,
+  BANNER,
+  PROMPT,
+  publishBundle,
+  serveRepo,
+} from "../qemu/fleet.ts";
+import { Vm } from "../qemu/vm.ts";
+
+const ROOT = resolve(import.meta.dirname, "..");
+const { values } = parseArgs({
+  options: {
+    rebuild: { type: "boolean", default: false },
+    out: { type: "string", default: join(ROOT, "out", "demo") },
+  },
+});
+const OUT = resolve(values.out);
+const BOOT_MS = 300_000;
+
+function say(text: string): void {
+  process.stdout.write(`\n\x1b[1mdemo: ${text}\x1b[0m\n`);
+}
+
+async function step(args: string[], what: string): Promise<string> {
+  const r = await abforgeCommand(args, { ABFORGE_LOG_FORMAT: "pretty" });
+  if (r.code !== 0) {
+    process.stderr.write(r.stderr);
+    throw new Error(`${what} failed (exit ${r.code})`);
+  }
+  return r.stdout;
+}
+
+const keys = join(OUT, "keys");
+const key = join(keys, "signing.key");
+mkdirSync(OUT, { recursive: true });
+if (!existsSync(key)) {
+  say("making a signing key");
+  process.stdout.write(await step(["keygen", "--out", keys], "keygen"));
+}
+
+const releases = [
+  { name: "v1", spec: "images/demo.yaml", version: "1.0.0" },
+  { name: "v2", spec: "images/demo.yaml", version: "2.0.0" },
+  { name: "v3", spec: "images/demo-unhealthy.yaml", version: "3.0.0" },
+];
+for (const r of releases) {
+  const dir = join(OUT, r.name);
+  if (!values.rebuild && existsSync(join(dir, "build.json"))) {
+    say(`reusing ${r.spec} ${r.version} from ${dir} (--rebuild to build again)`);
+    continue;
+  }
+  say(`building ${r.spec} version ${r.version} (a few minutes: the Node runtime is xz-compressed)`);
+  process.stdout.write(
+    await step(
+      ["build", join(ROOT, r.spec), "--out", dir, "--version", r.version, "--key", key],
+      "build",
+    ),
+  );
+}
+
+const repoDir = join(OUT, "repo");
+rmSync(repoDir, { recursive: true, force: true });
+say("publishing 2.0.0 to channel stable");
+await publishBundle(repoDir, join(OUT, "v2", "demo-2.0.0.bundle"), key);
+const repo = await serveRepo(repoDir);
+say(
+  `repository served at ${repo.url}; the guest reaches it as http://10.0.2.100/ through QEMU's guestfwd`,
+);
+
+const hostDir = join(OUT, "host");
+rmSync(hostDir, { recursive: true, force: true });
+mkdirSync(hostDir, { recursive: true });
+const disk = join(hostDir, "disk.img");
+execFileSync("cp", ["--sparse=always", join(OUT, "v1", "disk.img"), disk]);
+
+say("booting the 1.0.0 disk under QEMU (OVMF → GRUB → kernel → dm-verity root)");
+const vm = await Vm.start({
+  disk,
+  serialLog: join(hostDir, "serial.log"),
+  forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: repo.port },
+  onConsole: (text) => process.stdout.write(text),
+});
+const slots = () =>
+  execFileSync(ABFORGE_BIN, ["slots", "show", "--disk", disk], { encoding: "utf8" });
+try {
+  const banner = async () => {
+    const m = await vm.waitFor(BANNER, { timeoutMs: BOOT_MS });
+    return `${m[1]} ${m[2]}`;
+  };
+  say(`booted slot ${await banner()}; the agent checks the channel right away`);
+  say(`after installing 2.0.0 into slot B the agent reboots: now slot ${await banner()}`);
+  await vm.waitFor(/marked good/, { timeoutMs: BOOT_MS });
+  say("2.0.0 passed its health checks and is marked good. Boot state:");
+  process.stdout.write(slots());
+
+  say("publishing 3.0.0, a release whose health check fails");
+  await publishBundle(repoDir, join(OUT, "v3", "demo-3.0.0.bundle"), key);
+  let booted = await banner();
+  say(`the agent installed 3.0.0 into slot A and rebooted: slot ${booted}`);
+  while (booted.startsWith("A")) {
+    booted = await banner();
+    say(`booted slot ${booted}`);
+  }
+  await vm.waitFor(/rollback/i, { timeoutMs: BOOT_MS });
+  say(
+    "3.0.0 never passed its health check; its tries ran out and GRUB went back to 2.0.0. Boot state:",
+  );
+  process.stdout.write(slots());
+  await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
+  const status = await vm.run("/usr/lib/abforge/bin/abforge agent status 2>/dev/null", {
+    timeoutMs: 120_000,
+  });
+  say("the agent's status on the host (3.0.0 is recorded as bad and will not be installed again):");
+  process.stdout.write(status.output);
+  say("done; powering the VM off");
+} finally {
+  await vm.powerOff();
+  repo.stop();
+}
