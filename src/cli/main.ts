@@ -21,6 +21,9 @@ export function createProgram(): Command {
     .name("abforge")
     .description("Build immutable dm-verity A/B images and keep hosts on them with atomic updates")
     .version("0.1.0")
+    // Program options (--version, --log-level, ...) go before the command, so
+    // a command's own options may reuse their names (`build --version 2.0.0`).
+    .enablePositionalOptions()
     .addOption(
       new Option("--log-level <level>", "log level")
         .choices(["trace", "debug", "info", "warn", "error", "fatal", "silent"])

@@ -21,3 +21,18 @@ describe("cli", () => {
     expect(r.stdout).toMatch(/Usage: abforge/);
   });
 });
+
+describe("program options", () => {
+  it("leaves a command's --version to the command", async () => {
+    const r = await abforge(["build", "no-such-spec.yaml", "--out", "/nonexistent/x", "--version", "2.0.0"]);
+    expect(r.stdout).not.toMatch(/^0\.1\.0/);
+    expect(r.code).not.toBe(0);
+    expect(r.stderr).toMatch(/no-such-spec\.yaml/);
+  });
+
+  it("prints the tool's version before a command", async () => {
+    const r = await abforge(["--version"]);
+    expect(r.code).toBe(0);
+    expect(r.stdout.trim()).toMatch(/^\d+\.\d+\.\d+$/);
+  });
+});
