@@ -22,7 +22,7 @@ import {
   rmSync,
   writeSync,
 } from "node:fs";
-import { availableParallelism, cpus, tmpdir } from "node:os";
+import { availableParallelism, cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
@@ -59,10 +59,28 @@ function warm(path: string): void {
   closeSync(fd);
 }
 
-async function timed(fn: () => Promise<unknown>): Promise<number> {
+/** CPU seconds of this process (all threads) and of its waited-for children (/proc/self/stat). */
+function cpuSeconds(): { self: number; children: number } {
+  const fields = readFileSync("/proc/self/stat", "utf8").split(") ")[1]?.split(" ") ?? [];
+  const ticks = 100; // USER_HZ
+  const u = process.cpuUsage();
+  return {
+    self: (u.user + u.system) / 1e6,
+    children: (Number(fields[13]) + Number(fields[14])) / ticks, // cutime, cstime
+  };
+}
+
+interface Sample {
+  seconds: number;
+  cpu: number;
+}
+
+async function timed(fn: () => Promise<unknown>, which: "self" | "children"): Promise<Sample> {
+  const c = cpuSeconds();
   const t = performance.now();
   await fn();
-  return (performance.now() - t) / 1000;
+  const seconds = (performance.now() - t) / 1000;
+  return { seconds, cpu: cpuSeconds()[which] - c[which] };
 }
 
 const median = (xs: number[]) => {
@@ -71,6 +89,7 @@ const median = (xs: number[]) => {
   return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
 };
 const mibs = (seconds: number) => sizeMiB / seconds;
+const line = (x: Sample) => `${mibs(x.seconds).toFixed(0)} MiB/s (${x.cpu.toFixed(2)} s CPU)`;
 
 const dir = mkdtempSync(join(tmpdir(), "abforge-bench-verity-"));
 try {
@@ -83,14 +102,20 @@ try {
   process.stdout.write(`machine: ${availableParallelism()} cores, ${cpus()[0]?.model ?? "?"}\n`);
   makeData(data);
   warm(data);
-  const theirs: number[] = [];
-  const ours: number[] = [];
+  process.stdout.write(
+    `load average before: ${loadavg()
+      .map((x) => x.toFixed(2))
+      .join(" ")}\n`,
+  );
+  const theirs: Sample[] = [];
+  const ours: Sample[] = [];
   let root = "";
   for (let r = 0; r < rounds; r++) {
     rmSync(theirsHash, { force: true });
     theirs.push(
-      await timed(() =>
-        run("veritysetup", ["format", data, theirsHash, "--salt", salt, "--uuid", uuid]),
+      await timed(
+        () => run("veritysetup", ["format", data, theirsHash, "--salt", salt, "--uuid", uuid]),
+        "children",
       ),
     );
     rmSync(oursHash, { force: true });
@@ -104,25 +129,32 @@ try {
             uuid,
           })
         ).rootHash;
-      }),
+      }, "self"),
     );
     process.stdout.write(
-      `round ${r + 1}: veritysetup ${mibs(theirs[r] as number).toFixed(0)} MiB/s, abforge ${mibs(ours[r] as number).toFixed(0)} MiB/s\n`,
+      `round ${r + 1}: veritysetup ${line(theirs[r] as Sample)}, abforge ${line(ours[r] as Sample)}\n`,
     );
   }
   const identical = readFileSync(theirsHash).equals(readFileSync(oursHash));
   rmSync(oursHash, { force: true });
-  const cli = await timed(() =>
-    run(abforgeBin, ["verity", "format", data, oursHash, "--salt", salt, "--uuid", uuid]),
+  const cli = await timed(
+    () => run(abforgeBin, ["verity", "format", data, oursHash, "--salt", salt, "--uuid", uuid]),
+    "children",
   );
-  const best = { theirs: mibs(Math.min(...theirs)), ours: mibs(Math.min(...ours)) };
-  const med = { theirs: mibs(median(theirs)), ours: mibs(median(ours)) };
+  const secs = (xs: Sample[]) => xs.map((x) => x.seconds);
+  const best = { theirs: mibs(Math.min(...secs(theirs))), ours: mibs(Math.min(...secs(ours))) };
+  const med = { theirs: mibs(median(secs(theirs))), ours: mibs(median(secs(ours))) };
+  const cpu = (xs: Sample[]) => median(xs.map((x) => x.cpu)) / (sizeMiB / 1024);
   process.stdout.write(
     [
       `hash files identical: ${identical ? "yes" : "NO"} (root ${root})`,
       `best of ${rounds}:   veritysetup ${best.theirs.toFixed(0)} MiB/s, abforge ${best.ours.toFixed(0)} MiB/s, ratio ${(best.ours / best.theirs).toFixed(2)}x`,
       `median of ${rounds}: veritysetup ${med.theirs.toFixed(0)} MiB/s, abforge ${med.ours.toFixed(0)} MiB/s, ratio ${(med.ours / med.theirs).toFixed(2)}x`,
-      `abforge CLI process (one run, Node start-up and module loading included): ${mibs(cli).toFixed(0)} MiB/s`,
+      `CPU time per GiB (median; all threads): veritysetup ${cpu(theirs).toFixed(2)} s, abforge ${cpu(ours).toFixed(2)} s`,
+      `abforge CLI process (one run, Node start-up and module loading included): ${mibs(cli.seconds).toFixed(0)} MiB/s`,
+      `load average after: ${loadavg()
+        .map((x) => x.toFixed(2))
+        .join(" ")}`,
       "",
     ].join("\n"),
   );
