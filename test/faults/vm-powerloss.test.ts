@@ -1,0 +1,95 @@
+/**
+ * Power loss in a VM (the faults issue): the guest's agent is installing
+ * 2.0.0 from a repository on 127.0.0.1 when the machine is hard-reset through
+ * QMP (`system_reset`, the reset button: what the guest wrote stays on the
+ * disk, what it had not written is lost). The guest must come back on a good
+ * slot, and the next run must finish the update so the new slot boots.
+ * Assertions read the serial console and the disk's boot state.
+ */
+import { mkdtempSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { dirname, join } from "node:path";
+import { afterEach, describe, expect, it } from "vitest";
+import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
+import { Vm } from "../../qemu/vm.ts";
+import { BootDisk, type BootState, nextBootSlot } from "../../src/bootloader/index.ts";
+import { freshDisk, image, SIGNING_KEY } from "../qemu/fixtures.ts";
+
+const BOOT_MS = 240_000;
+
+let vm: Vm | undefined;
+let server: ServedRepo | undefined;
+
+afterEach(async () => {
+  await vm?.kill();
+  vm = undefined;
+  server?.stop();
+  server = undefined;
+});
+
+async function bootState(disk: string): Promise<BootState> {
+  const d = await BootDisk.open(disk);
+  try {
+    return await d.readState();
+  } finally {
+    await d.close();
+  }
+}
+
+async function banner(v: Vm): Promise<{ slot: string; version: string }> {
+  const m = await v.waitFor(BANNER, { timeoutMs: BOOT_MS });
+  return { slot: m[1]!, version: m[2]! };
+}
+
+/** Boot 1.0.0 with 2.0.0 published; returns once the 1.0.0 banner is seen. */
+async function bootWithUpdate(): Promise<{ v: Vm; disk: string }> {
+  const repoDir = mkdtempSync(join(tmpdir(), "abforge-repo-"));
+  await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
+  server = await serveRepo(repoDir);
+  const disk = freshDisk("v1");
+  vm = await Vm.start({
+    disk,
+    serialLog: join(dirname(disk), "serial.log"),
+    forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: server.port },
+  });
+  expect(await banner(vm)).toEqual({ slot: "A", version: "1.0.0" });
+  return { v: vm, disk };
+}
+
+describe("power loss in a VM", () => {
+  it("resets while the agent writes the slot: back on 1.0.0, then the update resumes and 2.0.0 boots", async () => {
+    const { v, disk } = await bootWithUpdate();
+    await v.waitFor(/downloading 2\.0\.0: [3-8]0%/, { timeoutMs: BOOT_MS });
+    await v.reset();
+
+    expect(await banner(v)).toEqual({ slot: "A", version: "1.0.0" });
+    const s = await bootState(disk);
+    expect(nextBootSlot(s)).toBe("A");
+    expect(s.slots.B).toMatchObject({ good: false, tries: 0 });
+
+    await v.waitFor(/resuming 2\.0\.0 at chunk [1-9]/, { timeoutMs: BOOT_MS });
+    expect(await banner(v)).toEqual({ slot: "B", version: "2.0.0" });
+    await v.waitFor(/marked good/, { timeoutMs: BOOT_MS });
+    expect((await bootState(disk)).slots.B).toMatchObject({ good: true, version: "2.0.0" });
+  });
+
+  it("resets while the agent writes the boot state: a good slot boots, and 2.0.0 ends up booted and good", async () => {
+    const { v, disk } = await bootWithUpdate();
+    await v.waitFor(/step 9\/9: activate/, { timeoutMs: BOOT_MS });
+    await v.reset();
+
+    // The write of the boot state is one sector: it landed whole or not at all.
+    const first = await banner(v);
+    if (first.slot === "A") {
+      expect(first.version).toBe("1.0.0");
+      expect(await banner(v)).toEqual({ slot: "B", version: "2.0.0" });
+    } else {
+      expect(first).toEqual({ slot: "B", version: "2.0.0" });
+    }
+    await v.waitFor(/marked good/, { timeoutMs: BOOT_MS });
+    const s = await bootState(disk);
+    expect(s.order[0]).toBe("B");
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect(s.slots.A).toMatchObject({ good: true, version: "1.0.0" });
+  });
+});
