@@ -35,9 +35,11 @@ export interface AssembleOptions {
 const BLOCK = 4096;
 const CHUNK = 1024 * 1024;
 
+const ZERO_BLOCK = Buffer.alloc(BLOCK);
+
+/** True when the (at most 4 KiB) block is all zero; a native compare, not a JS loop. */
 function isZero(b: Uint8Array): boolean {
-  for (let i = 0; i < b.length; i++) if (b[i] !== 0) return false;
-  return true;
+  return Buffer.compare(b, ZERO_BLOCK.subarray(0, b.length)) === 0;
 }
 
 /**
@@ -55,16 +57,20 @@ export async function copySparse(src: string, dst: string, offset: number): Prom
     for (;;) {
       const { bytesRead } = await inp.read(buf, 0, CHUNK, pos);
       if (bytesRead === 0) break;
+      // Runs of non-zero 4 KiB blocks (the last one may be short) are written as one.
       let runStart = -1;
-      for (let b = 0; b <= bytesRead; b += BLOCK) {
-        const end = Math.min(b + BLOCK, bytesRead);
-        const zero = b >= bytesRead || isZero(buf.subarray(b, end));
+      for (let b = 0; b < bytesRead; b += BLOCK) {
+        const zero = isZero(buf.subarray(b, Math.min(b + BLOCK, bytesRead)));
         if (!zero && runStart < 0) runStart = b;
         if (zero && runStart >= 0) {
           await out.write(buf, runStart, b - runStart, offset + pos + runStart);
           written += b - runStart;
           runStart = -1;
         }
+      }
+      if (runStart >= 0) {
+        await out.write(buf, runStart, bytesRead - runStart, offset + pos + runStart);
+        written += bytesRead - runStart;
       }
       pos += bytesRead;
     }

@@ -70,6 +70,32 @@ describe("assembleDisk", async () => {
     expect(readFileSync(again).equals(readFileSync(disk))).toBe(true);
   });
 
+  it("copies an image whose size is not a multiple of the block size", async () => {
+    const odd = Buffer.alloc(5000 + 4096 * 3, 0);
+    odd.fill(9, 0, 5000);
+    odd.fill(4, odd.length - 10);
+    writeFileSync(join(dir, "odd"), odd);
+    const oddDisk = join(dir, "odd.img");
+    const t = await assembleDisk({
+      outPath: oddDisk,
+      diskGuidSeed: "odd",
+      partitions: [
+        {
+          name: "state",
+          typeGuid: parts[3]!.typeGuid,
+          sizeBytes: 1 * MiB,
+          imagePath: join(dir, "odd"),
+        },
+      ],
+    });
+    const { offset } = partitionRange(t.partitions[0]!);
+    expect(
+      readFileSync(oddDisk)
+        .subarray(offset, offset + odd.length)
+        .equals(odd),
+    ).toBe(true);
+  });
+
   it("refuses an image larger than its partition", async () => {
     await expect(
       assembleDisk({

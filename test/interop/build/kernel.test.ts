@@ -48,6 +48,17 @@ describe("fetchKernel + resolveModules (Debian cloud kernel)", async () => {
     }
   });
 
+  it("opens an extracted tree given as a path, and refuses a directory with no kernel", async () => {
+    const fromPath = await fetchKernel({ path: tree.root, cacheDir: CACHE_DIR });
+    expect(fromPath).toEqual({ ...tree, package: null });
+    await expect(fetchKernel({ path: tree.modulesDir, cacheDir: CACHE_DIR })).rejects.toMatchObject(
+      {
+        code: "KERNEL_NOT_FOUND",
+        message: expect.stringContaining("no boot/vmlinuz-<version>"),
+      },
+    );
+  });
+
   it("skips a module built into the kernel", async () => {
     expect(await resolveModules(tree, ["ext4"])).toEqual([]);
   });
