@@ -415,6 +415,9 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         { version: m.version, chunk: from, of: total },
         `resuming ${m.version} at chunk ${from} of ${total} (chunks before it verified in slot ${r.target})`,
       );
+    // Every chunk is in the slot already (a run stopped after the write, in steps 6-9):
+    // nothing left to fetch; a Range request from past the slot image would fail.
+    if (from === total) return;
     ctx.log.info(
       { version: m.version, slot: r.target, bytes: m.slotImage.size },
       `downloading ${m.version} into slot ${r.target} (${m.slotImage.size} bytes)`,
