@@ -240,7 +240,7 @@ export async function buildInitramfs(o: InitramfsOptions): Promise<InitramfsResu
     // Node's gzip header has mtime 0 and OS 3: the output depends on the input only.
     await pipeline(
       Readable.from(cpioChunks(entries, { mtime })),
-      createGzip({ level: 9 }),
+      createGzip({ level: 6 }),
       tap,
       createWriteStream(tmp),
     );

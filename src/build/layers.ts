@@ -3,14 +3,7 @@
  * (README.md, "Layers"). Nothing is written outside that directory; each
  * refusal is a LAYER_UNSAFE error naming the layer and the entry.
  */
-import {
-  createReadStream,
-  lstatSync,
-  readdirSync,
-  readlinkSync,
-  realpathSync,
-  statSync,
-} from "node:fs";
+import { lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from "node:fs";
 import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import { run } from "../exec.ts";
@@ -137,7 +130,7 @@ async function applyDir(tree: StagingTree, layer: DirLayer): Promise<void> {
           const first = st.nlink > 1 ? inodes.get(key) : undefined;
           if (first) tree.link(child, first);
           else {
-            await tree.writeFile(child, meta, createReadStream(host));
+            await tree.copyFile(child, meta, host);
             if (st.nlink > 1) inodes.set(key, child);
           }
         } else {
@@ -168,11 +161,9 @@ async function applyFiles(tree: StagingTree, layer: FilesLayer): Promise<void> {
     const parts = entryComponents(f.path.replace(/^\/+/, ""));
     const meta = { mode: f.mode, uid: f.uid, gid: f.gid };
     try {
-      await tree.writeFile(
-        parts,
-        meta,
-        f.content !== undefined ? Buffer.from(f.content, "utf8") : createReadStream(f.source!),
-      );
+      if (f.content !== undefined)
+        await tree.writeFile(parts, meta, Buffer.from(f.content, "utf8"));
+      else await tree.copyFile(parts, meta, f.source!);
     } catch (err) {
       if (err instanceof BuildError) {
         throw new BuildError(err.code, `${f.path}: ${err.message}`, {
@@ -210,10 +201,10 @@ async function copyHostFile(tree: StagingTree, hostPath: string, to: string): Pr
   const real = realpathSync(hostPath);
   const st = statSync(real);
   if (!st.isFile()) throw new BuildError("LAYER_FAILED", `${hostPath} is not a regular file`);
-  await tree.writeFile(
+  await tree.copyFile(
     entryComponents(to.replace(/^\/+/, "")),
     { mode: st.mode & 0o7777, uid: 0, gid: 0 },
-    createReadStream(real),
+    real,
   );
 }
 

@@ -9,8 +9,22 @@
  * are renamed into place only when every step succeeded, so a failed build
  * leaves the previous outputs as they were and no half-written file.
  */
-import { cp, mkdir, mkdtemp, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
-import { join } from "node:path";
+import {
+  copyFile,
+  link,
+  lstat,
+  mkdir,
+  mkdtemp,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from "node:fs/promises";
+import { dirname, join } from "node:path";
 import {
   bootStateToEnv,
   buildEsp,
@@ -65,6 +79,8 @@ export interface StepReport {
   ms: number;
   /** Size of what the step produced, in bytes (0 when it produced no file). */
   bytes: number;
+  /** Of `ms`, the time spent inside external tools (src/exec.ts run()). */
+  toolMs: number;
 }
 
 export interface BuildReport {
@@ -111,12 +127,13 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     output?: (r: T) => string | undefined,
   ): Promise<T> => {
     const t = performance.now();
+    const toolsAtStart = sumToolMs();
     log.info({ step: name }, `${name} ...`);
     const result = await fn();
     const file = output?.(result);
     const bytes = file ? (await stat(file)).size : 0;
     const ms = Math.round(performance.now() - t);
-    steps.push({ name, ms, bytes });
+    steps.push({ name, ms, bytes, toolMs: Math.round(sumToolMs() - toolsAtStart) });
     log.info(
       { step: name, ms, bytes },
       `${name} done${bytes ? ` (${formatBytes(bytes)})` : ""} in ${(ms / 1000).toFixed(1)} s`,
@@ -347,6 +364,13 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
   }
 }
 
+/** Milliseconds spent in external tools so far, all tools together. */
+function sumToolMs(): number {
+  let sum = 0;
+  for (const ms of toolTimeMs().values()) sum += ms;
+  return sum;
+}
+
 /** The public keys the image trusts: the spec's, or the public half of the signing key. */
 async function trustedKeys(spec: ImageSpec, signingKey: KeyObject): Promise<KeyObject[]> {
   if (spec.update.keys.length === 0) return [publicKeyFromPrivate(signingKey)];
@@ -380,7 +404,7 @@ async function systemLayers(o: {
   for (const d of ROOTFS_MOUNT_POINTS) await mkdir(join(sys, d), { recursive: true });
   const agentRoot = join(sys, AGENT_DIR);
   await mkdir(agentRoot, { recursive: true });
-  await copyTree(SOURCE_ROOT, agentRoot, [
+  await linkTree(SOURCE_ROOT, agentRoot, [
     "package.json",
     "bin",
     "src",
@@ -432,9 +456,33 @@ async function serviceFiles(): Promise<{ path: string; content: string; mode: nu
   ];
 }
 
-async function copyTree(from: string, to: string, entries: readonly string[]): Promise<void> {
-  for (const e of entries)
-    await cp(join(from, e), join(to, e), { recursive: true, dereference: false });
+/**
+ * Mirror `entries` of `from` under `to`: directories made, symlinks
+ * recreated, regular files hard-linked (copied when `to` is on another
+ * filesystem). The tree is only read (by the dir layer) before it is removed,
+ * so the links cost nothing and save copying the agent's code twice.
+ */
+async function linkTree(from: string, to: string, entries: readonly string[]): Promise<void> {
+  const mirror = async (rel: string): Promise<void> => {
+    const src = join(from, rel);
+    const dst = join(to, rel);
+    const st = await lstat(src);
+    if (st.isDirectory()) {
+      await mkdir(dst, { recursive: true, mode: st.mode & 0o7777 });
+      for (const name of (await readdir(src)).sort()) await mirror(join(rel, name));
+    } else if (st.isSymbolicLink()) {
+      await symlink(await readlink(src), dst);
+    } else if (st.isFile()) {
+      await mkdir(dirname(dst), { recursive: true });
+      await link(src, dst).catch(async (err: NodeJS.ErrnoException) => {
+        if (err.code !== "EXDEV" && err.code !== "EPERM") throw err;
+        await copyFile(src, dst);
+      });
+    }
+  };
+  // A nested package (node_modules/a/node_modules/b) is inside its parent's copy already.
+  const inside = (e: string) => entries.some((p) => p !== e && e.startsWith(`${p}/`));
+  for (const e of entries) if (!inside(e)) await mirror(e);
 }
 
 /** A FAT volume serial (8 hex digits) derived from the image name: same name, same ESP. */

@@ -13,6 +13,7 @@
  * the squashfs through a mksquashfs pseudo file (`writePseudoFile`).
  */
 import {
+  chmodSync,
   closeSync,
   constants,
   createWriteStream,
@@ -27,7 +28,9 @@ import {
   type Stats,
   symlinkSync,
   type WriteStream,
+  writeSync,
 } from "node:fs";
+import { copyFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { BuildError } from "./errors.ts";
@@ -210,15 +213,21 @@ export class StagingTree {
     return rel;
   }
 
-  /** A regular file from a stream; an existing entry at that path is replaced. */
+  /** Make room for a new regular file: its physical path, parents created, the old entry gone. */
+  private placeFile(parts: readonly string[]): string {
+    const rel = this.place(parts);
+    if (rel === "") throw unsafe("a file cannot replace the rootfs root");
+    this.clear(rel);
+    return rel;
+  }
+
+  /** A regular file from a stream or bytes; an existing entry at that path is replaced. */
   async writeFile(
     parts: readonly string[],
     meta: EntryMeta,
     content: AsyncIterable<Uint8Array> | Uint8Array,
   ): Promise<string> {
-    const rel = this.place(parts);
-    if (rel === "") throw unsafe("a file cannot replace the rootfs root");
-    this.clear(rel);
+    const rel = this.placeFile(parts);
     // O_EXCL|O_NOFOLLOW: the path was just cleared; never write through a link.
     const fd = openSync(
       this.abs(rel),
@@ -228,20 +237,34 @@ export class StagingTree {
     let out: WriteStream | undefined;
     try {
       fchmodSync(fd, (meta.mode & 0o777) | 0o600);
-      out = createWriteStream("", { fd, autoClose: true });
       if (content instanceof Uint8Array) {
-        const ws = out;
-        await new Promise<void>((res, rej) => {
-          ws.on("error", rej);
-          ws.end(content, () => res());
-        });
+        // Small inline content: plain writes, no stream machinery per file.
+        for (let off = 0; off < content.length; )
+          off += writeSync(fd, content, off, content.length - off);
+        closeSync(fd);
       } else {
+        out = createWriteStream("", { fd, autoClose: true });
         await pipeline(content, out);
       }
     } catch (err) {
       if (!out) closeSync(fd);
       throw err;
     }
+    this.meta.set(rel, { ...meta });
+    return rel;
+  }
+
+  /**
+   * A regular file with the content of a host file (read through symlinks);
+   * an existing entry at that path is replaced. The kernel copies the bytes
+   * (copy_file_range), and COPYFILE_EXCL creates the file O_CREAT|O_EXCL,
+   * which never follows a symlink at the final component.
+   */
+  async copyFile(parts: readonly string[], meta: EntryMeta, hostPath: string): Promise<string> {
+    const rel = this.placeFile(parts);
+    const abs = this.abs(rel);
+    await copyFile(hostPath, abs, constants.COPYFILE_EXCL);
+    chmodSync(abs, (meta.mode & 0o777) | 0o600);
     this.meta.set(rel, { ...meta });
     return rel;
   }
