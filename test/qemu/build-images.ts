@@ -9,6 +9,9 @@ import { abforge } from "../helpers/cli.ts";
 import { FIXTURES, IMAGES, KEY_DIR, ROOT, SIGNING_KEY } from "./fixtures.ts";
 
 export default async function setup(): Promise<void> {
+  // The test files compute the same directory from the sources; pin the one
+  // built here, so an edit during the run cannot send them elsewhere.
+  process.env.ABFORGE_QEMU_FIXTURES = FIXTURES;
   mkdirSync(FIXTURES, { recursive: true });
   if (!existsSync(SIGNING_KEY)) {
     const r = await abforge(["keygen", "--out", KEY_DIR]);
