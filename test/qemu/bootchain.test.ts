@@ -6,12 +6,14 @@
  * TCG) until the guest prints its banner and offers a root shell.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, readFileSync, symlinkSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
+import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { Vm } from "../../qemu/vm.ts";
 import {
   BootDisk,
+  type BootState,
   bootStateToEnv,
   buildEsp,
   buildGrubEfi,
@@ -101,6 +103,33 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     }),
   });
 
+  /** A private copy of the disk with another boot state and, optionally, an image in slot B. */
+  async function variant(name: string, next: BootState, slotB?: string): Promise<string> {
+    const copy = join(dir, `${name}.img`);
+    execFileSync("cp", ["--sparse=always", disk, copy]);
+    const d = await BootDisk.open(copy);
+    try {
+      await d.writeState(next);
+      if (slotB) {
+        const fh = await open(copy, "r+");
+        await fh.write(readFileSync(slotB), 0, undefined, d.slotRange("B").offset);
+        await fh.close();
+      }
+    } finally {
+      await d.close();
+    }
+    return copy;
+  }
+
+  async function slotState(path: string, slotName: "A" | "B") {
+    const d = await BootDisk.open(path);
+    try {
+      return (await d.readState()).slots[slotName];
+    } finally {
+      await d.close();
+    }
+  }
+
   let vm: Vm | undefined;
   afterAll(async () => {
     await vm?.kill();
@@ -150,22 +179,16 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   });
 
   it("counts a try of a slot that is not good, and halts once no slot is left", async () => {
-    const copy = join(dir, "tries.img");
-    execFileSync("cp", ["--sparse=always", disk, copy]);
-    const edit = await BootDisk.open(copy);
-    await edit.writeState({
+    const copy = await variant("tries", {
       ...state,
       slots: { ...state.slots, A: { ...state.slots.A, good: false, tries: 1 } },
     });
-    await edit.close();
 
     vm = await Vm.start({ disk: copy, serialLog: join(dir, "tries.log") });
     await vm.waitFor(BANNER, { timeoutMs: 300_000 });
     expect(vm.console).toMatch(/abforge: booting slot A version 1\.0\.0 \(good=0 tries=0\)/);
     await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
-    const after = await BootDisk.open(copy);
-    expect((await after.readState()).slots.A).toMatchObject({ good: false, tries: 0 });
-    await after.close();
+    expect(await slotState(copy, "A")).toMatchObject({ good: false, tries: 0 });
 
     vm.sendLine("reboot");
     await vm.waitFor(/abforge: skipping slot A \(not good, no tries left\)/, {
@@ -177,6 +200,62 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
       new Promise<"running">((r) => setTimeout(() => r("running"), 60_000)),
     ]);
     expect(exit).toMatchObject({ kind: "exited" });
+    vm = undefined;
+  });
+  it("falls through to the other slot when GRUB cannot load the kernel", async () => {
+    // B says it holds an image, but its partition is all zeros: `linux` fails.
+    const copy = await variant("nokernel", {
+      order: ["B", "A"],
+      slots: { ...state.slots, B: { ...state.slots.A, good: false, tries: 1, version: "2.0.0" } },
+    });
+    vm = await Vm.start({ disk: copy, serialLog: join(dir, "nokernel.log") });
+    const m = await vm.waitFor(BANNER, { timeoutMs: 300_000 });
+    expect(m[1]).toBe("A");
+    expect(vm.console).toMatch(/abforge: slot B: cannot load its kernel or initrd/);
+    expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
+    await vm.kill();
+    vm = undefined;
+  });
+
+  it("panics out of a failing /init, resets, and falls back once the try is spent", async () => {
+    // Slot B: a root filesystem without /sbin/init, so /init gives up after dm-verity and mount.
+    const broken = join(dir, "broken-rootfs");
+    execFileSync("cp", ["-a", root, broken]);
+    rmSync(join(broken, "sbin/init"));
+    const sq = await buildSquashfs({
+      sourceDir: broken,
+      outPath: join(dir, "broken.squashfs"),
+      compression: "gzip",
+    });
+    const b = await buildSlotImage({
+      squashfsPath: sq.path,
+      outPath: join(dir, "broken-slot.img"),
+    });
+    const copy = await variant(
+      "broken",
+      {
+        order: ["B", "A"],
+        slots: {
+          ...state.slots,
+          B: {
+            tries: 1,
+            good: false,
+            rootHash: b.verity.rootHash,
+            verity: verityCmdlineValue(b.verity),
+            version: "2.0.0",
+          },
+        },
+      },
+      b.path,
+    );
+    vm = await Vm.start({ disk: copy, serialLog: join(dir, "broken.log") });
+    await vm.waitFor(/abforge-initramfs: slot B has no \/sbin\/init/, { timeoutMs: 300_000 });
+    await vm.waitFor(/Kernel panic/, { timeoutMs: 60_000 });
+    const m = await vm.waitFor(BANNER, { timeoutMs: 300_000 });
+    expect(m[1]).toBe("A");
+    expect(vm.console).toMatch(/abforge: skipping slot B \(not good, no tries left\)/);
+    expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
+    await vm.kill();
     vm = undefined;
   });
 });
