@@ -30,12 +30,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BootDisk, decodeEnv } from "../../src/bootloader/index.ts";
 import type { Manifest } from "../../src/bundle/index.ts";
 import { publish, type RepoServer, serve } from "../../src/repo/index.ts";
-import {
-  copyInto,
-  type DiskFixture,
-  makeUpdateWorld,
-  type UpdateWorld,
-} from "../helpers/fixtures.ts";
+import { type DiskFixture, makeUpdateWorld, type UpdateWorld } from "../helpers/fixtures.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import {
   AgentProcess,
@@ -45,6 +40,7 @@ import {
   recordFigure,
   runAbforge,
   StallProxy,
+  secondUpdateDisk,
   sha256Range,
   sleep,
   slotVerifies,
@@ -334,33 +330,6 @@ function killPoints(): KillPoint[] {
 
 // ---------------------------------------------------------------- running one
 
-async function secondUpdateDisk(name: string): Promise<DiskFixture> {
-  const d = await w.freshDisk(name);
-  const old = w.bundles["0.9.0"];
-  if (!old) throw new Error("no 0.9.0");
-  await copyInto(old.slot.path, d.path, d.slots.B.offset);
-  const disk = await BootDisk.open(d.path);
-  try {
-    const s = await disk.readState();
-    await disk.writeState({
-      ...s,
-      slots: {
-        ...s.slots,
-        B: {
-          tries: 0,
-          good: true,
-          rootHash: old.manifest.verity.rootHash,
-          verity: `${old.manifest.verity.dataBlocks}:${old.manifest.verity.hashStartBlock}:${old.manifest.verity.salt}`,
-          version: "0.9.0",
-        },
-      },
-    });
-  } finally {
-    await disk.close();
-  }
-  return d;
-}
-
 function argsFor(form: Form, d: DiskFixture, stateDir: string): string[] {
   const common = ["--disk", d.path, "--state-dir", stateDir, "--json"];
   switch (form) {
@@ -397,7 +366,7 @@ function landing(p: AgentProcess, temps: string[], flippedNow: boolean): string 
 
 async function crashAndRecover(kp: KillPoint, index: number): Promise<void> {
   const name = `crash-${index}`;
-  const d = kp.disk === "fresh" ? await w.freshDisk(name) : await secondUpdateDisk(name);
+  const d = kp.disk === "fresh" ? await w.freshDisk(name) : await secondUpdateDisk(w, name);
   const stateDir = join(w.dir, `${name}.state`);
   await mkdir(stateDir, { recursive: true });
   const bootedSha256 = await sha256Range(d.path, d.slots.A);
