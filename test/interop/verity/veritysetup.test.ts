@@ -171,6 +171,10 @@ describe("veritysetup interop", () => {
       "no superblock, no salt, hash offset 8192",
       { superblock: false, salt: new Uint8Array(0), offset: 8192 },
     ],
+    [
+      "sha512, 512/512: four levels of 8 digests",
+      { hashAlgorithm: "sha512", dataBlockSize: 512, hashBlockSize: 512, dataBlocks: 600 },
+    ],
     ["one data block (no tree)", { dataBlocks: 1 }],
     ["hash area inside the data file (Flatcar layout)", { inside: true, dataBlocks: 513 }],
     [
