@@ -64,7 +64,7 @@ export async function applyTarFile(
 ): Promise<number> {
   const compression = detectCompression(await readHead(path), path);
   const hash = verify ? createHash(verify.digest.split(":")[0]!) : undefined;
-  const source = createReadStream(path);
+  const source = createReadStream(path, { highWaterMark: 1 << 20 });
   const stages: (Readable | Transform)[] = [source];
   if (hash) {
     stages.push(
@@ -76,7 +76,7 @@ export async function applyTarFile(
       }),
     );
   }
-  if (compression === "gzip") stages.push(createGunzip());
+  if (compression === "gzip") stages.push(createGunzip({ chunkSize: 1 << 20 }));
   const n = await applyTarStream(tree, stages, options);
   if (hash && verify) {
     const got = `${verify.digest.split(":")[0]}:${hash.digest("hex")}`;
