@@ -3,6 +3,8 @@
  * directory), its modules resolved with their dependencies in load order.
  * See README.md, "Kernel and modules".
  */
+import { createHash } from "node:crypto";
+import { createReadStream } from "node:fs";
 import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from "node:fs/promises";
 import { join, relative } from "node:path";
 import { gunzipSync } from "node:zlib";
@@ -115,6 +117,12 @@ export async function fetchKernel(o: FetchKernelOptions): Promise<KernelTree> {
   await mkdir(debDir, { recursive: true });
   const debName = `${name}_${version.replace(/^\d+:/, "")}_amd64.deb`;
   const deb = join(debDir, debName);
+  // apt checks what it downloads; a cached .deb is checked against apt's record too.
+  const want = /^SHA256:\s*([0-9a-f]{64})/m.exec(show.stdout)?.[1];
+  if (want && (await exists(deb)) && (await sha256File(deb)) !== want) {
+    log().warn({ deb }, "kernel: cached package does not match apt's sha256; downloading it again");
+    await rm(deb, { force: true });
+  }
   if (!(await exists(deb))) {
     log().info({ package: name, version }, "kernel: apt-get download");
     const tmp = join(debDir, `.download-${process.pid}`);
@@ -145,6 +153,15 @@ export async function fetchKernel(o: FetchKernelOptions): Promise<KernelTree> {
     await rename(join(tmp, got[0]!), deb);
     await rm(tmp, { recursive: true, force: true });
   }
+  const have = await sha256File(deb);
+  if (want && have !== want) {
+    await rm(deb, { force: true });
+    throw new BuildError(
+      "KERNEL_NOT_FOUND",
+      `kernel package ${deb}: sha256 ${have} is not apt's ${want} (removed)`,
+      { details: { deb, sha256: have, expected: want } },
+    );
+  }
   // Extract next to the final place and rename, so a concurrent build never
   // sees a half-extracted tree.
   const tmpTree = `${tree}.tmp-${process.pid}`;
@@ -165,6 +182,12 @@ export async function fetchKernel(o: FetchKernelOptions): Promise<KernelTree> {
     "kernel: fetched and extracted",
   );
   return result;
+}
+
+async function sha256File(path: string): Promise<string> {
+  const hash = createHash("sha256");
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer);
+  return hash.digest("hex");
 }
 
 /** A directory with `boot/vmlinuz-<v>` and `lib/modules/<v>` (or `usr/lib/modules/<v>`). */

@@ -4,9 +4,12 @@
  * and modules"), checked against modinfo's depends= and modules.builtin.
  */
 import { execFileSync } from "node:child_process";
+import { mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
+import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { fetchKernel, resolveModules } from "../../../src/build/kernel.ts";
 import { CACHE_DIR, KERNEL_PACKAGE } from "../../helpers/cache.ts";
+import { tempDir } from "../../helpers/tmp.ts";
 
 describe("fetchKernel + resolveModules (Debian cloud kernel)", async () => {
   const tree = await fetchKernel({ package: KERNEL_PACKAGE, cacheDir: CACHE_DIR });
@@ -46,6 +49,21 @@ describe("fetchKernel + resolveModules (Debian cloud kernel)", async () => {
         .map((d) => d.replaceAll("-", "_"));
       expect(m.depends, m.name).toEqual(want);
     }
+  });
+
+  it("downloads a cached package again when it no longer matches apt's sha256", async () => {
+    const cache = tempDir();
+    const debs = join(cache, "kernel", "debs");
+    mkdirSync(debs, { recursive: true });
+    const [deb] = readdirSync(join(CACHE_DIR, "kernel", "debs")).filter((f) => f.endsWith(".deb"));
+    const bytes = readFileSync(join(CACHE_DIR, "kernel", "debs", deb!));
+    bytes[1000] = bytes[1000]! ^ 0xff;
+    writeFileSync(join(debs, deb!), bytes);
+    const again = await fetchKernel({ package: KERNEL_PACKAGE, cacheDir: cache });
+    expect(again.version).toBe(tree.version);
+    expect(
+      readFileSync(join(debs, deb!)).equals(readFileSync(join(CACHE_DIR, "kernel", "debs", deb!))),
+    ).toBe(true);
   });
 
   it("opens an extracted tree given as a path, and refuses a directory with no kernel", async () => {
