@@ -244,7 +244,10 @@ function installPlan(ctx: InstallContext): Step[] {
       name: "check-sha256",
       async run(r) {
         const m = r.manifest as Manifest;
-        const actual = (r.wholeHash as Hash).digest("hex");
+        // Streamed from chunk 0: the bundle reader checked the whole image's
+        // sha256 before it let the last chunk out (no second pass here).
+        if (!r.wholeHash) return;
+        const actual = r.wholeHash.digest("hex");
         if (actual !== m.slotImage.sha256)
           throw await forgetProgress(
             ctx,
@@ -376,7 +379,9 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       prev.manifestSha256 === r.manifestSha256 &&
       prev.chunksTotal === total;
     const hinted = sameImage ? Math.min(prev.verifiedChunks, total) : 0;
-    const whole = createHash("sha256");
+    // Only a resumed write hashes the whole image here (the chunks re-read
+    // from the slot, then the streamed ones); from chunk 0, the reader does.
+    const whole = hinted > 0 ? createHash("sha256") : undefined;
     let from = 0;
     while (from < hinted) {
       const len = Math.min(CHUNK_SIZE, m.slotImage.size - from * CHUNK_SIZE);
@@ -389,11 +394,11 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         );
         break;
       }
-      whole.update(buf);
+      whole?.update(buf);
       from += 1;
     }
     r.resumedFromChunk = from;
-    r.wholeHash = whole;
+    r.wholeHash = from > 0 ? whole : undefined;
     const progress: InstallProgress = {
       slot: r.target,
       version: m.version,
@@ -436,7 +441,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       for await (const piece of stream as AsyncIterable<Buffer>) {
         if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
         await writeFull(fh, piece, part.offset + position, ctx.diskPath);
-        whole.update(piece);
+        r.wholeHash?.update(piece);
         position += piece.length;
         r.bytesWritten += piece.length;
         const done = position === m.slotImage.size ? total : Math.floor(position / CHUNK_SIZE);
