@@ -60,7 +60,7 @@ export function agentFiles(
     tries: spec.update.tries,
     reboot: "auto",
     healthChecks: spec.update.healthChecks.map((c, i) => ({
-      name: `check-${i + 1}`,
+      name: c.name ?? `check-${i + 1}`,
       command: c.command,
       timeoutMs: c.timeoutMs,
     })),

@@ -127,21 +127,28 @@ describe("booting the demo image", () => {
   it("resets when a byte of the squashfs is changed, and falls back once the tries are spent", async () => {
     const disk = freshDisk("v1");
     await installIntoB(disk, 1);
-    // Change one byte in the first data block of B's squashfs, past its
-    // 96-byte superblock: GRUB still finds the kernel (it reads other
-    // blocks), but mounting the root reads this block through dm-verity.
+    // Change one byte of B's squashfs that GRUB never reads but the kernel
+    // reads at mount: the index of the uid/gid table, whose offset is the
+    // superblock's id_table_start (bytes 48-55). GRUB still loads the kernel
+    // from B; mounting the root reads this block through dm-verity.
     const d = await BootDisk.open(disk);
     const { offset } = d.slotRange("B");
     await d.close();
     const fh = await open(disk, "r+");
+    const superblock = Buffer.alloc(96);
+    await fh.read(superblock, 0, 96, offset);
+    expect(superblock.readUInt32LE(0)).toBe(0x73717368); // "hsqs"
+    const target = offset + Number(superblock.readBigUInt64LE(48));
     const byte = Buffer.alloc(1);
-    await fh.read(byte, 0, 1, offset + 2048);
+    await fh.read(byte, 0, 1, target);
     byte[0] = byte[0]! ^ 0x01;
-    await fh.write(byte, 0, 1, offset + 2048);
+    await fh.write(byte, 0, 1, target);
     await fh.close();
 
     const v = await start(disk);
     await v.waitFor(/verity.*corrupt|corrupt.*verity/i, { timeoutMs: BOOT_MS });
+    // GRUB loaded B's kernel; it was the kernel's dm-verity that refused the root.
+    expect(v.console).toMatch(/abforge-initramfs: slot B version 2\.0\.0/);
     expect(await waitBanner(v)).toMatchObject({ slot: "A", version: "1.0.0" });
     expect(v.console).not.toMatch(/abforge: booted slot B/);
     expect((await bootState(disk)).slots.B).toMatchObject({ tries: 0, good: false });
