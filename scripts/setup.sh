@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 packages=(
   qemu-system-x86 ovmf grub-efi-amd64-bin grub-common
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
-  mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap
+  mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
 )
 missing=()
 for p in "${packages[@]}"; do
