@@ -264,6 +264,9 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
       );
     } finally {
       stopStall();
+      // An attempt that failed before or without reading its body (a refused status,
+      // an announced size over the limit) must not leave its connection open.
+      req.destroy();
       current = undefined;
     }
   };
@@ -328,7 +331,9 @@ function tooLargeError(
   total: number | undefined,
 ): RepoError {
   const what =
-    total === undefined ? "sends more" : `holds ${total - offset} bytes from offset ${offset}`;
+    total === undefined
+      ? "sends more"
+      : `holds ${total - offset} bytes from offset ${offset}, more`;
   return new RepoError("REPO_TOO_LARGE", `${where} ${what} than the limit of ${maxBytes} bytes`, {
     details: { url: where, offset, maxBytes, total },
   });
