@@ -332,9 +332,9 @@ function tooLargeError(
 ): RepoError {
   const what =
     total === undefined
-      ? "sends more"
-      : `holds ${total - offset} bytes from offset ${offset}, more`;
-  return new RepoError("REPO_TOO_LARGE", `${where} ${what} than the limit of ${maxBytes} bytes`, {
+      ? `sends more than the limit of ${maxBytes} bytes`
+      : `holds ${total - offset} bytes from offset ${offset} (more than the limit of ${maxBytes} bytes)`;
+  return new RepoError("REPO_TOO_LARGE", `${where} ${what}`, {
     details: { url: where, offset, maxBytes, total },
   });
 }
