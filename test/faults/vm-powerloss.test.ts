@@ -15,7 +15,7 @@ import { Vm } from "../../qemu/vm.ts";
 import { BootDisk, type BootState, nextBootSlot } from "../../src/bootloader/index.ts";
 import { freshDisk, image, SIGNING_KEY } from "../qemu/fixtures.ts";
 
-const BOOT_MS = 240_000;
+const BOOT_MS = 600_000;
 
 let vm: Vm | undefined;
 let server: ServedRepo | undefined;

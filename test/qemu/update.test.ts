@@ -17,7 +17,8 @@ import { Vm } from "../../qemu/vm.ts";
 import { BootDisk, type BootState } from "../../src/bootloader/index.ts";
 import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
 
-const BOOT_MS = 240_000;
+// A poll (30 s), a download and a boot under TCG on a busy 2-core host: be generous.
+const BOOT_MS = 600_000;
 
 let vm: Vm | undefined;
 let server: ServedRepo | undefined;
@@ -42,7 +43,9 @@ async function banner(v: Vm): Promise<{ slot: string; version: string }> {
 }
 
 describe("updates end to end", () => {
-  it("installs 2.0.0, marks it good, rolls back an unhealthy 3.0.0 and never retries it", async () => {
+  it("installs 2.0.0, marks it good, rolls back an unhealthy 3.0.0 and never retries it", {
+    timeout: 2_400_000,
+  }, async () => {
     const repoDir = mkdtempSync(join(tmpdir(), "abforge-repo-"));
     await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
     server = await serveRepo(repoDir);
