@@ -26,6 +26,7 @@
 import { closeSync, openSync, readFileSync, readSync, watch } from "node:fs";
 import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { BootDisk, decodeEnv } from "../../src/bootloader/index.ts";
 import type { Manifest } from "../../src/bundle/index.ts";
@@ -48,6 +49,7 @@ import {
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
+const quiet = pino({ level: "silent" });
 const TRIES = 3; // the agent's default `tries`
 const NEW = "2.0.0";
 
@@ -74,7 +76,7 @@ beforeAll(async () => {
   parts = await bundleParts(b.path);
   const repoDir = join(w.dir, "repo");
   await publish({ repoDir, bundlePath: b.path, channel: "stable", key: w.key.privateKey });
-  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+  repo = await serve({ repoDir, host: "127.0.0.1", port: 0, log: quiet });
   proxy = new StallProxy(repo.url);
   proxyUrl = await proxy.listen();
   configPath = join(w.dir, "agent.yaml");

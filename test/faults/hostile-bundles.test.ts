@@ -15,6 +15,7 @@
  */
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { markUnbootable } from "../../src/bootloader/index.ts";
 import { type RepoServer, serve } from "../../src/repo/index.ts";
@@ -41,6 +42,7 @@ import {
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
+const quiet = pino({ level: "silent" });
 
 let w: UpdateWorld;
 let p: BundleParts;
@@ -73,7 +75,7 @@ beforeAll(async () => {
   ).path;
   repoDir = join(dir, "repo");
   await mkdir(join(repoDir, "bundles"), { recursive: true });
-  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+  repo = await serve({ repoDir, host: "127.0.0.1", port: 0, log: quiet });
 }, 300_000);
 
 const results: { name: string; code: number; message: string }[] = [];
