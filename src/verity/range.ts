@@ -3,7 +3,8 @@
  * (README.md, "Format" step 4 and "Verify" step 7). Synchronous on purpose: it
  * runs in the calling thread and in worker threads, which share the level
  * through a queue of ranges in a SharedArrayBuffer (`shareLevel`). Memory per
- * thread: one chunk of children (about 1 MiB) and its parent blocks.
+ * thread: one batch of children (about 128 KiB) and the parent blocks of one
+ * chunk (about 1 MiB of children; a verify holds them twice).
  */
 import { readSync, readvSync, writeSync } from "node:fs";
 import { hashRecords } from "./hash.ts";
