@@ -352,9 +352,19 @@ export class AgentProcess {
     return this.lines.filter((l) => typeof l.step === "string").map((l) => l.step as string);
   }
 
-  /** The CLI's one-line error (`abforge: ...`), if any. */
+  /**
+   * The CLI's error (`abforge: ...`), if any, with the lines that continue it
+   * (a spec error lists one problem per line), joined by newlines.
+   */
   errorLine(): string | undefined {
-    return this.lines.find((l) => l.raw.startsWith("abforge: "))?.raw;
+    const i = this.lines.findIndex((l) => l.raw.startsWith("abforge: "));
+    if (i < 0) return undefined;
+    const out = [this.lines[i]?.raw ?? ""];
+    for (const l of this.lines.slice(i + 1)) {
+      if (l.level !== undefined) break;
+      out.push(l.raw);
+    }
+    return out.join("\n");
   }
 }
 
