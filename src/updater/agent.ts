@@ -546,7 +546,7 @@ export class Agent {
     );
   }
 
-  /** Test and progress hook: called after each chunk is written and recorded. */
+  /** Test and progress hook: called after each chunk is written (installer.ts, onChunk). */
   onChunk?: (verifiedChunks: number, chunksTotal: number) => void;
 
   async #afterInstall(result: InstallResult): Promise<CheckResult> {

@@ -78,7 +78,7 @@ export interface InstallContext {
   trustedKeys: readonly KeyObject[];
   compatible: string;
   tries: number;
-  /** Called after each chunk is written and recorded (for progress displays and tests). */
+  /** Called after each chunk is written (for progress displays and tests); the state file records it within PROGRESS_SAVE_MS. */
   onChunk?: (verifiedChunks: number, chunksTotal: number) => void;
 }
 
@@ -437,6 +437,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
           });
     let position = from * CHUNK_SIZE;
     let decile = Math.floor((from * 10) / Math.max(1, total));
+    const recorder = new ProgressRecorder(ctx, progress);
     try {
       for await (const piece of stream as AsyncIterable<Buffer>) {
         if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
@@ -446,9 +447,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         r.bytesWritten += piece.length;
         const done = position === m.slotImage.size ? total : Math.floor(position / CHUNK_SIZE);
         if (done > progress.verifiedChunks) {
-          progress.verifiedChunks = done;
-          progress.updatedAt = now();
-          await ctx.state.update((s) => ({ ...s, progress: { ...progress } }));
+          await recorder.advance(done, done === total);
           ctx.onChunk?.(done, total);
           const d = Math.floor((done * 10) / total);
           if (d > decile) {
@@ -463,6 +462,15 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       await reader.finish();
     } catch (err) {
       stream.destroy();
+      // What was written is recorded for the resume, whatever stopped the write.
+      await recorder
+        .flush()
+        .catch((e: unknown) =>
+          ctx.log.warn(
+            { err: e },
+            `cannot record the progress of ${m.version} (chunk ${progress.verifiedChunks}): ${errText(e)}`,
+          ),
+        );
       if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot", err);
       if (isBaseError(err) && (err.code === "BUNDLE_BAD_HASH" || err.code === "BUNDLE_MALFORMED"))
         throw new UpdaterError(
@@ -477,9 +485,81 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         `download of ${m.version} from ${r.req.source.location} stopped at chunk ${progress.verifiedChunks} of ${total}: ${errText(err)}; the next attempt resumes there`,
         { cause: err, details: { chunk: progress.verifiedChunks, of: total } },
       );
+    } finally {
+      recorder.stop();
     }
   } finally {
     await fh.close();
+  }
+}
+
+/**
+ * How often step 5 replaces the state file (README.md, "Install procedure",
+ * step 5): at most once per PROGRESS_SAVE_MS while chunks arrive, so a fast
+ * download does not wait for an fsync per chunk; a resume re-reads and
+ * re-hashes the written chunks anyway, so a record that lags only costs a
+ * re-download of what came after it.
+ */
+export const PROGRESS_SAVE_MS = 1000;
+
+/**
+ * Records `progress.verifiedChunks` in the state file: at once when the last
+ * save is PROGRESS_SAVE_MS old, else by a timer that fires PROGRESS_SAVE_MS
+ * after the last save (so a download that pauses is recorded within that
+ * time), at the last chunk, and on `flush()` (the write stopped). Saves are
+ * serialized; a failed background save is thrown by the next call.
+ */
+class ProgressRecorder {
+  readonly #ctx: InstallContext;
+  readonly #progress: InstallProgress;
+  #saved: number;
+  #savedAt = performance.now();
+  #chain: Promise<void> = Promise.resolve();
+  #timer: NodeJS.Timeout | undefined;
+  #failed: unknown;
+
+  constructor(ctx: InstallContext, progress: InstallProgress) {
+    this.#ctx = ctx;
+    this.#progress = progress;
+    this.#saved = progress.verifiedChunks;
+  }
+
+  /** Chunks 0..done-1 are written; `last`: the final chunk (saved at once). */
+  async advance(done: number, last: boolean): Promise<void> {
+    if (this.#failed) throw this.#failed;
+    this.#progress.verifiedChunks = done;
+    if (last || performance.now() - this.#savedAt >= PROGRESS_SAVE_MS) await this.flush();
+    else
+      this.#timer ??= setTimeout(
+        () => {
+          this.#timer = undefined;
+          this.flush().catch((err: unknown) => {
+            this.#failed ??= err;
+          });
+        },
+        Math.max(0, this.#savedAt + PROGRESS_SAVE_MS - performance.now()),
+      );
+  }
+
+  /** Save now if chunks were written since the last save. */
+  flush(): Promise<void> {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
+    this.#chain = this.#chain.then(async () => {
+      const done = this.#progress.verifiedChunks;
+      if (done === this.#saved) return;
+      this.#progress.updatedAt = this.#ctx.now().toISOString();
+      const snapshot = { ...this.#progress, verifiedChunks: done };
+      await this.#ctx.state.update((s) => ({ ...s, progress: snapshot }));
+      this.#saved = done;
+      this.#savedAt = performance.now();
+    });
+    return this.#chain;
+  }
+
+  stop(): void {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
   }
 }
 

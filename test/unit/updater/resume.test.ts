@@ -3,11 +3,11 @@
 // behind a recording proxy that shows each Range request the agent makes.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { writeFile } from "node:fs/promises";
+import { readFile, writeFile } from "node:fs/promises";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { readBundleHead } from "../../../src/bundle/index.ts";
 import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
 import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
@@ -28,6 +28,8 @@ let proxy: Server;
 let proxyUrl: string;
 /** Every request that reached the repository: path and Range header. */
 const requests: { url: string; range: string | undefined }[] = [];
+/** When set, the proxy holds a bundle response for `ms` after its first `after` bytes. */
+let pause: { after: number; ms: number } | null = null;
 let slotOffset: number;
 
 beforeAll(async () => {
@@ -49,7 +51,21 @@ beforeAll(async () => {
       },
       (r) => {
         res.writeHead(r.statusCode ?? 502, r.headers);
-        r.pipe(res);
+        const hold = req.url?.includes("/bundles/") ? pause : null;
+        if (!hold) return void r.pipe(res);
+        let sent = 0;
+        r.on("data", (d: Buffer) => {
+          const before = sent;
+          sent += d.length;
+          if (before >= hold.after || sent < hold.after) return void res.write(d);
+          res.write(d.subarray(0, hold.after - before));
+          r.pause();
+          setTimeout(() => {
+            res.write(d.subarray(hold.after - before));
+            r.resume();
+          }, hold.ms);
+        });
+        r.on("end", () => res.end());
       },
     );
     up.on("error", () => res.destroy());
@@ -205,5 +221,57 @@ describe("resume after an interrupted download", () => {
     expect(t2.lines.map((l) => l.msg)).toContain(
       "resuming 2.0.0 at chunk 4 of 5 (chunks before it verified in slot B)",
     );
+  });
+});
+
+describe("recording the progress (README.md, install step 5)", () => {
+  it("saves at most once a second while chunks arrive, not after every chunk", async () => {
+    const d = await w.freshDisk("record-fast");
+    const t = await testAgent(d.path, { config: { reboot: "manual" } });
+    const started = performance.now();
+    const saves: number[] = [];
+    const save = StateStore.prototype.save;
+    const spy = vi.spyOn(StateStore.prototype, "save").mockImplementation(function (
+      this: StateStore,
+      state,
+    ) {
+      if (state.progress) saves.push(state.progress.verifiedChunks);
+      return save.call(this, state);
+    });
+    try {
+      expect(await t.agent.install(bundle().path)).toMatchObject({ outcome: "installed" });
+    } finally {
+      spy.mockRestore();
+    }
+    const seconds = Math.floor((performance.now() - started) / 1000);
+    // the record at the start (0 chunks), one a second at most, the last chunk
+    expect(saves[0]).toBe(0);
+    expect(saves.at(-1)).toBe(5);
+    expect(saves.length).toBeLessThanOrEqual(2 + seconds);
+  });
+
+  it("records the chunks written before a pause of the download within a second", async () => {
+    const d = await w.freshDisk("record-pause");
+    pause = { after: slotOffset + 3 * MiB, ms: 3000 };
+    try {
+      const t = await testAgent(d.path, { config: config() });
+      const stateFile = join(`${d.path}.abforge-state`, "state.json");
+      const check = t.agent.check();
+      let seen = 0;
+      const deadline = performance.now() + 2800;
+      while (performance.now() < deadline && seen < 3) {
+        await new Promise((r) => setTimeout(r, 50));
+        try {
+          seen = JSON.parse(await readFile(stateFile, "utf8"))?.progress?.verifiedChunks ?? 0;
+        } catch {
+          // not written yet, or being replaced
+        }
+      }
+      // the proxy still holds chunk 4: the record of chunks 0-2 came by the timer
+      expect(seen).toBe(3);
+      expect(await check).toMatchObject({ outcome: "installed", version: "2.0.0" });
+    } finally {
+      pause = null;
+    }
   });
 });
