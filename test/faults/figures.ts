@@ -18,8 +18,13 @@ export default function setup(): () => void {
     rmSync(dir, { recursive: true, force: true });
     if (figures.length === 0) return;
     const lines = ["", "fault suite figures:"];
-    for (const f of figures)
-      lines.push(typeof f.value === "string" ? f.value : `${f.key}: ${f.value}`);
+    let hostile = 0;
+    for (const f of figures) {
+      if (typeof f.value === "string") lines.push(`  ${f.value}`);
+      else lines.push(`  ${f.key}: ${f.value}`);
+      if (f.key.startsWith("hostile") && typeof f.value === "number") hostile += f.value;
+    }
+    if (hostile > 0) lines.push(`  hostile cases refused in all: ${hostile}`);
     process.stdout.write(`${lines.join("\n")}\n`);
   };
 }
