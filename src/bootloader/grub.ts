@@ -35,6 +35,7 @@ export const GRUB_MODULES: readonly string[] = [
   "normal",
   "regexp",
   "halt",
+  "reboot",
   "memdisk",
   "tar",
 ];
@@ -75,6 +76,17 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     `      if linux ${dev}/boot/vmlinuz abforge.slot=${slot} "abforge.roothash=$${slot}_roothash" "abforge.verity=$${slot}_verity" "abforge.version=$${slot}_version"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
     `        if initrd ${dev}/boot/initrd.img; then`,
     "          boot",
+    "        fi",
+    // The kernel is loaded but the initrd (or boot) failed. GRUB 2.06 does not
+    // recover from that: the next kernel it boots hangs before its first line.
+    // A slot on trial gives up its tries and the machine restarts into a fresh
+    // GRUB, which goes on to the next slot; a good slot can only fall through.
+    `        echo "abforge: slot ${slot}: cannot load its initrd"`,
+    `        if [ "$${slot}_good" != 1 ]; then`,
+    `          set ${slot}_tries=0`,
+    `          save_env --file "$abforge_env" ${slot}_tries`,
+    `          echo "abforge: slot ${slot}: giving up its tries, restarting"`,
+    "          reboot",
     "        fi",
     "      fi",
     `      echo "abforge: slot ${slot}: cannot load its kernel or initrd"`,

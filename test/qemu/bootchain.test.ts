@@ -33,7 +33,9 @@ import { tempDir } from "../helpers/tmp.ts";
 
 const MiB = 1024 * 1024;
 const BANNER = /abforge: booted slot (A|B) version (\S+) roothash ([0-9a-f]{64})/;
-const PROMPT = /abforge:[^\n]*# $/m;
+// busybox ash asks the terminal for the cursor position (ESC [6n) right after each prompt.
+// biome-ignore lint/suspicious/noControlCharactersInRegex: that ESC is what the guest sends
+const PROMPT = /abforge:[^\n]*# (\x1b\[6n)?$/m;
 const VERSION = "1.0.0";
 
 /** A minimal root filesystem: busybox with its applet links, plus the boot files. */
@@ -212,6 +214,48 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     const m = await vm.waitFor(BANNER, { timeoutMs: 300_000 });
     expect(m[1]).toBe("A");
     expect(vm.console).toMatch(/abforge: slot B: cannot load its kernel or initrd/);
+    expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
+    await vm.kill();
+    vm = undefined;
+  });
+
+  it("restarts into a fresh GRUB when a slot's kernel loads but its initrd does not, then falls back", async () => {
+    // Slot B without /boot/initrd.img: `linux` succeeds, `initrd` fails. GRUB 2.06 cannot
+    // boot another kernel after that, so the slot gives up its tries and GRUB restarts.
+    const noInitrd = join(dir, "noinitrd-rootfs");
+    execFileSync("cp", ["-a", root, noInitrd]);
+    rmSync(join(noInitrd, "boot/initrd.img"));
+    const sq = await buildSquashfs({
+      sourceDir: noInitrd,
+      outPath: join(dir, "noinitrd.squashfs"),
+      compression: "gzip",
+    });
+    const b = await buildSlotImage({
+      squashfsPath: sq.path,
+      outPath: join(dir, "noinitrd-slot.img"),
+    });
+    const copy = await variant(
+      "noinitrd",
+      {
+        order: ["B", "A"],
+        slots: {
+          ...state.slots,
+          B: {
+            tries: 3,
+            good: false,
+            rootHash: b.verity.rootHash,
+            verity: verityCmdlineValue(b.verity),
+            version: "2.0.0",
+          },
+        },
+      },
+      b.path,
+    );
+    vm = await Vm.start({ disk: copy, serialLog: join(dir, "noinitrd.log") });
+    await vm.waitFor(/abforge: slot B: giving up its tries, restarting/, { timeoutMs: 300_000 });
+    const m = await vm.waitFor(BANNER, { timeoutMs: 300_000 });
+    expect(m[1]).toBe("A");
+    expect(vm.console).toMatch(/abforge: skipping slot B \(not good, no tries left\)/);
     expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
     await vm.kill();
     vm = undefined;

@@ -46,6 +46,13 @@ describe("grubConfig", () => {
     expect(f).toContain('if [ -z "$B_roothash" ]; then\n      echo "abforge: slot B is empty"');
   });
 
+  it("restarts when the kernel loaded but the initrd did not, after a slot on trial gives up its tries", () => {
+    const f = slotFunction("A");
+    expect(f).toContain(
+      'echo "abforge: slot A: cannot load its initrd"\n        if [ "$A_good" != 1 ]; then\n          set A_tries=0\n          save_env --file "$abforge_env" A_tries\n          echo "abforge: slot A: giving up its tries, restarting"\n          reboot\n        fi',
+    );
+  });
+
   it("follows the order, then prints the contract's line and halts", () => {
     expect(cfg).toMatch(
       /if \[ "\$order" = "B A" \]; then\n\s+abforge_try_B\n\s+abforge_try_A\nelse\n\s+abforge_try_A\n\s+abforge_try_B\nfi\n/,
