@@ -9,7 +9,7 @@ import { execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, rmSync, symlinkSync, writeFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { join } from "node:path";
-import { afterAll, describe, expect, it } from "vitest";
+import { afterEach, describe, expect, it } from "vitest";
 import { Vm } from "../../qemu/vm.ts";
 import {
   BootDisk,
@@ -133,8 +133,10 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   }
 
   let vm: Vm | undefined;
-  afterAll(async () => {
+  // After each test, so a failing test never leaves its VM running behind the next one.
+  afterEach(async () => {
     await vm?.kill();
+    vm = undefined;
   });
 
   it("the disk's partitions and boot state read back as built", async () => {
@@ -176,8 +178,6 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     expect((await vm.run("cat /sys/block/dm-0/dm/name")).output).toBe("abforge-root\n");
     expect(vm.console).toMatch(/abforge: booting slot A version 1\.0\.0/);
     expect((await vm.run("touch /probe")).output).toMatch(/Read-only file system/);
-    await vm.kill();
-    vm = undefined;
   });
 
   it("counts a try of a slot that is not good, and halts once no slot is left", async () => {
@@ -202,7 +202,6 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
       new Promise<"running">((r) => setTimeout(() => r("running"), 60_000)),
     ]);
     expect(exit).toMatchObject({ kind: "exited" });
-    vm = undefined;
   });
   it("falls through to the other slot when GRUB cannot load the kernel", async () => {
     // B says it holds an image, but its partition is all zeros: `linux` fails.
@@ -215,8 +214,6 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     expect(m[1]).toBe("A");
     expect(vm.console).toMatch(/abforge: slot B: cannot load its kernel or initrd/);
     expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
-    await vm.kill();
-    vm = undefined;
   });
 
   it("restarts into a fresh GRUB when a slot's kernel loads but its initrd does not, then falls back", async () => {
@@ -257,8 +254,6 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     expect(m[1]).toBe("A");
     expect(vm.console).toMatch(/abforge: skipping slot B \(not good, no tries left\)/);
     expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
-    await vm.kill();
-    vm = undefined;
   });
 
   it("panics out of a failing /init, resets, and falls back once the try is spent", async () => {
@@ -299,7 +294,5 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     expect(m[1]).toBe("A");
     expect(vm.console).toMatch(/abforge: skipping slot B \(not good, no tries left\)/);
     expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
-    await vm.kill();
-    vm = undefined;
   });
 });
