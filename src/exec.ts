@@ -141,8 +141,6 @@ export function run(
     // A tool that exits without reading stdin closes the pipe before our
     // write lands: that EPIPE is no failure (the exit status tells).
     child.stdin.on("error", () => {});
-    // A tool may exit without reading its input: that is not our error.
-    child.stdin.on("error", () => {});
     child.stdin.end(options.input ?? "");
   });
 }
