@@ -65,7 +65,9 @@ for (const r of releases) {
     say(`reusing ${r.spec} ${r.version} from ${dir} (--rebuild to build again)`);
     continue;
   }
-  say(`building ${r.spec} version ${r.version} (a few minutes: the Node runtime is xz-compressed)`);
+  say(
+    `building ${r.spec} version ${r.version} (a minute or two: most of it is mksquashfs compressing the Node runtime)`,
+  );
   process.stdout.write(
     await step(
       ["build", join(ROOT, r.spec), "--out", dir, "--version", r.version, "--key", key],

@@ -193,8 +193,6 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
         }),
       () => squashfsPath,
     );
-    await rm(rootDir, { recursive: true, force: true });
-
     const slot = await step(
       "slot image",
       () =>

@@ -6,13 +6,12 @@
  * slot, and the next run must finish the update so the new slot boots.
  * Assertions read the serial console and the disk's boot state.
  */
-import { mkdtempSync } from "node:fs";
-import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { BootDisk, type BootState, nextBootSlot } from "../../src/bootloader/index.ts";
+import { tempDir } from "../helpers/tmp.ts";
 import { freshDisk, image, SIGNING_KEY } from "../qemu/fixtures.ts";
 
 const BOOT_MS = 600_000;
@@ -43,7 +42,7 @@ async function banner(v: Vm): Promise<{ slot: string; version: string }> {
 
 /** Boot 1.0.0 with 2.0.0 published; returns once the 1.0.0 banner is seen. */
 async function bootWithUpdate(): Promise<{ v: Vm; disk: string }> {
-  const repoDir = mkdtempSync(join(tmpdir(), "abforge-repo-"));
+  const repoDir = tempDir("abforge-repo-");
   await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
   server = await serveRepo(repoDir);
   const disk = freshDisk("v1");

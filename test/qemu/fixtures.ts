@@ -6,10 +6,10 @@
  */
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { tmpdir } from "node:os";
+import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { tempDir } from "../helpers/tmp.ts";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
 
@@ -66,10 +66,8 @@ export function image(name: ImageName): BuiltImage {
 }
 
 /** A private, sparse copy of an image's disk, so each test starts from the build's state. */
-export function freshDisk(
-  name: ImageName,
-  dir = mkdtempSync(join(tmpdir(), "abforge-qemu-test-")),
-): string {
+/** Removed when the test file ends, like every tempDir. */
+export function freshDisk(name: ImageName, dir = tempDir("abforge-qemu-test-")): string {
   const target = join(dir, "disk.img");
   execFileSync("cp", ["--sparse=always", image(name).disk, target]);
   return target;
