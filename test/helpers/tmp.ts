@@ -1,11 +1,21 @@
-/** Temporary directories that are removed when the test file ends. */
+/**
+ * Temporary directories that are removed when the test file ends, wherever
+ * they were made (top level, a hook or a test body): one afterAll, registered
+ * when this module is loaded by the test file, removes them all.
+ */
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { afterAll } from "vitest";
 
+const made: string[] = [];
+
+afterAll(() => {
+  for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+});
+
 export function tempDir(prefix = "abforge-test-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
-  afterAll(() => rmSync(dir, { recursive: true, force: true }));
+  made.push(dir);
   return dir;
 }
