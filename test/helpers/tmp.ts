@@ -10,9 +10,14 @@ import { afterAll } from "vitest";
 
 const made: string[] = [];
 
-afterAll(() => {
-  for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
-});
+try {
+  afterAll(() => {
+    for (const dir of made.splice(0)) rmSync(dir, { recursive: true, force: true });
+  });
+} catch {
+  // Loaded outside a test file (a global setup imports the fixtures): there is
+  // no suite to hook, and nothing here makes temp dirs.
+}
 
 export function tempDir(prefix = "abforge-test-"): string {
   const dir = mkdtempSync(join(tmpdir(), prefix));
