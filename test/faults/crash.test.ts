@@ -24,7 +24,7 @@
  * and left (temp file, boot state), and printed.
  */
 import { closeSync, openSync, readFileSync, readSync, watch } from "node:fs";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -49,6 +49,8 @@ import {
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
+/** Removed when the file ends (tempDir registers the cleanup at collection time). */
+const DIR = tempDir("abforge-crash-");
 const quiet = pino({ level: "silent" });
 const TRIES = 3; // the agent's default `tries`
 const NEW = "2.0.0";
@@ -65,7 +67,7 @@ let envOffset: number;
 
 beforeAll(async () => {
   // Slot images of ~16 MiB (17 chunks of 1 MiB) in 24 MiB slots.
-  w = await makeUpdateWorld(tempDir("abforge-crash-"), {
+  w = await makeUpdateWorld(DIR, {
     versions: ["0.9.0", NEW],
     payloadBytes: 16 * MiB,
     slotBytes: 24 * MiB,
@@ -441,6 +443,9 @@ async function crashAndRecover(kp: KillPoint, index: number): Promise<void> {
   ).toBe(manifest.slotImage.sha256);
   expect(await stateTemps(stateDir)).toEqual([]);
   outcome.recovered = true;
+  // a passed case leaves nothing (a failed one keeps its disk for a look)
+  await rm(d.path, { force: true });
+  await rm(stateDir, { recursive: true, force: true });
 }
 
 describe("kill -9 of the agent at every phase of an install, then the same command again", () => {

@@ -65,6 +65,7 @@ import { tempDir } from "../helpers/tmp.ts";
 import { describeReport, type FuzzReport, fuzz, mutate, type Rng } from "./fuzz-kit.ts";
 import { type BundleParts, bundleParts, fixTarChecksum, recordFigure } from "./helpers.ts";
 
+const FUZZ_DIR = tempDir("abforge-fuzz-");
 const reports: FuzzReport[] = [];
 afterAll(() => {
   const lines = reports.map(describeReport);
@@ -326,11 +327,10 @@ describe("GRUB environment block and boot state", () => {
 
 describe("FAT32 locator of /GRUBENV", () => {
   it("takes 10,000 generated volumes; only BootloaderError escapes; a found file lies inside the volume", async () => {
-    const dir = tempDir("abforge-fuzz-fat-");
-    const img = join(dir, "esp.img");
+    const img = join(FUZZ_DIR, "esp.img");
     const kib = 34 * 1024;
     await tool("mkfs.vfat", ["-C", "-F", "32", "-s", "1", "-n", "ESP", img, String(kib)]);
-    const env = join(dir, "GRUBENV");
+    const env = join(FUZZ_DIR, "GRUBENV");
     await writeFile(env, encodeEnv(new Map([["order", "A B"]])));
     await tool("mcopy", ["-i", img, env, "::/GRUBENV"]);
     const base = await readFile(img);
@@ -420,25 +420,24 @@ let parts: BundleParts;
 let small: BundleParts;
 
 beforeAll(async () => {
-  const dir = tempDir("abforge-fuzz-");
-  key = await makeKey(join(dir, "key"));
+  key = await makeKey(join(FUZZ_DIR, "key"));
   // One full chunk and a bit: the reader's chunk boundary, last-chunk and whole-image paths.
-  const slot = await makeSlotImage(join(dir, "slot.img"), {
+  const slot = await makeSlotImage(join(FUZZ_DIR, "slot.img"), {
     version: "2.0.0",
     compatible: "demo-x86_64",
     trustedKeys: [key.publicKey],
     payloadBytes: 1024 * 1024,
   });
-  const b = await makeBundle(join(dir, "fuzz.bundle"), slot, key.privateKey);
+  const b = await makeBundle(join(FUZZ_DIR, "fuzz.bundle"), slot, key.privateKey);
   parts = await bundleParts(b.path);
-  const slot2 = await makeSlotImage(join(dir, "small.img"), {
+  const slot2 = await makeSlotImage(join(FUZZ_DIR, "small.img"), {
     version: "2.0.0",
     compatible: "demo-x86_64",
     trustedKeys: [key.publicKey],
     payloadBytes: 16 * 1024,
   });
   small = await bundleParts(
-    (await makeBundle(join(dir, "small.bundle"), slot2, key.privateKey)).path,
+    (await makeBundle(join(FUZZ_DIR, "small.bundle"), slot2, key.privateKey)).path,
   );
 }, 120_000);
 

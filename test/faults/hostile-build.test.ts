@@ -23,11 +23,10 @@ import { recordFigure, runAbforge, TAR_END, tarEntry } from "./helpers.ts";
 
 const KVER = "6.1.0-fault";
 
-let dir: string;
+const dir = tempDir("abforge-hostile-build-");
 let keyPath: string;
 
 beforeAll(async () => {
-  dir = tempDir("abforge-hostile-build-");
   keyPath = (await makeKey(join(dir, "key"))).privateKeyPath;
   const k = join(dir, "kernel");
   await mkdir(join(k, "boot"), { recursive: true });

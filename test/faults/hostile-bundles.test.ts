@@ -13,7 +13,7 @@
  *   installs afterwards.
  * The URL cases are served by the real repository server.
  */
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
@@ -42,6 +42,7 @@ import {
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
+const DIR = tempDir("abforge-hostile-");
 const quiet = pino({ level: "silent" });
 
 let w: UpdateWorld;
@@ -51,7 +52,7 @@ let repoDir: string;
 const extra: Record<string, string> = {};
 
 beforeAll(async () => {
-  w = await makeUpdateWorld(tempDir("abforge-hostile-"), { versions: ["0.9.0", "2.0.0"] });
+  w = await makeUpdateWorld(DIR, { versions: ["0.9.0", "2.0.0"] });
   p = await bundleParts((w.bundles["2.0.0"] as { path: string }).path);
   const dir = w.dir;
   const img = (v: string, payloadBytes?: number) =>
@@ -488,6 +489,8 @@ async function refuse(c: Case, i: number): Promise<void> {
     expect(g2.next).toBe("B");
   }
   results.push({ name: c.name, code: r.code, message: line.replace(/^abforge: /, "") });
+  await rm(d.path, { force: true });
+  await rm(stateDir, { recursive: true, force: true });
 }
 
 describe("abforge agent install refuses hostile bundles", () => {

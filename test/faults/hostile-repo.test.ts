@@ -44,6 +44,7 @@ import {
 } from "./helpers.ts";
 
 const MiB = 1024 * 1024;
+const DIR = tempDir("abforge-hostile-repo-");
 const STALL_MS = 300;
 
 let w: UpdateWorld;
@@ -227,7 +228,7 @@ function signRaw(signed: IndexSigned, key: KeyObject): Buffer {
 // ---------------------------------------------------------------- setup
 
 beforeAll(async () => {
-  w = await makeUpdateWorld(tempDir("abforge-hostile-repo-"), {
+  w = await makeUpdateWorld(DIR, {
     versions: ["0.9.0", "2.0.0", "3.0.0"],
   });
   const p2 = await bundleParts((w.bundles["2.0.0"] as { path: string }).path);
