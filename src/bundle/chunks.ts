@@ -13,7 +13,36 @@ import { CHUNK_SIZE, chunkCount, type SlotImageInfo } from "./manifest.ts";
 export interface VerifiedChunk {
   /** 0-based chunk number; the chunk starts at index * CHUNK_SIZE in the slot image. */
   index: number;
-  bytes: Buffer;
+  /**
+   * The chunk's bytes as they were fed, in order, not copied (views of the
+   * caller's buffers, which must not be changed afterwards: true of what a
+   * Node stream emits). Write them with one `writev`.
+   */
+  pieces: Buffer[];
+  /** Length of the chunk in bytes. */
+  length: number;
+  /** The chunk as one Buffer: the only piece, or the pieces copied together (made on first use). */
+  readonly bytes: Buffer;
+}
+
+/**
+ * Pieces held per chunk before they are copied into one: a source that
+ * trickles tiny pieces cannot pile up objects, and a chunk stays within one
+ * `writev` (IOV_MAX is 1024 on Linux).
+ */
+export const MAX_PIECES = 256;
+
+function verifiedChunk(index: number, pieces: Buffer[], length: number): VerifiedChunk {
+  let bytes: Buffer | undefined;
+  return {
+    index,
+    pieces,
+    length,
+    get bytes() {
+      bytes ??= pieces.length === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces, length);
+      return bytes;
+    },
+  };
 }
 
 export interface ChunkVerifierOptions {
@@ -84,6 +113,8 @@ export class ChunkVerifier {
       buf = buf.subarray(piece.length);
       this.#chunk.update(piece);
       this.#total?.update(piece);
+      if (this.#pieces.length === MAX_PIECES)
+        this.#pieces = [Buffer.concat(this.#pieces, this.#pieceBytes)];
       this.#pieces.push(piece);
       this.#pieceBytes += piece.length;
       this.#offset += piece.length;
@@ -126,12 +157,12 @@ export class ChunkVerifier {
           { details: { expected: this.#info.sha256, actual: whole } },
         );
     }
-    const bytes = this.#pieces.length === 1 ? this.#pieces[0]! : Buffer.concat(this.#pieces);
+    const chunk = verifiedChunk(index, this.#pieces, this.#pieceBytes);
     this.#pieces = [];
     this.#pieceBytes = 0;
     this.#chunk = createHash("sha256");
     this.#next = index + 1;
-    return { index, bytes };
+    return chunk;
   }
 }
 

@@ -6,7 +6,7 @@
  */
 import type { KeyObject } from "node:crypto";
 import { Readable } from "node:stream";
-import { ChunkVerifier } from "./chunks.ts";
+import { ChunkVerifier, type VerifiedChunk } from "./chunks.ts";
 import { BundleError } from "./errors.ts";
 import { keyId, SIGNATURE_BYTES, verifySignature } from "./keys.ts";
 import {
@@ -145,7 +145,27 @@ export class BundleReader {
 
   /** The slot image bytes, each 1 MiB chunk emitted only after its sha256 matched. */
   slotImage(o: SlotImageOptions = {}): Readable {
-    this.#expect("opened", "slotImage");
+    const chunks = this.#startSlot(o, "slotImage");
+    return Readable.from(
+      (async function* () {
+        for await (const c of chunks) yield c.bytes;
+      })(),
+      { objectMode: false, highWaterMark: CHUNK_SIZE },
+    );
+  }
+
+  /**
+   * The slot image as verified chunks (index and the received pieces, not
+   * copied), each only after its sha256 matched: what `slotImage()` streams,
+   * without a copy into one buffer per chunk. Leaving the loop early closes
+   * the source.
+   */
+  slotChunks(o: SlotImageOptions = {}): AsyncGenerator<VerifiedChunk, void, undefined> {
+    return this.#startSlot(o, "slotChunks");
+  }
+
+  #startSlot(o: SlotImageOptions, method: string): AsyncGenerator<VerifiedChunk, void, undefined> {
+    this.#expect("opened", method);
     const manifest = this.manifest;
     const from = o.fromChunk ?? 0;
     const count = chunkCount(manifest.slotImage.size);
@@ -156,10 +176,7 @@ export class BundleReader {
       this.#src = new ByteSource(o.source, this.layout.slotOffset + from * CHUNK_SIZE);
     }
     this.#state = "streaming";
-    return Readable.from(this.#slotChunks(from, o.source !== undefined), {
-      objectMode: false,
-      highWaterMark: CHUNK_SIZE,
-    });
+    return this.#slotChunks(from, o.source !== undefined);
   }
 
   /** After the slot image: the end-of-archive blocks and nothing else. */
@@ -190,7 +207,10 @@ export class BundleReader {
     });
   }
 
-  async *#slotChunks(from: number, resumed: boolean): AsyncGenerator<Buffer> {
+  async *#slotChunks(
+    from: number,
+    resumed: boolean,
+  ): AsyncGenerator<VerifiedChunk, void, undefined> {
     const size = this.manifest.slotImage.size;
     const verifier = new ChunkVerifier(this.manifest.slotImage, {
       fromChunk: resumed ? from : 0,
@@ -208,7 +228,7 @@ export class BundleReader {
             `inside ${SLOT_ENTRY} (${verifier.offset} of ${size} bytes)`,
           );
         remaining -= piece.length;
-        for (const c of verifier.update(piece)) if (c.index >= from) yield c.bytes;
+        for (const c of verifier.update(piece)) if (c.index >= from) yield c;
       }
       verifier.end();
       await readPadding(this.#src, size, this.#where, SLOT_ENTRY);

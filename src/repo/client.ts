@@ -117,8 +117,12 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
   let position = offset;
   const identity: Identity = { total: undefined, etag: undefined };
 
+  // Each received buffer is handed on as it is (object mode: a reader gets the
+  // buffers one by one instead of a copy of everything queued); up to 16 of
+  // them (the socket's reads are at most 64 KiB: about 1 MiB) wait here.
   const out = new Readable({
-    highWaterMark: 1 << 20,
+    objectMode: true,
+    highWaterMark: 16,
     read() {
       const w = wantMore;
       wantMore = undefined;

@@ -427,41 +427,50 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       { version: m.version, slot: r.target, bytes: m.slotImage.size },
       `downloading ${m.version} into slot ${r.target} (${m.slotImage.size} bytes)`,
     );
-    // 5b. the rest of the slot image, from the first chunk not verified
-    const stream =
+    // 5b. the rest of the slot image, from the first chunk not verified. The
+    // write of chunk n runs while chunk n+1 is received and hashed: at most
+    // two chunks are held, and a chunk is written only after its hash matched.
+    const chunks =
       from === 0
-        ? reader.slotImage()
-        : reader.slotImage({
+        ? reader.slotChunks()
+        : reader.slotChunks({
             fromChunk: from,
             source: r.req.source.open((r.slotOffset as number) + from * CHUNK_SIZE, r.req.signal),
           });
-    let position = from * CHUNK_SIZE;
     let decile = Math.floor((from * 10) / Math.max(1, total));
     const recorder = new ProgressRecorder(ctx, progress);
-    try {
-      for await (const piece of stream as AsyncIterable<Buffer>) {
-        if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
-        await writeFull(fh, piece, part.offset + position, ctx.diskPath);
-        r.wholeHash?.update(piece);
-        position += piece.length;
-        r.bytesWritten += piece.length;
-        const done = position === m.slotImage.size ? total : Math.floor(position / CHUNK_SIZE);
-        if (done > progress.verifiedChunks) {
-          await recorder.advance(done, done === total);
-          ctx.onChunk?.(done, total);
-          const d = Math.floor((done * 10) / total);
-          if (d > decile) {
-            decile = d;
-            ctx.log.info(
-              { version: m.version, percent: d * 10, chunk: done, of: total },
-              `downloading ${m.version}: ${d * 10}%`,
-            );
-          }
-        }
+    let writing: Promise<void> | undefined;
+    const written = async (done: number) => {
+      await recorder.advance(done, done === total);
+      ctx.onChunk?.(done, total);
+      const d = Math.floor((done * 10) / total);
+      if (d > decile) {
+        decile = d;
+        ctx.log.info(
+          { version: m.version, percent: d * 10, chunk: done, of: total },
+          `downloading ${m.version}: ${d * 10}%`,
+        );
       }
+    };
+    try {
+      for await (const c of chunks) {
+        await writing;
+        if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
+        for (const piece of c.pieces) r.wholeHash?.update(piece);
+        writing = writeChunk(fh, c.pieces, part.offset + c.index * CHUNK_SIZE, ctx.diskPath).then(
+          () => {
+            r.bytesWritten += c.length;
+            return written(c.index + 1);
+          },
+        );
+        // awaited above or below; this keeps it from counting as unhandled meanwhile
+        writing.catch(() => {});
+      }
+      await writing;
       await reader.finish();
     } catch (err) {
-      stream.destroy();
+      // A write still in flight ends before the disk is closed (it records itself).
+      await writing?.catch(() => {});
       // What was written is recorded for the resume, whatever stopped the write.
       await recorder
         .flush()
@@ -607,17 +616,26 @@ async function readFull(
   buf.fill(0, done);
 }
 
-async function writeFull(
+/** One chunk's pieces at `position`: one `writev`, repeated only after a short write. */
+async function writeChunk(
   fh: FileHandle,
-  buf: Buffer,
+  pieces: readonly Buffer[],
   position: number,
   path: string,
 ): Promise<void> {
+  let pending = pieces;
   let done = 0;
   try {
-    while (done < buf.length) {
-      const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-      done += bytesWritten;
+    while (pending.length > 0) {
+      let { bytesWritten: n } = await fh.writev(pending as Buffer[], position + done);
+      done += n;
+      let i = 0;
+      while (i < pending.length && n >= (pending[i] as Buffer).length) {
+        n -= (pending[i] as Buffer).length;
+        i++;
+      }
+      pending = pending.slice(i);
+      if (n > 0) pending = [(pending[0] as Buffer).subarray(n), ...pending.slice(1)];
     }
   } catch (cause) {
     throw ioError(`write ${path} at byte ${position + done}`, cause);

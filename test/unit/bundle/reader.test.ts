@@ -11,6 +11,7 @@ import {
   CHUNK_SIZE,
   ChunkVerifier,
   keyId,
+  MAX_PIECES,
   type Manifest,
   slotDataOffset,
   writeBundle,
@@ -109,6 +110,28 @@ describe("BundleReader on a good bundle", () => {
     const parts: Buffer[] = [];
     for await (const c of r.slotImage()) parts.push(c);
     await r.finish();
+    expect(Buffer.concat(parts).equals(slotBytes)).toBe(true);
+  });
+
+  it("slotChunks hands out each verified chunk as the pieces that came in, not copied", async () => {
+    // a stream of 64 KiB pieces, as a socket delivers them
+    const pieces: Buffer[] = [];
+    for (let at = 0; at < bundle.length; at += 64 * 1024)
+      pieces.push(Buffer.from(bundle.subarray(at, at + 64 * 1024)));
+    const r = new BundleReader(Readable.from(pieces), { trustedKeys: trusted });
+    await r.open();
+    const seen: number[] = [];
+    const parts: Buffer[] = [];
+    for await (const c of r.slotChunks()) {
+      seen.push(c.index);
+      expect(c.length).toBe(c.pieces.reduce((n, p) => n + p.length, 0));
+      // every piece is a view of one of the source's buffers
+      for (const p of c.pieces) expect(pieces.some((q) => q.buffer === p.buffer)).toBe(true);
+      expect(c.bytes.equals(Buffer.concat(c.pieces))).toBe(true);
+      parts.push(...c.pieces);
+    }
+    await r.finish();
+    expect(seen).toEqual([0, 1, 2]);
     expect(Buffer.concat(parts).equals(slotBytes)).toBe(true);
   });
 
@@ -476,6 +499,16 @@ describe("ChunkVerifier", () => {
     ).toMatch(/slot image sha256 is/);
     const resumed = new ChunkVerifier(wrong, { fromChunk: 1 });
     expect(resumed.update(slotBytes.subarray(CHUNK_SIZE)).map((c) => c.index)).toEqual([1, 2]);
+  });
+
+  it("joins the pieces of a chunk fed in tiny pieces, so a chunk holds at most MAX_PIECES", () => {
+    const v = new ChunkVerifier(manifest.slotImage);
+    const out = [];
+    for (let at = 0; at < CHUNK_SIZE; at += 1000)
+      out.push(...v.update(slotBytes.subarray(at, Math.min(CHUNK_SIZE, at + 1000))));
+    expect(out.map((c) => c.index)).toEqual([0]);
+    expect(out[0]?.pieces.length).toBeLessThanOrEqual(MAX_PIECES);
+    expect(out[0]?.bytes.equals(slotBytes.subarray(0, CHUNK_SIZE))).toBe(true);
   });
 
   it("refuses too many and too few bytes", () => {
