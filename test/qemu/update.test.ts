@@ -84,10 +84,14 @@ describe("updates end to end", () => {
     expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
 
     // The root shell on ttyS0 came up with 2.0.0's banner, before the rollback line.
-    const status = await vm.run("/usr/lib/abforge/bin/abforge agent status --json 2>/dev/null", {
-      timeoutMs: 300_000,
-    });
-    const parsed = JSON.parse(status.output) as {
+    // The agent logs to the same console, so the answer is one marked line.
+    const status = await vm.run(
+      "echo STATUS=$(/usr/lib/abforge/bin/abforge agent status --json 2>/dev/null | tr -d '\\n')",
+      { timeoutMs: 300_000 },
+    );
+    const line = /^STATUS=(\{.*\})$/m.exec(status.output);
+    expect(line, status.output).not.toBeNull();
+    const parsed = JSON.parse(line![1]!) as {
       rollbacks: { version: string }[];
       badVersions: string[];
     };
