@@ -24,7 +24,14 @@ describe("cli", () => {
 
 describe("program options", () => {
   it("leaves a command's --version to the command", async () => {
-    const r = await abforge(["build", "no-such-spec.yaml", "--out", "/nonexistent/x", "--version", "2.0.0"]);
+    const r = await abforge([
+      "build",
+      "no-such-spec.yaml",
+      "--out",
+      "/nonexistent/x",
+      "--version",
+      "2.0.0",
+    ]);
     expect(r.stdout).not.toMatch(/^0\.1\.0/);
     expect(r.code).not.toBe(0);
     expect(r.stderr).toMatch(/no-such-spec\.yaml/);
