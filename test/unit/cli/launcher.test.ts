@@ -1,5 +1,8 @@
-/** Node's compile cache of bin/abforge: only ever a private directory (the rules in bin/abforge). */
-import { chmodSync, mkdirSync, readdirSync, statSync, symlinkSync } from "node:fs";
+/**
+ * bin/abforge, the launcher: Node's compile cache, only ever in a private
+ * directory, and the agent's V8 flags (the rules are in bin/abforge).
+ */
+import { chmodSync, mkdirSync, readdirSync, statSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { abforge } from "../../helpers/cli.ts";
@@ -100,5 +103,41 @@ describe("bin/abforge compile cache", () => {
   it("rule 3: no home, no cache (and the command still works)", async () => {
     await run({ HOME: undefined });
     await run({ HOME: "relative-home" });
+  });
+});
+
+describe("bin/abforge V8 flags", () => {
+  /** The arguments bin/abforge gives Node, seen by a stand-in for it. */
+  async function nodeArgs(args: string[]): Promise<string[]> {
+    const dir = tempDir("abforge-node-");
+    const fake = join(dir, "node");
+    writeFileSync(fake, '#!/bin/sh\nfor a in "$@"; do echo "$a"; done\n', { mode: 0o755 });
+    const r = await abforge(args, { env: { ABFORGE_NODE: fake } });
+    expect(r.code, r.stderr).toBe(0);
+    return r.stdout.trim().split("\n");
+  }
+  const FLAGS = ["--max-semi-space-size=1", "--max-old-space-size=96"];
+
+  it("gives the agent a small young generation and a bounded old one", async () => {
+    for (const args of [
+      ["agent", "run"],
+      ["--log-level", "warn", "agent", "install", "x.bundle"],
+      ["--log-format=json", "agent", "status"],
+    ]) {
+      const seen = await nodeArgs(args);
+      expect(seen.slice(0, 2), args.join(" ")).toEqual(FLAGS);
+      expect(seen.slice(-args.length)).toEqual(args);
+    }
+  });
+
+  it("leaves every other command at Node's defaults", async () => {
+    for (const args of [
+      ["build", "spec.yaml", "--out", "agent"],
+      ["--log-level", "agent", "repo", "serve"],
+      ["--version"],
+    ]) {
+      const seen = await nodeArgs(args);
+      for (const f of FLAGS) expect(seen, args.join(" ")).not.toContain(f);
+    }
   });
 });
