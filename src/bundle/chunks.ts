@@ -14,35 +14,16 @@ export interface VerifiedChunk {
   /** 0-based chunk number; the chunk starts at index * CHUNK_SIZE in the slot image. */
   index: number;
   /**
-   * The chunk's bytes as they were fed, in order, not copied (views of the
-   * caller's buffers, which must not be changed afterwards: true of what a
-   * Node stream emits). Write them with one `writev`.
+   * The chunk's bytes, in the verifier's own buffer: the bytes that were
+   * hashed are the bytes handed out, whatever the source does with its
+   * buffers afterwards. With `reuseBuffers`, valid until `release()`.
    */
-  pieces: Buffer[];
-  /** Length of the chunk in bytes. */
-  length: number;
-  /** The chunk as one Buffer: the only piece, or the pieces copied together (made on first use). */
-  readonly bytes: Buffer;
-}
-
-/**
- * Pieces held per chunk before they are copied into one: a source that
- * trickles tiny pieces cannot pile up objects, and a chunk stays within one
- * `writev` (IOV_MAX is 1024 on Linux).
- */
-export const MAX_PIECES = 256;
-
-function verifiedChunk(index: number, pieces: Buffer[], length: number): VerifiedChunk {
-  let bytes: Buffer | undefined;
-  return {
-    index,
-    pieces,
-    length,
-    get bytes() {
-      bytes ??= pieces.length === 1 ? (pieces[0] as Buffer) : Buffer.concat(pieces, length);
-      return bytes;
-    },
-  };
+  bytes: Buffer;
+  /**
+   * With `reuseBuffers`: the caller is done with `bytes` (written), and the
+   * buffer may hold a later chunk. Without it, or called twice: nothing.
+   */
+  release(): void;
 }
 
 export interface ChunkVerifierOptions {
@@ -50,22 +31,33 @@ export interface ChunkVerifierOptions {
   fromChunk?: number;
   /** For messages, e.g. "bundle demo.bundle". */
   where?: string;
+  /**
+   * Hand out chunk buffers that come back by `release()` and hold later
+   * chunks (at most two are kept): a download of any size then allocates
+   * about three 1 MiB buffers instead of one per chunk. Default false (each
+   * chunk its own buffer, for consumers that keep them).
+   */
+  reuseBuffers?: boolean;
 }
+
+/** Free chunk buffers kept for reuse. */
+const POOL_KEEP = 2;
 
 /**
  * Feed it the slot image bytes from the start of chunk `fromChunk` on, in
- * pieces of any size; it hands back whole chunks, each only after its
- * sha256 matched. A mismatch throws BUNDLE_BAD_HASH and the bad chunk is
- * never handed out.
+ * pieces of any size; it copies them into a chunk buffer and hands back
+ * whole chunks, each only after the sha256 of that buffer matched. A
+ * mismatch throws BUNDLE_BAD_HASH and the bad chunk is never handed out.
  */
 export class ChunkVerifier {
   readonly fromChunk: number;
   readonly #info: SlotImageInfo;
   readonly #where: string;
   readonly #total: Hash | undefined;
-  #chunk: Hash = createHash("sha256");
-  #pieces: Buffer[] = [];
-  #pieceBytes = 0;
+  readonly #free: Buffer[] | undefined;
+  /** The chunk being filled (undefined until its first byte). */
+  #buf: Buffer | undefined;
+  #filled = 0;
   #next: number;
   /** Offset in the slot image of the next byte expected. */
   #offset: number;
@@ -81,6 +73,7 @@ export class ChunkVerifier {
     this.#next = from;
     this.#offset = Math.min(from * CHUNK_SIZE, info.size);
     this.#total = from === 0 ? createHash("sha256") : undefined;
+    this.#free = o.reuseBuffers ? [] : undefined;
   }
 
   /** Chunks verified so far (including the ones before fromChunk). */
@@ -100,25 +93,22 @@ export class ChunkVerifier {
   /** Feed bytes; returns the chunks they completed, verified. */
   update(data: Uint8Array): VerifiedChunk[] {
     const out: VerifiedChunk[] = [];
-    let buf = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-    if (buf.length > this.#info.size - this.#offset)
+    let at = 0;
+    if (data.byteLength > this.#info.size - this.#offset)
       throw new BundleError(
         "BUNDLE_MALFORMED",
         `${this.#where}: slot image data runs past its ${this.#info.size} bytes`,
         { details: { size: this.#info.size } },
       );
-    while (buf.length > 0) {
-      const want = this.#chunkLength(this.#next) - this.#pieceBytes;
-      const piece = buf.subarray(0, want);
-      buf = buf.subarray(piece.length);
-      this.#chunk.update(piece);
-      this.#total?.update(piece);
-      if (this.#pieces.length === MAX_PIECES)
-        this.#pieces = [Buffer.concat(this.#pieces, this.#pieceBytes)];
-      this.#pieces.push(piece);
-      this.#pieceBytes += piece.length;
-      this.#offset += piece.length;
-      if (this.#pieceBytes === this.#chunkLength(this.#next)) out.push(this.#completeChunk());
+    while (at < data.byteLength) {
+      const length = this.#chunkLength(this.#next);
+      this.#buf ??= this.#free?.pop() ?? Buffer.allocUnsafeSlow(CHUNK_SIZE);
+      const n = Math.min(length - this.#filled, data.byteLength - at);
+      this.#buf.set(data.subarray(at, at + n), this.#filled);
+      at += n;
+      this.#filled += n;
+      this.#offset += n;
+      if (this.#filled === length) out.push(this.#completeChunk(length));
     }
     return out;
   }
@@ -137,9 +127,13 @@ export class ChunkVerifier {
     return Math.min(CHUNK_SIZE, this.#info.size - index * CHUNK_SIZE);
   }
 
-  #completeChunk(): VerifiedChunk {
+  #completeChunk(length: number): VerifiedChunk {
     const index = this.#next;
-    const actual = this.#chunk.digest("hex");
+    const buf = this.#buf as Buffer;
+    const bytes = buf.subarray(0, length);
+    this.#buf = undefined;
+    this.#filled = 0;
+    const actual = createHash("sha256").update(bytes).digest("hex");
     const expected = this.#info.chunks[index];
     if (actual !== expected)
       throw new BundleError(
@@ -148,6 +142,7 @@ export class ChunkVerifier {
         { details: { chunk: index, offset: index * CHUNK_SIZE, expected, actual } },
       );
     // The whole-image hash is checked before the last chunk is handed out.
+    this.#total?.update(bytes);
     if (this.#offset === this.#info.size && this.#total) {
       const whole = this.#total.digest("hex");
       if (whole !== this.#info.sha256)
@@ -157,12 +152,18 @@ export class ChunkVerifier {
           { details: { expected: this.#info.sha256, actual: whole } },
         );
     }
-    const chunk = verifiedChunk(index, this.#pieces, this.#pieceBytes);
-    this.#pieces = [];
-    this.#pieceBytes = 0;
-    this.#chunk = createHash("sha256");
     this.#next = index + 1;
-    return chunk;
+    const free = this.#free;
+    let released = false;
+    return {
+      index,
+      bytes,
+      release() {
+        if (released || !free) return;
+        released = true;
+        if (free.length < POOL_KEEP) free.push(buf);
+      },
+    };
   }
 }
 

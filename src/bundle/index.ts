@@ -6,7 +6,6 @@ export {
   ChunkVerifier,
   type ChunkVerifierOptions,
   hashSlotImage,
-  MAX_PIECES,
   type VerifiedChunk,
 } from "./chunks.ts";
 export { BundleError, type BundleErrorCode } from "./errors.ts";

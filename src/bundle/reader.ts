@@ -145,7 +145,7 @@ export class BundleReader {
 
   /** The slot image bytes, each 1 MiB chunk emitted only after its sha256 matched. */
   slotImage(o: SlotImageOptions = {}): Readable {
-    const chunks = this.#startSlot(o, "slotImage");
+    const chunks = this.#startSlot(o, "slotImage", false);
     return Readable.from(
       (async function* () {
         for await (const c of chunks) yield c.bytes;
@@ -155,16 +155,21 @@ export class BundleReader {
   }
 
   /**
-   * The slot image as verified chunks (index and the received pieces, not
-   * copied), each only after its sha256 matched: what `slotImage()` streams,
-   * without a copy into one buffer per chunk. Leaving the loop early closes
-   * the source.
+   * The slot image as verified chunks, each only after its sha256 matched:
+   * what `slotImage()` streams, without a Readable in between and with the
+   * chunk buffers reused (ChunkVerifier `reuseBuffers`): call `release()` on
+   * a chunk once its bytes are written. Leaving the loop early closes the
+   * source.
    */
   slotChunks(o: SlotImageOptions = {}): AsyncGenerator<VerifiedChunk, void, undefined> {
-    return this.#startSlot(o, "slotChunks");
+    return this.#startSlot(o, "slotChunks", true);
   }
 
-  #startSlot(o: SlotImageOptions, method: string): AsyncGenerator<VerifiedChunk, void, undefined> {
+  #startSlot(
+    o: SlotImageOptions,
+    method: string,
+    reuseBuffers: boolean,
+  ): AsyncGenerator<VerifiedChunk, void, undefined> {
     this.#expect("opened", method);
     const manifest = this.manifest;
     const from = o.fromChunk ?? 0;
@@ -176,7 +181,7 @@ export class BundleReader {
       this.#src = new ByteSource(o.source, this.layout.slotOffset + from * CHUNK_SIZE);
     }
     this.#state = "streaming";
-    return this.#slotChunks(from, o.source !== undefined);
+    return this.#slotChunks(from, o.source !== undefined, reuseBuffers);
   }
 
   /** After the slot image: the end-of-archive blocks and nothing else. */
@@ -210,11 +215,13 @@ export class BundleReader {
   async *#slotChunks(
     from: number,
     resumed: boolean,
+    reuseBuffers: boolean,
   ): AsyncGenerator<VerifiedChunk, void, undefined> {
     const size = this.manifest.slotImage.size;
     const verifier = new ChunkVerifier(this.manifest.slotImage, {
       fromChunk: resumed ? from : 0,
       where: this.#where,
+      reuseBuffers,
     });
     let ok = false;
     try {
@@ -228,7 +235,10 @@ export class BundleReader {
             `inside ${SLOT_ENTRY} (${verifier.offset} of ${size} bytes)`,
           );
         remaining -= piece.length;
-        for (const c of verifier.update(piece)) if (c.index >= from) yield c;
+        for (const c of verifier.update(piece)) {
+          if (c.index >= from) yield c;
+          else c.release();
+        }
       }
       verifier.end();
       await readPadding(this.#src, size, this.#where, SLOT_ENTRY);

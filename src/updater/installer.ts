@@ -456,10 +456,11 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       for await (const c of chunks) {
         await writing;
         if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
-        for (const piece of c.pieces) r.wholeHash?.update(piece);
-        writing = writeChunk(fh, c.pieces, part.offset + c.index * CHUNK_SIZE, ctx.diskPath).then(
+        r.wholeHash?.update(c.bytes);
+        writing = writeFull(fh, c.bytes, part.offset + c.index * CHUNK_SIZE, ctx.diskPath).then(
           () => {
-            r.bytesWritten += c.length;
+            c.release();
+            r.bytesWritten += c.bytes.length;
             return written(c.index + 1);
           },
         );
@@ -616,26 +617,18 @@ async function readFull(
   buf.fill(0, done);
 }
 
-/** One chunk's pieces at `position`: one `writev`, repeated only after a short write. */
-async function writeChunk(
+/** `buf` at `position`: one positional write, repeated only after a short write. */
+async function writeFull(
   fh: FileHandle,
-  pieces: readonly Buffer[],
+  buf: Buffer,
   position: number,
   path: string,
 ): Promise<void> {
-  let pending = pieces;
   let done = 0;
   try {
-    while (pending.length > 0) {
-      let { bytesWritten: n } = await fh.writev(pending as Buffer[], position + done);
-      done += n;
-      let i = 0;
-      while (i < pending.length && n >= (pending[i] as Buffer).length) {
-        n -= (pending[i] as Buffer).length;
-        i++;
-      }
-      pending = pending.slice(i);
-      if (n > 0) pending = [(pending[0] as Buffer).subarray(n), ...pending.slice(1)];
+    while (done < buf.length) {
+      const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
+      done += bytesWritten;
     }
   } catch (cause) {
     throw ioError(`write ${path} at byte ${position + done}`, cause);

@@ -11,7 +11,6 @@ import {
   CHUNK_SIZE,
   ChunkVerifier,
   keyId,
-  MAX_PIECES,
   type Manifest,
   slotDataOffset,
   writeBundle,
@@ -113,26 +112,38 @@ describe("BundleReader on a good bundle", () => {
     expect(Buffer.concat(parts).equals(slotBytes)).toBe(true);
   });
 
-  it("slotChunks hands out each verified chunk as the pieces that came in, not copied", async () => {
-    // a stream of 64 KiB pieces, as a socket delivers them
+  it("slotChunks hands out the verified copy, reusing released buffers", async () => {
+    // a stream of 64 KiB pieces, as a socket delivers them; each piece is
+    // overwritten once the reader took it: what was verified must not change
     const pieces: Buffer[] = [];
     for (let at = 0; at < bundle.length; at += 64 * 1024)
       pieces.push(Buffer.from(bundle.subarray(at, at + 64 * 1024)));
-    const r = new BundleReader(Readable.from(pieces), { trustedKeys: trusted });
+    let last: Buffer | undefined;
+    const source = (async function* () {
+      for (const p of pieces) {
+        last?.fill(0xee);
+        last = p;
+        yield p;
+      }
+    })();
+    const r = new BundleReader(source, { trustedKeys: trusted });
     await r.open();
     const seen: number[] = [];
+    const buffers = new Set<ArrayBufferLike>();
     const parts: Buffer[] = [];
     for await (const c of r.slotChunks()) {
       seen.push(c.index);
-      expect(c.length).toBe(c.pieces.reduce((n, p) => n + p.length, 0));
-      // every piece is a view of one of the source's buffers
-      for (const p of c.pieces) expect(pieces.some((q) => q.buffer === p.buffer)).toBe(true);
-      expect(c.bytes.equals(Buffer.concat(c.pieces))).toBe(true);
-      parts.push(...c.pieces);
+      buffers.add(c.bytes.buffer);
+      parts.push(Buffer.from(c.bytes));
+      c.release();
+      c.release(); // twice: no effect
     }
     await r.finish();
     expect(seen).toEqual([0, 1, 2]);
     expect(Buffer.concat(parts).equals(slotBytes)).toBe(true);
+    // released at once: two buffers serve every chunk (a piece that ends one
+    // chunk starts the next before the consumer got the first)
+    expect(buffers.size).toBeLessThanOrEqual(2);
   });
 
   it("does not pull a slot byte from the source before the signature checked", async () => {
@@ -501,14 +512,20 @@ describe("ChunkVerifier", () => {
     expect(resumed.update(slotBytes.subarray(CHUNK_SIZE)).map((c) => c.index)).toEqual([1, 2]);
   });
 
-  it("joins the pieces of a chunk fed in tiny pieces, so a chunk holds at most MAX_PIECES", () => {
+  it("keeps its own copy: a chunk does not change when the fed buffer does", () => {
     const v = new ChunkVerifier(manifest.slotImage);
-    const out = [];
-    for (let at = 0; at < CHUNK_SIZE; at += 1000)
-      out.push(...v.update(slotBytes.subarray(at, Math.min(CHUNK_SIZE, at + 1000))));
-    expect(out.map((c) => c.index)).toEqual([0]);
-    expect(out[0]?.pieces.length).toBeLessThanOrEqual(MAX_PIECES);
-    expect(out[0]?.bytes.equals(slotBytes.subarray(0, CHUNK_SIZE))).toBe(true);
+    const fed = Buffer.from(slotBytes.subarray(0, CHUNK_SIZE));
+    const [c] = v.update(fed);
+    fed.fill(0);
+    expect(c?.bytes.equals(slotBytes.subarray(0, CHUNK_SIZE))).toBe(true);
+  });
+
+  it("without reuseBuffers, release() keeps each chunk's buffer its own", () => {
+    const v = new ChunkVerifier(manifest.slotImage);
+    const chunks = v.update(slotBytes);
+    for (const c of chunks) c.release();
+    expect(new Set(chunks.map((c) => c.bytes.buffer)).size).toBe(3);
+    expect(Buffer.concat(chunks.map((c) => c.bytes)).equals(slotBytes)).toBe(true);
   });
 
   it("refuses too many and too few bytes", () => {
