@@ -438,7 +438,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
             source: r.req.source.open((r.slotOffset as number) + from * CHUNK_SIZE, r.req.signal),
           });
     let decile = Math.floor((from * 10) / Math.max(1, total));
-    const recorder = new ProgressRecorder(ctx, progress);
+    const recorder = new ProgressRecorder(ctx, progress, () => fh.datasync());
     let writing: Promise<void> | undefined;
     const written = async (done: number) => {
       await recorder.advance(done, done === total);
@@ -496,7 +496,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         { cause: err, details: { chunk: progress.verifiedChunks, of: total } },
       );
     } finally {
-      recorder.stop();
+      await recorder.stop();
     }
   } finally {
     await fh.close();
@@ -508,7 +508,9 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
  * step 5): at most once per PROGRESS_SAVE_MS while chunks arrive, so a fast
  * download does not wait for an fsync per chunk; a resume re-reads and
  * re-hashes the written chunks anyway, so a record that lags only costs a
- * re-download of what came after it.
+ * re-download of what came after it. Before each save the slot's written
+ * bytes are synced (fdatasync), so a record never claims chunks that a power
+ * loss could still take back: the resume after a reset starts where it says.
  */
 export const PROGRESS_SAVE_MS = 1000;
 
@@ -527,10 +529,12 @@ class ProgressRecorder {
   #chain: Promise<void> = Promise.resolve();
   #timer: NodeJS.Timeout | undefined;
   #failed: unknown;
+  readonly #syncSlot: () => Promise<void>;
 
-  constructor(ctx: InstallContext, progress: InstallProgress) {
+  constructor(ctx: InstallContext, progress: InstallProgress, syncSlot: () => Promise<void>) {
     this.#ctx = ctx;
     this.#progress = progress;
+    this.#syncSlot = syncSlot;
     this.#saved = progress.verifiedChunks;
   }
 
@@ -560,6 +564,7 @@ class ProgressRecorder {
       if (done === this.#saved) return;
       this.#progress.updatedAt = this.#ctx.now().toISOString();
       const snapshot = { ...this.#progress, verifiedChunks: done };
+      await this.#syncSlot();
       await this.#ctx.state.update((s) => ({ ...s, progress: snapshot }));
       this.#saved = done;
       this.#savedAt = performance.now();
@@ -567,9 +572,11 @@ class ProgressRecorder {
     return this.#chain;
   }
 
-  stop(): void {
+  /** No more saves: cancel the timer and wait for a save in progress (it syncs the disk, still open). */
+  async stop(): Promise<void> {
     clearTimeout(this.#timer);
     this.#timer = undefined;
+    await this.#chain.catch(() => {});
   }
 }
 
