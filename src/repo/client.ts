@@ -184,13 +184,19 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
     let stalled = false;
     let tooLarge: RepoError | undefined;
     let stallTimer: NodeJS.Timeout | undefined;
-    const stopStall = () => clearTimeout(stallTimer);
+    const stopStall = () => {
+      clearTimeout(stallTimer);
+      stallTimer = undefined;
+    };
+    // Re-armed at every received buffer: refresh() the running timer rather
+    // than make a new one (thousands per image).
     const armStall = () => {
-      stopStall();
-      stallTimer = setTimeout(() => {
-        stalled = true;
-        req.destroy();
-      }, stallTimeoutMs);
+      if (stallTimer) stallTimer.refresh();
+      else
+        stallTimer = setTimeout(() => {
+          stalled = true;
+          req.destroy();
+        }, stallTimeoutMs);
     };
     try {
       armStall();
