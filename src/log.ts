@@ -3,8 +3,9 @@
  * stderr; otherwise they are JSON lines on stderr. stdout is reserved for a
  * command's data output (and `--json`).
  */
+import { createRequire } from "node:module";
 import { type Logger, pino } from "pino";
-import pretty from "pino-pretty";
+import type Pretty from "pino-pretty";
 
 export type { Logger };
 
@@ -21,6 +22,8 @@ export function createLogger(options: LogOptions = {}): Logger {
   const level = options.level ?? process.env.ABFORGE_LOG_LEVEL ?? "info";
   const format = options.format ?? (process.stderr.isTTY ? "pretty" : "json");
   if (format === "pretty") {
+    // Loaded only for a terminal: JSON logs (services, scripts) do without it.
+    const pretty = createRequire(import.meta.url)("pino-pretty") as typeof Pretty;
     return pino(
       { level },
       pretty({

@@ -3,7 +3,6 @@ import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import type { Command } from "commander";
 import { BuildError } from "../build/errors.ts";
-import { build } from "../build/pipeline.ts";
 import { formatBytes } from "../disk/index.ts";
 import { action, type JsonOption, output } from "./command.ts";
 
@@ -45,6 +44,8 @@ export function register(program: Command): void {
             { details: { keyPath } },
           );
         }
+        // The build pipeline (and its YAML and tar code) loads only for a build.
+        const { build } = await import("../build/pipeline.ts");
         const r = await build({
           specPath,
           outDir: opts.out,
