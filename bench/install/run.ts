@@ -20,9 +20,12 @@
  *   sparse copy of the disk, under `/usr/bin/time -v` (Debian package `time`)
  *   for the peak RSS. Every check is in: signature, per-chunk sha256 before
  *   each write, whole-image sha256, fdatasync, verity read-back of the slot,
- *   the boot state written. Its wall time includes starting Node.
- *   The same again with a warm Node compile cache (NODE_COMPILE_CACHE, filled
- *   by one warm-up install), which skips Node's TypeScript type stripper.
+ *   the boot state written. Its wall time includes starting Node, with
+ *   bin/abforge's private compile cache (here under XDG_CACHE_HOME = the
+ *   bench's temp dir, warmed by one install that is not counted), as on a
+ *   host or in the image after the agent's first start.
+ *   The same again without the cache (NODE_DISABLE_COMPILE_CACHE=1): the
+ *   first start ever, Node's TypeScript type stripper included.
  * Throughput = bundle bytes / wall time; target: ours ≥ 0.8 × the baseline,
  * peak RSS < 100 MB. Then idle: `abforge agent run` on channel `current`
  * (nothing to install), its VmRSS/VmHWM read from /proc after `--idle-s`,
@@ -240,13 +243,18 @@ try {
   const out = join(dir, "download.bundle");
   await timedShell(`curl -s '${url}' > /dev/null`); // page cache warm on the server side
 
-  // Two ways to run the agent: as installed (Node strips the TypeScript types
-  // at every start), and with a warm Node compile cache (NODE_COMPILE_CACHE),
-  // which skips the type stripper and its memory.
-  const cacheEnv = { NODE_COMPILE_CACHE: join(dir, "node-compile-cache") };
+  // Two ways to run the agent: as installed, with bin/abforge's private
+  // compile cache (warm after the warm-up install), and its first start
+  // ever, without the cache (Node strips the TypeScript types of every module).
+  const cacheEnv: NodeJS.ProcessEnv = {
+    XDG_CACHE_HOME: join(dir, "cache"),
+    NODE_COMPILE_CACHE: undefined,
+    NODE_DISABLE_COMPILE_CACHE: undefined,
+  };
+  const coldEnv: NodeJS.ProcessEnv = { NODE_DISABLE_COMPILE_CACHE: "1" };
   const variants = [
-    { name: "abforge agent install (all checks)", env: {} as NodeJS.ProcessEnv },
-    { name: "  same, warm NODE_COMPILE_CACHE", env: cacheEnv },
+    { name: "abforge agent install (all checks)", env: cacheEnv },
+    { name: "  same, no compile cache (cold)", env: coldEnv },
   ];
   const install = async (tag: string, env: NodeJS.ProcessEnv) => {
     const disk = join(dir, `disk-${tag}.img`);
@@ -291,7 +299,7 @@ try {
       got.push(`${sec(r.ms)} (peak RSS ${mb(r.rss)})`);
     }
     say(
-      `round ${i + 1}/${rounds}: curl|dd ${sec(curlMs[i]!)}, with fdatasync ${sec(curlSyncMs[i]!)}; agent install ${got[0]}, with warm compile cache ${got[1]}`,
+      `round ${i + 1}/${rounds}: curl|dd ${sec(curlMs[i]!)}, with fdatasync ${sec(curlSyncMs[i]!)}; agent install ${got[0]}, without compile cache ${got[1]}`,
     );
   }
 
@@ -312,13 +320,13 @@ try {
       `${(median(curlMs) / median(ours[v]!.ms)).toFixed(2)}x (best ${(Math.min(...curlMs) / Math.min(...ours[v]!.ms)).toFixed(2)}x)`,
   );
   say(
-    `  ratio ours/baseline, medians: ${ratios[0]}; warm cache ${ratios[1]} (target ≥ 0.80x: ${ratio >= 0.8 ? "met" : "MISSED"})`,
+    `  ratio ours/baseline, medians: ${ratios[0]}; without compile cache ${ratios[1]} (target ≥ 0.80x: ${ratio >= 0.8 ? "met" : "MISSED"})`,
   );
   say("  where the agent's time goes (last round, from its log lines' times):");
   for (const s of steps) say(`    ${s.name.padEnd(18)} ${sec(s.ms).padStart(8)}`);
   const peak = Math.max(...ours[0]!.rss);
   say(
-    `\nagent peak RSS during install (max over rounds): ${mb(peak)}; warm compile cache ${mb(Math.max(...ours[1]!.rss))} (target < 100 MB: ${peak < 100e6 ? "met" : "MISSED"})`,
+    `\nagent peak RSS during install (max over rounds): ${mb(peak)}, median ${mb(median(ours[0]!.rss))}; without compile cache ${mb(Math.max(...ours[1]!.rss))} (target < 100 MB: ${peak < 100e6 ? "met" : "MISSED"})`,
   );
 
   // Idle: the daemon on a channel whose latest is what runs (nothing to install).
@@ -345,7 +353,7 @@ try {
     await new Promise((r) => agent.once("exit", r));
     const checked = /up to date/.test(agentLog) ? "one check done, up to date" : "NO check seen";
     say(
-      `agent run idle between polls${v ? ", warm compile cache" : ""} (after ${values["idle-s"]} s, ${checked}): VmRSS ${mb(field("VmRSS"))}, VmHWM ${mb(field("VmHWM"))} (RssAnon ${mb(field("RssAnon"))}, RssFile ${mb(field("RssFile"))})`,
+      `agent run idle between polls${v ? ", without compile cache" : ""} (after ${values["idle-s"]} s, ${checked}): VmRSS ${mb(field("VmRSS"))}, VmHWM ${mb(field("VmHWM"))} (RssAnon ${mb(field("RssAnon"))}, RssFile ${mb(field("RssFile"))})`,
     );
   }
   if (ratio < 0.8 || peak >= 100e6) process.exitCode = 1;
