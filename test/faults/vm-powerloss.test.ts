@@ -10,7 +10,7 @@ import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import { BootDisk, type BootState, nextBootSlot } from "../../src/bootloader/index.ts";
+import { type BootState, nextBootSlot, withBootDisk } from "../../src/bootloader/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { freshDisk, image, SIGNING_KEY } from "../qemu/fixtures.ts";
 
@@ -26,13 +26,8 @@ afterEach(async () => {
   server = undefined;
 });
 
-async function bootState(disk: string): Promise<BootState> {
-  const d = await BootDisk.open(disk);
-  try {
-    return await d.readState();
-  } finally {
-    await d.close();
-  }
+function bootState(disk: string): Promise<BootState> {
+  return withBootDisk(disk, (d) => d.readState());
 }
 
 async function banner(v: Vm): Promise<{ slot: string; version: string }> {

@@ -9,7 +9,12 @@ import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Vm } from "../../qemu/vm.ts";
-import { BootDisk, type BootState, type SlotName } from "../../src/bootloader/index.ts";
+import {
+  BootDisk,
+  type BootState,
+  type SlotName,
+  withBootDisk,
+} from "../../src/bootloader/index.ts";
 import { ABFORGE, abforge } from "../helpers/cli.ts";
 import { freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
 
@@ -35,22 +40,12 @@ async function waitBanner(v: Vm): Promise<{ slot: SlotName; version: string; roo
   return { slot: m[1] as SlotName, version: m[2]!, rootHash: m[3]! };
 }
 
-async function bootState(disk: string): Promise<BootState> {
-  const d = await BootDisk.open(disk);
-  try {
-    return await d.readState();
-  } finally {
-    await d.close();
-  }
+function bootState(disk: string): Promise<BootState> {
+  return withBootDisk(disk, (d) => d.readState());
 }
 
-async function editBootState(disk: string, edit: (s: BootState) => BootState): Promise<void> {
-  const d = await BootDisk.open(disk);
-  try {
-    await d.writeState(edit(await d.readState()));
-  } finally {
-    await d.close();
-  }
+function editBootState(disk: string, edit: (s: BootState) => BootState): Promise<void> {
+  return withBootDisk(disk, async (d) => d.writeState(edit(await d.readState())));
 }
 
 /** Put demo 2.0.0 into slot B with the real agent (manual reboot), then set B next, not good. */

@@ -12,7 +12,7 @@ import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import { BootDisk, type BootState } from "../../src/bootloader/index.ts";
+import { type BootState, withBootDisk } from "../../src/bootloader/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
 
@@ -27,13 +27,8 @@ afterAll(async () => {
   server?.stop();
 });
 
-async function bootState(disk: string): Promise<BootState> {
-  const d = await BootDisk.open(disk);
-  try {
-    return await d.readState();
-  } finally {
-    await d.close();
-  }
+function bootState(disk: string): Promise<BootState> {
+  return withBootDisk(disk, (d) => d.readState());
 }
 
 async function banner(v: Vm): Promise<{ slot: string; version: string }> {
