@@ -13,14 +13,7 @@ import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import {
-  ABFORGE_BIN,
-  abforgeCommand,
-  BANNER,
-  PROMPT,
-  publishBundle,
-  serveRepo,
-} from "../qemu/fleet.ts";
+import { ABFORGE_BIN, abforgeCommand, BANNER, publishBundle, serveRepo } from "../qemu/fleet.ts";
 import { Vm } from "../qemu/vm.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
@@ -124,7 +117,7 @@ try {
     "3.0.0 never passed its health check; its tries ran out and GRUB went back to 2.0.0. Boot state:",
   );
   process.stdout.write(slots());
-  await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
+  // The root shell came up with 2.0.0's banner, before the rollback line.
   const status = await vm.run("/usr/lib/abforge/bin/abforge agent status 2>/dev/null", {
     timeoutMs: 120_000,
   });

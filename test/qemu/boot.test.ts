@@ -8,6 +8,7 @@ import { readFileSync } from "node:fs";
 import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
+import { BANNER, PROMPT } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import {
   BootDisk,
@@ -18,8 +19,6 @@ import {
 import { ABFORGE, abforge } from "../helpers/cli.ts";
 import { freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
 
-const BANNER = /abforge: booted slot (A|B) version (\S+) roothash ([0-9a-f]{64})/;
-const PROMPT = /abforge:[^\n]*# /;
 const BOOT_MS = 180_000;
 
 let vm: Vm | undefined;
