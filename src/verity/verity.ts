@@ -160,20 +160,19 @@ function checkNoOverlap(
   }
 }
 
-function toParams(
-  p: {
-    hashAlgorithm: HashAlgorithm;
-    dataBlockSize: number;
-    hashBlockSize: number;
-    dataBlocks: number;
-    salt: Uint8Array;
-    uuid: string | null;
-    superblock: boolean;
-    hashOffset: number;
-  },
-  layout: TreeLayout,
-  rootHash: Uint8Array,
-): VerityParams {
+/** The tree parameters once resolved, before they become the public VerityParams. */
+interface TreeParams {
+  hashAlgorithm: HashAlgorithm;
+  dataBlockSize: number;
+  hashBlockSize: number;
+  dataBlocks: number;
+  salt: Uint8Array;
+  uuid: string | null;
+  superblock: boolean;
+  hashOffset: number;
+}
+
+function toParams(p: TreeParams, layout: TreeLayout, rootHash: Uint8Array): VerityParams {
   return {
     hashAlgorithm: p.hashAlgorithm,
     dataBlockSize: p.dataBlockSize,
@@ -519,16 +518,7 @@ export async function verifyVerity(o: VerityVerifyOptions): Promise<VerityParams
     data = openFile(o.dataPath, "data file", "read");
     hash = openFile(o.hashPath, "hash file", "read");
     // Steps 1-3: parameters, data region, layout.
-    let p: {
-      hashAlgorithm: HashAlgorithm;
-      dataBlockSize: number;
-      hashBlockSize: number;
-      dataBlocks: number;
-      salt: Uint8Array;
-      uuid: string | null;
-      superblock: boolean;
-      hashOffset: number;
-    };
+    let p: TreeParams;
     let dataOffset: number;
     if (superblock) {
       const sb = fromSuperblock(o, hash, hashOffset);
