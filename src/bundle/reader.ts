@@ -62,6 +62,18 @@ export interface BundleReaderOptions {
   maxSlotBytes?: number;
   /** Names the bundle in messages, e.g. a path or URL. Default "bundle". */
   name?: string;
+  /**
+   * The source's buffers are the reader's once read (e.g. an HTTP body or a
+   * file stream, which allocate a fresh buffer per read): while the slot image
+   * streams, a buffer whose bytes were all copied into chunks is released at
+   * once (its ArrayBuffer detached), instead of waiting for a garbage
+   * collection. At download speed that is tens of MiB of buffers that are
+   * dead but not yet collected. Only buffers that span their whole
+   * ArrayBuffer and were first read after the slot image began are released;
+   * applies to a resume's `source` too. Default false: the caller's buffers
+   * are left alone.
+   */
+  releaseSourceBuffers?: boolean;
 }
 
 export interface SlotImageOptions {
@@ -96,7 +108,7 @@ export class BundleReader {
   constructor(source: ByteStream, o: BundleReaderOptions) {
     this.#o = o;
     this.#where = o.name ?? "bundle";
-    this.#src = new ByteSource(source, 0);
+    this.#src = new ByteSource(source, 0, o.releaseSourceBuffers ?? false);
   }
 
   /** The verified manifest (after open()). */
@@ -178,7 +190,11 @@ export class BundleReader {
       throw new RangeError(`fromChunk ${from} is outside 0..${count - 1}`);
     if (o.source) {
       void this.#src.close();
-      this.#src = new ByteSource(o.source, this.layout.slotOffset + from * CHUNK_SIZE);
+      this.#src = new ByteSource(
+        o.source,
+        this.layout.slotOffset + from * CHUNK_SIZE,
+        this.#o.releaseSourceBuffers ?? false,
+      );
     }
     this.#state = "streaming";
     return this.#slotChunks(from, o.source !== undefined, reuseBuffers);
@@ -224,22 +240,28 @@ export class BundleReader {
       reuseBuffers,
     });
     let ok = false;
+    const src = this.#src;
+    src.owning = true;
     try {
       let remaining = size - verifier.offset;
       while (remaining > 0) {
-        const piece = await this.#src.read(Math.min(remaining, CHUNK_SIZE));
+        const piece = await src.read(Math.min(remaining, CHUNK_SIZE));
         if (!piece)
           throw truncated(
             this.#where,
-            this.#src.offset,
+            src.offset,
             `inside ${SLOT_ENTRY} (${verifier.offset} of ${size} bytes)`,
           );
         remaining -= piece.length;
-        for (const c of verifier.update(piece)) {
+        const chunks = verifier.update(piece);
+        // the piece is copied into chunk buffers: its source buffer may go
+        src.releaseConsumed();
+        for (const c of chunks) {
           if (c.index >= from) yield c;
           else c.release();
         }
       }
+      src.owning = false;
       verifier.end();
       await readPadding(this.#src, size, this.#where, SLOT_ENTRY);
       this.#state = "slotRead";
@@ -283,7 +305,7 @@ export interface BundleHeadInfo {
  * Reads only the first three headers and the first two entries.
  */
 export async function readBundleHead(source: ByteStream, name = "bundle"): Promise<BundleHeadInfo> {
-  const src = new ByteSource(source, 0);
+  const src = new ByteSource(source, 0, false);
   try {
     const head = await readHead(src, name);
     const manifest = decodeManifest(head.manifestBytes, `${name}: ${MANIFEST_ENTRY}`);
@@ -422,15 +444,26 @@ function truncated(where: string, offset: number, what: string): BundleError {
 }
 
 /** Exact-size reads over an async byte stream; `offset` counts bytes from the bundle's start. */
+const EMPTY = Buffer.alloc(0);
+
 class ByteSource {
   readonly #it: AsyncIterator<unknown>;
-  #buf: Buffer = Buffer.alloc(0);
+  readonly #release: boolean;
+  #buf: Buffer = EMPTY;
+  /** The value #buf views, when releaseConsumed() may detach it. */
+  #releasable: Uint8Array | undefined;
   #ended = false;
   offset: number;
+  /**
+   * Values read while this is set are owned by the reader (nothing outside
+   * keeps a view of them): releasable once consumed, when the source allows.
+   */
+  owning = false;
 
-  constructor(source: ByteStream, offset: number) {
+  constructor(source: ByteStream, offset: number, release: boolean) {
     this.#it = (source as AsyncIterable<unknown>)[Symbol.asyncIterator]();
     this.offset = offset;
+    this.#release = release;
   }
 
   /** Up to `max` bytes; null at the end of the stream. */
@@ -445,11 +478,32 @@ class ByteSource {
       const v = r.value;
       if (!(v instanceof Uint8Array)) throw new TypeError("bundle source must yield bytes");
       this.#buf = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
+      this.#releasable =
+        this.#release &&
+        this.owning &&
+        v.buffer instanceof ArrayBuffer &&
+        !v.buffer.resizable &&
+        v.byteOffset === 0 &&
+        v.byteLength === v.buffer.byteLength
+          ? v
+          : undefined;
     }
     const out = this.#buf.subarray(0, max);
     this.#buf = this.#buf.subarray(out.length);
     this.offset += out.length;
     return out;
+  }
+
+  /**
+   * Detach the current value's ArrayBuffer (freeing its memory now) when all
+   * its bytes were read and it may be released; the caller has copied them.
+   */
+  releaseConsumed(): void {
+    const v = this.#releasable;
+    if (!v || this.#buf.length > 0) return;
+    this.#releasable = undefined;
+    this.#buf = EMPTY;
+    (v.buffer as ArrayBuffer).transfer(0);
   }
 
   /** Exactly `n` bytes; `short(got)` is thrown when the stream ends first. */

@@ -146,6 +146,57 @@ describe("BundleReader on a good bundle", () => {
     expect(buffers.size).toBeLessThanOrEqual(2);
   });
 
+  it("releaseSourceBuffers detaches the slot image's source buffers once copied, and no other", async () => {
+    const piece = 64 * 1024;
+    const own = () => {
+      const pieces: Buffer[] = [];
+      for (let at = 0; at < bundle.length; at += piece)
+        pieces.push(Buffer.from(bundle.subarray(at, at + piece)));
+      return pieces;
+    };
+    const read = async (source: Iterable<Buffer>, release: boolean) => {
+      const r = new BundleReader(Readable.from(source, { objectMode: true }), {
+        trustedKeys: trusted,
+        releaseSourceBuffers: release,
+      });
+      await r.open();
+      const parts: Buffer[] = [];
+      for await (const c of r.slotChunks()) {
+        parts.push(Buffer.from(c.bytes));
+        c.release();
+      }
+      await r.finish();
+      expect(Buffer.concat(parts).equals(slotBytes)).toBe(true);
+    };
+    const slotEnd = slotOffset + slotBytes.length;
+    const detached = (b: Buffer) => (b.buffer as ArrayBuffer).detached;
+    const pieces = own();
+    await read(pieces, true);
+    pieces.forEach((p, i) => {
+      const start = i * piece;
+      const end = Math.min(start + piece, bundle.length);
+      // read before the slot image began (the head), or holding bytes after it
+      // (padding, end of archive): kept; wholly inside the slot image: released
+      const inside = start >= slotOffset && end <= slotEnd;
+      expect({ i, detached: detached(p) }).toEqual({ i, detached: inside });
+      if (!inside) expect(p.equals(bundle.subarray(start, end))).toBe(true);
+    });
+    expect(pieces.filter(detached).length).toBeGreaterThan(30);
+
+    // without the option nothing is touched
+    const kept = own();
+    await read(kept, false);
+    expect(kept.some(detached)).toBe(false);
+    // views into a larger buffer are never released, even with the option
+    const whole = Buffer.from(bundle);
+    await read(
+      own().map((_, i) => whole.subarray(i * piece, (i + 1) * piece)),
+      true,
+    );
+    expect(detached(whole)).toBe(false);
+    expect(whole.equals(bundle)).toBe(true);
+  });
+
   it("does not pull a slot byte from the source before the signature checked", async () => {
     let opened = false;
     let pulledBeforeOpen = 0;
