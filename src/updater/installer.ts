@@ -35,7 +35,12 @@ import type { AgentState, InstallProgress } from "./state-file.ts";
 export interface BundleSource {
   /** Path or URL, for logs and the state file. */
   readonly location: string;
-  /** The bundle's bytes from `offset` to its end. */
+  /**
+   * The bundle's bytes from `offset` to its end. The stream's buffers are the
+   * installer's once read: a buffer that spans its whole ArrayBuffer is
+   * detached after its bytes are copied (BundleReader `releaseSourceBuffers`),
+   * so it must not be shared with anything else.
+   */
   open(offset: number, signal?: AbortSignal): Readable;
 }
 
@@ -157,6 +162,8 @@ function installPlan(ctx: InstallContext): Step[] {
         r.reader = new BundleReader(r.head, {
           trustedKeys: ctx.trustedKeys,
           name: r.req.source.location,
+          // a BundleSource's streams allocate a buffer per read (HTTP body, file)
+          releaseSourceBuffers: true,
         });
         r.manifest = await r.reader.open();
         r.slotOffset = r.reader.layout.slotOffset;
@@ -293,6 +300,9 @@ function installPlan(ctx: InstallContext): Step[] {
             salt: Buffer.from(m.verity.salt, "hex"),
             superblock: m.verity.superblock,
             rootHash: m.verity.rootHash,
+            // On the agent's own thread: a worker thread is a second V8 heap
+            // (~10 MiB more at the install's peak) to save ~0.1 s per 256 MiB.
+            threads: 1,
           });
           if (v.dataBlocks !== m.verity.dataBlocks || v.salt !== m.verity.salt)
             throw new UpdaterError(

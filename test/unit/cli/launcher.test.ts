@@ -116,9 +116,9 @@ describe("bin/abforge V8 flags", () => {
     expect(r.code, r.stderr).toBe(0);
     return r.stdout.trim().split("\n");
   }
-  const FLAGS = ["--max-semi-space-size=1"];
+  const FLAGS = ["--max-semi-space-size=1", "--no-opt", "--no-maglev"];
 
-  it("gives the agent a small young generation", async () => {
+  it("gives the agent a small young generation and no optimizing compilers", async () => {
     for (const args of [
       ["agent", "run"],
       ["--log-level", "warn", "agent", "install", "x.bundle"],
