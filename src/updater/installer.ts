@@ -449,6 +449,13 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
           });
     let decile = Math.floor((from * 10) / Math.max(1, total));
     const recorder = new ProgressRecorder(ctx, progress, () => fh.datasync());
+    const flusher = new FlushBehind(async () => {
+      try {
+        await fh.datasync();
+      } catch (cause) {
+        throw ioError(`fdatasync ${ctx.diskPath}`, cause);
+      }
+    });
     let writing: Promise<void> | undefined;
     const written = async (done: number) => {
       await recorder.advance(done, done === total);
@@ -471,6 +478,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
           () => {
             c.release();
             r.bytesWritten += c.bytes.length;
+            flusher.wrote(c.bytes.length);
             return written(c.index + 1);
           },
         );
@@ -506,6 +514,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         { cause: err, details: { chunk: progress.verifiedChunks, of: total } },
       );
     } finally {
+      await flusher.stop();
       await recorder.stop();
     }
   } finally {
@@ -587,6 +596,46 @@ class ProgressRecorder {
     clearTimeout(this.#timer);
     this.#timer = undefined;
     await this.#chain.catch(() => {});
+  }
+}
+
+/**
+ * Written bytes between two background flushes of the slot (fdatasync, one at
+ * a time, not waited for): the device writes the slot while the rest
+ * downloads, so the sync before the progress record, step 7 and the verity
+ * read-back do not wait for the whole image at the end, and the page cache
+ * never holds more than about this much of the slot unwritten.
+ */
+export const FLUSH_BEHIND_BYTES = 32 * 1024 * 1024;
+
+/** Starts a background sync after every FLUSH_BEHIND_BYTES written; its failure is thrown by the next call. */
+export class FlushBehind {
+  readonly #sync: () => Promise<void>;
+  #pending = 0;
+  #inFlight: Promise<void> | undefined;
+  #failed: unknown;
+
+  constructor(sync: () => Promise<void>) {
+    this.#sync = sync;
+  }
+
+  wrote(bytes: number): void {
+    if (this.#failed) throw this.#failed;
+    this.#pending += bytes;
+    if (this.#pending < FLUSH_BEHIND_BYTES || this.#inFlight) return;
+    this.#pending = 0;
+    this.#inFlight = this.#sync()
+      .catch((err: unknown) => {
+        this.#failed ??= err;
+      })
+      .finally(() => {
+        this.#inFlight = undefined;
+      });
+  }
+
+  /** Wait for a sync in flight (the disk is closed after). */
+  async stop(): Promise<void> {
+    await this.#inFlight;
   }
 }
 
