@@ -26,6 +26,10 @@
  *   host or in the image after the agent's first start.
  *   The same again without the cache (NODE_DISABLE_COMPILE_CACHE=1): the
  *   first start ever, Node's TypeScript type stripper included.
+ * - floors: bench/install/fetch-only.ts fetching the bundle into nothing (no
+ *   check, no write) with got, the agent's HTTP client, and with bare
+ *   `node:http`, each a fresh Node process with the agent's V8 flags: what no
+ *   agent on Node and got can beat, whatever it checks.
  * Throughput = bundle bytes / wall time; target: ours ≥ 0.8 × the baseline,
  * peak RSS < 100 MB. Then idle: `abforge agent run` on channel `current`
  * (nothing to install), its VmRSS/VmHWM read from /proc after `--idle-s`,
@@ -72,6 +76,11 @@ const slotMiB = Number(values["slot-mib"]);
 const rounds = Number(values.rounds);
 const COMPATIBLE = "demo-x86_64";
 const abforgeBin = fileURLToPath(new URL("../../bin/abforge", import.meta.url));
+const fetchOnly = fileURLToPath(new URL("./fetch-only.ts", import.meta.url));
+/** The V8 flags bin/abforge gives the agent (read from it, so the floors run as the agent does). */
+const agentV8Flags = (/^\s*v8="([^"]*)"/m.exec(readFileSync(abforgeBin, "utf8"))?.[1] ?? "")
+  .split(" ")
+  .filter(Boolean);
 const execFileP = promisify(execFile);
 const say = (s: string) => process.stdout.write(`${s}\n`);
 
@@ -276,8 +285,20 @@ try {
   };
   await install("warm-up", cacheEnv); // fills the compile cache; not counted
 
+  const fetchFloor = async (mode: "got" | "http") => {
+    const t = performance.now();
+    const { stdout } = await execFileP(
+      process.execPath,
+      [...agentV8Flags, "--disable-warning=ExperimentalWarning", fetchOnly, mode, url],
+      { maxBuffer: MiB },
+    );
+    if (Number(stdout.trim()) !== bundleBytes)
+      throw new Error(`fetch-only ${mode} read ${stdout.trim()} bytes, not ${bundleBytes}`);
+    return performance.now() - t;
+  };
   const curlMs: number[] = [];
   const curlSyncMs: number[] = [];
+  const floorMs = { got: [] as number[], http: [] as number[] };
   const ours = variants.map(() => ({ ms: [] as number[], rss: [] as number[] }));
   let steps: { name: string; ms: number }[] = [];
   const sec = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
@@ -290,6 +311,8 @@ try {
       await timedShell(`curl -s '${url}' | dd of='${out}' bs=1M conv=fdatasync 2>/dev/null`),
     );
     rmSync(out, { force: true });
+    floorMs.got.push(await fetchFloor("got"));
+    floorMs.http.push(await fetchFloor("http"));
     const got = [];
     for (const [v, variant] of variants.entries()) {
       const r = await install(`${i}-${v}`, variant.env);
@@ -299,7 +322,7 @@ try {
       got.push(`${sec(r.ms)} (peak RSS ${mb(r.rss)})`);
     }
     say(
-      `round ${i + 1}/${rounds}: curl|dd ${sec(curlMs[i]!)}, with fdatasync ${sec(curlSyncMs[i]!)}; agent install ${got[0]}, without compile cache ${got[1]}`,
+      `round ${i + 1}/${rounds}: curl|dd ${sec(curlMs[i]!)}, with fdatasync ${sec(curlSyncMs[i]!)}; got into nothing ${sec(floorMs.got[i]!)}, node:http ${sec(floorMs.http[i]!)}; agent install ${got[0]}, without compile cache ${got[1]}`,
     );
   }
 
@@ -313,6 +336,8 @@ try {
   say("\nthroughput (bundle bytes / wall time):");
   line("curl -s URL | dd bs=1M (baseline)", curlMs);
   line("  same, conv=fdatasync (reference)", curlSyncMs);
+  line("floor: got into nothing (no check)", floorMs.got);
+  line("floor: node:http into nothing", floorMs.http);
   for (const [v, variant] of variants.entries()) line(variant.name, ours[v]!.ms);
   const ratio = median(curlMs) / median(ours[0]!.ms);
   const ratios = variants.map(
@@ -321,6 +346,9 @@ try {
   );
   say(
     `  ratio ours/baseline, medians: ${ratios[0]}; without compile cache ${ratios[1]} (target ≥ 0.80x: ${ratio >= 0.8 ? "met" : "MISSED"})`,
+  );
+  say(
+    `  floors/baseline, medians: got into nothing ${(median(curlMs) / median(floorMs.got)).toFixed(2)}x, node:http into nothing ${(median(curlMs) / median(floorMs.http)).toFixed(2)}x; ours/got floor ${(median(floorMs.got) / median(ours[0]!.ms)).toFixed(2)}x`,
   );
   say("  where the agent's time goes (last round, from its log lines' times):");
   for (const s of steps) say(`    ${s.name.padEnd(18)} ${sec(s.ms).padStart(8)}`);
