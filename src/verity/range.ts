@@ -210,25 +210,45 @@ export function rangeChildren(t: LevelTask): number {
 
 /**
  * Claim ranges from the queue until none is left (or, in verify, until the
- * next range starts after a bad child already found) and hash them.
+ * next range starts after a bad child already found) and hash them. For
+ * worker threads; the calling thread uses shareLevelYielding.
  */
 export function shareLevel(t: LevelTask, queue: SharedArrayBuffer): void {
+  const claim = claimer(t, queue);
+  for (let done = false; !done; ) done = claim();
+}
+
+/**
+ * shareLevel in the calling thread, giving the event loop a turn after each
+ * range (~4 MiB, a few ms): a long level, e.g. the agent's read-back of a
+ * whole slot on one thread, does not hold up timers, signals and I/O.
+ */
+export async function shareLevelYielding(t: LevelTask, queue: SharedArrayBuffer): Promise<void> {
+  const claim = claimer(t, queue);
+  for (let done = false; !done; ) {
+    done = claim();
+    if (!done) await new Promise((resolve) => setImmediate(resolve));
+  }
+}
+
+/** Claims and hashes one range; true when nothing is left to do. */
+function claimer(t: LevelTask, queue: SharedArrayBuffer): () => boolean {
   const q = new BigInt64Array(queue);
   const size = rangeChildren(t);
   const run = rangeHasher(t);
-  for (;;) {
+  return () => {
     const first = Number(Atomics.add(q, NEXT, 1n)) * size;
-    if (first >= t.children || BigInt(first) > Atomics.load(q, FIRST_BAD)) return;
+    if (first >= t.children || BigInt(first) > Atomics.load(q, FIRST_BAD)) return true;
     const bad = run(first, Math.min(t.children, first + size));
-    if (bad < 0) continue;
+    if (bad < 0) return false;
     // lower the shared minimum
     for (let seen = Atomics.load(q, FIRST_BAD); BigInt(bad) < seen; ) {
       const was = Atomics.compareExchange(q, FIRST_BAD, seen, BigInt(bad));
       if (was === seen) break;
       seen = was;
     }
-    return;
-  }
+    return true;
+  };
 }
 
 /** Stop handing out ranges (after an error in one thread). */

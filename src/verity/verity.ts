@@ -36,7 +36,7 @@ import {
   RangeIoError,
   rangeChildren,
   runLevel,
-  shareLevel,
+  shareLevelYielding,
 } from "./range.ts";
 import { checkUuid, decodeSuperblock, encodeSuperblock, type Superblock } from "./superblock.ts";
 import type { WorkerInput, WorkerReply } from "./worker.ts";
@@ -262,7 +262,7 @@ async function dataLevel(
   for (let index = 0; index < workers; index++) spawned.push(spawnWorker({ task, queue, index }));
   let failure: unknown;
   try {
-    shareLevel(task, queue);
+    await shareLevelYielding(task, queue);
   } catch (err) {
     failure = err;
     closeQueue(queue);

@@ -12,6 +12,7 @@ import {
   newQueue,
   rangeChildren,
   shareLevel,
+  shareLevelYielding,
 } from "../../../src/verity/range.ts";
 import type { WorkerReply } from "../../../src/verity/worker.ts";
 import { tempDir } from "../../helpers/tmp.ts";
@@ -115,6 +116,26 @@ describe("range queue", () => {
     shareLevel(task, queue);
     await expect(worker).resolves.toEqual({ ok: true });
     expect(firstBad(queue)).toBe(1100);
+  });
+
+  it("the calling thread gives the event loop a turn after each range", async () => {
+    const { task, hashPath } = setup("format", "yield");
+    const ranges = Math.ceil(dataBlocks / rangeChildren(task));
+    expect(ranges).toBe(3);
+    let turns = 0;
+    let running = true;
+    const tick = () => {
+      turns++;
+      if (running) setImmediate(tick);
+    };
+    setImmediate(tick);
+    const started = turns;
+    const p = shareLevelYielding(task, newQueue(0));
+    expect(turns).toBe(started); // the first range ran at once, synchronously
+    await p;
+    running = false;
+    expect(turns - started).toBeGreaterThanOrEqual(ranges);
+    expect(readFileSync(hashPath).equals(Buffer.from(refLevel0))).toBe(true);
   });
 
   it("a worker reports a read past the end of the file", async () => {
