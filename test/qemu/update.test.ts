@@ -78,6 +78,17 @@ describe("updates end to end", () => {
     expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
     expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
 
+    // The service filled Node's compile cache with a short `agent status`
+    // before it started the daemon (S50abforge-agent), which never exits and
+    // so never writes the cache itself: the daemon runs warm.
+    const cache = await vm.run(
+      "echo CACHED=$(find /var/cache/abforge/node-compile-cache -type f | wc -l)",
+      { timeoutMs: 300_000 },
+    );
+    const cached = /^CACHED=(\d+)$/m.exec(cache.output);
+    expect(cached, cache.output).not.toBeNull();
+    expect(Number(cached![1])).toBeGreaterThan(50);
+
     // The root shell on ttyS0 came up with 2.0.0's banner, before the rollback line.
     // The agent logs to the same console, so the answer is one marked line.
     const status = await vm.run(
