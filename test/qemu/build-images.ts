@@ -3,8 +3,8 @@
  * (see fixtures.ts) with the real CLI. SOURCE_DATE_EPOCH keeps them
  * reproducible; a rebuild happens whenever the fixtures are missing.
  */
-import { existsSync, mkdirSync } from "node:fs";
-import { join } from "node:path";
+import { existsSync, mkdirSync, readdirSync, rmSync } from "node:fs";
+import { basename, dirname, join } from "node:path";
 import { abforge } from "../helpers/cli.ts";
 import { FIXTURES, IMAGES, KEY_DIR, ROOT, SIGNING_KEY } from "./fixtures.ts";
 
@@ -13,6 +13,11 @@ export default async function setup(): Promise<void> {
   // built here, so an edit during the run cannot send them elsewhere.
   process.env.ABFORGE_QEMU_FIXTURES = FIXTURES;
   mkdirSync(FIXTURES, { recursive: true });
+  // Fixtures of other source states (each ~400 MB) are never booted again.
+  const all = dirname(FIXTURES);
+  if (all === join(ROOT, ".cache", "qemu-fixtures"))
+    for (const old of readdirSync(all))
+      if (old !== basename(FIXTURES)) rmSync(join(all, old), { recursive: true, force: true });
   if (!existsSync(SIGNING_KEY)) {
     const r = await abforge(["keygen", "--out", KEY_DIR]);
     if (r.code !== 0) throw new Error(`keygen failed: ${r.stderr}`);
