@@ -10,7 +10,7 @@
  */
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
+import { BANNER, PROMPT, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { type BootState, withBootDisk } from "../../src/bootloader/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
@@ -52,8 +52,24 @@ describe("updates end to end", () => {
 
     // 1.0.0 boots from A; the agent checks at once and installs 2.0.0 into B.
     expect(await banner(vm)).toEqual({ slot: "A", version: "1.0.0" });
+    const booted = vm.mark();
+    // The daemon writes Node's compile cache only when it exits, which on this
+    // first boot it has not done yet: the cache that is there when it starts
+    // comes from the short `agent status` the service runs first
+    // (S50abforge-agent), so even this first daemon runs warm.
+    await vm.waitFor(PROMPT, { timeoutMs: BOOT_MS, from: booted });
+    await vm.waitFor(/agent started/, { timeoutMs: BOOT_MS, from: booted });
+    const cache = await vm.run(
+      "echo CACHED=$(find /var/cache/abforge/node-compile-cache -type f | wc -l)",
+      { timeoutMs: 300_000 },
+    );
+    const cached = /^CACHED=(\d+)$/m.exec(cache.output);
+    expect(cached, cache.output).not.toBeNull();
+    expect(Number(cached![1])).toBeGreaterThan(50);
+    // (from the boot on: the install may have logged while the command ran)
     await vm.waitFor(/"msg":"installed"[^\n]*"version":"2\.0\.0"|installed[^\n]*2\.0\.0/, {
       timeoutMs: BOOT_MS,
+      from: booted,
     });
     expect(await banner(vm)).toEqual({ slot: "B", version: "2.0.0" });
     await vm.waitFor(/marked good/, { timeoutMs: BOOT_MS });
@@ -77,17 +93,6 @@ describe("updates end to end", () => {
     s = await bootState(disk);
     expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
     expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
-
-    // The service filled Node's compile cache with a short `agent status`
-    // before it started the daemon (S50abforge-agent), which never exits and
-    // so never writes the cache itself: the daemon runs warm.
-    const cache = await vm.run(
-      "echo CACHED=$(find /var/cache/abforge/node-compile-cache -type f | wc -l)",
-      { timeoutMs: 300_000 },
-    );
-    const cached = /^CACHED=(\d+)$/m.exec(cache.output);
-    expect(cached, cache.output).not.toBeNull();
-    expect(Number(cached![1])).toBeGreaterThan(50);
 
     // The root shell on ttyS0 came up with 2.0.0's banner, before the rollback line.
     // The agent logs to the same console, so the answer is one marked line.
