@@ -443,9 +443,9 @@ function truncated(where: string, offset: number, what: string): BundleError {
   });
 }
 
-/** Exact-size reads over an async byte stream; `offset` counts bytes from the bundle's start. */
 const EMPTY = Buffer.alloc(0);
 
+/** Exact-size reads over an async byte stream; `offset` counts bytes from the bundle's start. */
 class ByteSource {
   readonly #it: AsyncIterator<unknown>;
   readonly #release: boolean;

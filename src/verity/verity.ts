@@ -202,7 +202,7 @@ interface Spawned {
 
 /**
  * A worker gets this process's environment: when NODE_COMPILE_CACHE names a
- * cache (the CLI sets a private per-user one, src/cli/compile-cache.ts), its
+ * cache (bin/abforge sets a private per-user one; the rules are there), its
  * type-stripped, compiled modules load from there (measured: ~40 ms of CPU
  * instead of ~100 ms). There is no shared default such as a /tmp directory:
  * another user could plant compiled code in it.
