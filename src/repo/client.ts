@@ -5,19 +5,10 @@
  * than it was told to accept.
  */
 import { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
 import got, { type Request } from "got";
+import { type Clock, systemClock, type Timer } from "../clock.ts";
 import { type Logger, logger } from "../log.ts";
 import { RepoError } from "./errors.ts";
-
-/** Waiting between retries; a seam so tests see the backoff without waiting it out. */
-export interface Clock {
-  sleep(ms: number, signal: AbortSignal): Promise<void>;
-}
-
-export const realClock: Clock = {
-  sleep: (ms, signal) => sleep(ms, undefined, { signal }),
-};
 
 export interface OpenRangeOptions {
   /** First byte wanted; default 0. */
@@ -35,6 +26,7 @@ export interface OpenRangeOptions {
   /** Backoff ceiling; default 60 s. */
   maxBackoffMs?: number;
   signal?: AbortSignal;
+  /** The stall timer and the backoff between attempts (src/clock.ts); default the system clock. */
   clock?: Clock;
   log?: Logger;
 }
@@ -103,7 +95,7 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
   const retries = o.retries ?? 5;
   const backoffMs = o.backoffMs ?? 1_000;
   const maxBackoffMs = o.maxBackoffMs ?? 60_000;
-  const clock = o.clock ?? realClock;
+  const clock = o.clock ?? systemClock;
   const log = (o.log ?? logger()).child({ module: "repo-client" });
   const where = String(url);
   if (!Number.isSafeInteger(offset) || offset < 0)
@@ -183,9 +175,9 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
     current = req;
     let stalled = false;
     let tooLarge: RepoError | undefined;
-    let stallTimer: NodeJS.Timeout | undefined;
+    let stallTimer: Timer | undefined;
     const stopStall = () => {
-      clearTimeout(stallTimer);
+      stallTimer?.cancel();
       stallTimer = undefined;
     };
     // Re-armed at every received buffer: refresh() the running timer rather
@@ -193,10 +185,10 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
     const armStall = () => {
       if (stallTimer) stallTimer.refresh();
       else
-        stallTimer = setTimeout(() => {
+        stallTimer = clock.timer(stallTimeoutMs, () => {
           stalled = true;
           req.destroy();
-        }, stallTimeoutMs);
+        });
     };
     try {
       armStall();

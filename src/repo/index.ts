@@ -23,13 +23,11 @@ export {
   verifyIndex,
 } from "./channel-index.ts";
 export {
-  type Clock,
   downloadRange,
   type FetchIndexOptions,
   fetchIndex,
   type OpenRangeOptions,
   openRange,
-  realClock,
 } from "./client.ts";
 export { RepoError, type RepoErrorCode } from "./errors.ts";
 export {

@@ -5,6 +5,7 @@
  */
 import type { KeyObject } from "node:crypto";
 import { type BootState, markGood } from "../bootloader/index.ts";
+import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
@@ -23,7 +24,6 @@ import { type AgentLock, acquireLock } from "./lock.ts";
 import type {
   BootedSlotSource,
   ByteRange,
-  Clock,
   HttpClient,
   ImageFiles,
   Random,
@@ -531,7 +531,7 @@ export class Agent {
     return installBundle(
       {
         log: this.#log,
-        now: () => this.#o.clock.now(),
+        clock: this.#o.clock,
         boot: c.disk,
         state: this.#state,
         diskPath: this.#o.diskPath,

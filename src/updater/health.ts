@@ -4,6 +4,7 @@
  * check that runs out of time is killed (its whole process group) and fails.
  */
 import { spawn } from "node:child_process";
+import { type Clock, systemClock } from "../clock.ts";
 import type { HealthCheckConfig } from "./config.ts";
 
 export interface HealthResult {
@@ -26,8 +27,15 @@ export interface HealthRunner {
 const OUTPUT_TAIL_BYTES = 2048;
 
 export class ProcessHealthRunner implements HealthRunner {
+  readonly #clock: Clock;
+  /** `clock` times the checks and their timeouts (src/clock.ts). */
+  constructor(clock: Clock = systemClock) {
+    this.#clock = clock;
+  }
+
   run(check: HealthCheckConfig): Promise<HealthResult> {
-    const started = Date.now();
+    const clock = this.#clock;
+    const started = clock.monotonicMs();
     return new Promise((resolve) => {
       const [cmd, ...args] = check.command as [string, ...string[]];
       const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], detached: true });
@@ -38,18 +46,18 @@ export class ProcessHealthRunner implements HealthRunner {
       };
       child.stdout.on("data", collect);
       child.stderr.on("data", collect);
-      const timer = setTimeout(() => {
+      const timer = clock.timer(check.timeoutMs, () => {
         timedOut = true;
         killGroup(child.pid);
-      }, check.timeoutMs);
+      });
       const done = (exitCode: number | null, error?: string) => {
-        clearTimeout(timer);
+        timer.cancel();
         resolve({
           name: check.name,
           ok: exitCode === 0 && !timedOut && error === undefined,
           exitCode,
           timedOut,
-          durationMs: Date.now() - started,
+          durationMs: clock.monotonicMs() - started,
           output: output.trim(),
           ...(error === undefined ? {} : { error }),
         });

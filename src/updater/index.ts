@@ -1,4 +1,6 @@
 /** The update agent: the public face of src/updater (README.md states the procedures). */
+
+export { type Clock, systemClock, type Timer } from "../clock.ts";
 export {
   type AfterBootResult,
   Agent,
@@ -40,7 +42,6 @@ export {
   type BootedSlotSource,
   type ByteRange,
   bootStateBootedSlot,
-  type Clock,
   CmdlineBootedSlot,
   CommandRebooter,
   type HttpClient,
@@ -53,7 +54,6 @@ export {
   RepoHttpClient,
   RootImageFiles,
   SquashfsImageFiles,
-  systemClock,
   systemRandom,
 } from "./machine.ts";
 export {

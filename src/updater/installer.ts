@@ -22,6 +22,7 @@ import {
   encodeManifest,
   type Manifest,
 } from "../bundle/index.ts";
+import type { Clock, Timer } from "../clock.ts";
 import { isBaseError, ToolError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { verifyVerity } from "../verity/index.ts";
@@ -74,7 +75,8 @@ export interface InstallRequest {
 
 export interface InstallContext {
   log: Logger;
-  now: () => Date;
+  /** Time of the records, and the progress recorder's timer (src/clock.ts). */
+  clock: Clock;
   boot: BootStore;
   state: StateHandle;
   diskPath: string;
@@ -340,7 +342,7 @@ function installPlan(ctx: InstallContext): Step[] {
           version: m.version,
         });
         await ctx.boot.writeState(next);
-        const at = ctx.now().toISOString();
+        const at = ctx.clock.now().toISOString();
         await ctx.state.update((s) => ({
           ...s,
           progress: null,
@@ -373,7 +375,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
   const reader = r.reader as BundleReader;
   const part = ctx.slots[r.target];
   const total = chunkCount(m.slotImage.size);
-  const now = () => ctx.now().toISOString();
+  const now = () => ctx.clock.now().toISOString();
   let fh: FileHandle;
   try {
     fh = await open(ctx.diskPath, "r+");
@@ -544,9 +546,9 @@ class ProgressRecorder {
   readonly #ctx: InstallContext;
   readonly #progress: InstallProgress;
   #saved: number;
-  #savedAt = performance.now();
+  #savedAt: number;
   #chain: Promise<void> = Promise.resolve();
-  #timer: NodeJS.Timeout | undefined;
+  #timer: Timer | undefined;
   #failed: unknown;
   readonly #syncSlot: () => Promise<void>;
 
@@ -555,45 +557,48 @@ class ProgressRecorder {
     this.#progress = progress;
     this.#syncSlot = syncSlot;
     this.#saved = progress.verifiedChunks;
+    this.#savedAt = ctx.clock.monotonicMs();
   }
 
   /** Chunks 0..done-1 are written; `last`: the final chunk (saved at once). */
   async advance(done: number, last: boolean): Promise<void> {
     if (this.#failed) throw this.#failed;
     this.#progress.verifiedChunks = done;
-    if (last || performance.now() - this.#savedAt >= PROGRESS_SAVE_MS) await this.flush();
+    const clock = this.#ctx.clock;
+    if (last || clock.monotonicMs() - this.#savedAt >= PROGRESS_SAVE_MS) await this.flush();
     else
-      this.#timer ??= setTimeout(
+      this.#timer ??= clock.timer(
+        Math.max(0, this.#savedAt + PROGRESS_SAVE_MS - clock.monotonicMs()),
         () => {
           this.#timer = undefined;
           this.flush().catch((err: unknown) => {
             this.#failed ??= err;
           });
         },
-        Math.max(0, this.#savedAt + PROGRESS_SAVE_MS - performance.now()),
       );
   }
 
   /** Save now if chunks were written since the last save. */
   flush(): Promise<void> {
-    clearTimeout(this.#timer);
+    this.#timer?.cancel();
     this.#timer = undefined;
+    // the interval counts from when a save starts: one save begun per PROGRESS_SAVE_MS
+    this.#savedAt = this.#ctx.clock.monotonicMs();
     this.#chain = this.#chain.then(async () => {
       const done = this.#progress.verifiedChunks;
       if (done === this.#saved) return;
-      this.#progress.updatedAt = this.#ctx.now().toISOString();
+      this.#progress.updatedAt = this.#ctx.clock.now().toISOString();
       const snapshot = { ...this.#progress, verifiedChunks: done };
       await this.#syncSlot();
       await this.#ctx.state.update((s) => ({ ...s, progress: snapshot }));
       this.#saved = done;
-      this.#savedAt = performance.now();
     });
     return this.#chain;
   }
 
   /** No more saves: cancel the timer and wait for a save in progress (it syncs the disk, still open). */
   async stop(): Promise<void> {
-    clearTimeout(this.#timer);
+    this.#timer?.cancel();
     this.#timer = undefined;
     await this.#chain.catch(() => {});
   }

@@ -1,6 +1,6 @@
 /**
  * The machine the agent runs on, as small interfaces (STYLE.md, point 7):
- * time, randomness, reboot, HTTP, which slot booted, where the slots are and
+ * randomness (time is src/clock.ts, shared with src/repo), reboot, HTTP, which slot booted, where the slots are and
  * what the booted image trusts. The real implementations are here too; tests
  * swap in their own where the real thing cannot run (a reboot), and keep the
  * real one everywhere else (files as block devices, child processes, HTTP on
@@ -12,10 +12,10 @@ import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
-import { setTimeout as sleep } from "node:timers/promises";
 import { promisify } from "node:util";
 import { type BootState, nextBootSlot, slotFromCmdline } from "../bootloader/index.ts";
 import { loadPublicKey } from "../bundle/index.ts";
+import type { Clock } from "../clock.ts";
 import {
   findPartition,
   type GptTable,
@@ -29,17 +29,6 @@ import type { Logger } from "../log.ts";
 import { fetchIndex, openRange } from "../repo/index.ts";
 import { errText, type SlotLocation, type SlotName } from "./config.ts";
 import { UpdaterError } from "./errors.ts";
-
-export interface Clock {
-  now(): Date;
-  /** Resolves after `ms`, or rejects when `signal` aborts. */
-  sleep(ms: number, signal?: AbortSignal): Promise<void>;
-}
-
-export const systemClock: Clock = {
-  now: () => new Date(),
-  sleep: (ms, signal) => sleep(ms, undefined, signal ? { signal } : {}),
-};
 
 /** Randomness: poll jitter, and the host's rollout identity. */
 export interface Random {
@@ -94,15 +83,18 @@ export interface HttpClient {
 export class RepoHttpClient implements HttpClient {
   readonly #stallTimeoutMs: number;
   readonly #log: Logger;
-  constructor(o: { stallTimeoutMs: number; log: Logger }) {
+  readonly #clock: Clock;
+  constructor(o: { stallTimeoutMs: number; log: Logger; clock: Clock }) {
     this.#stallTimeoutMs = o.stallTimeoutMs;
     this.#log = o.log;
+    this.#clock = o.clock;
   }
   fetch(url: string, o: { maxBytes: number; signal?: AbortSignal }): Promise<Uint8Array> {
     return fetchIndex(url, {
       maxBytes: o.maxBytes,
       stallTimeoutMs: this.#stallTimeoutMs,
       log: this.#log,
+      clock: this.#clock,
       ...(o.signal ? { signal: o.signal } : {}),
     });
   }
@@ -112,6 +104,7 @@ export class RepoHttpClient implements HttpClient {
       maxBytes: o.maxBytes,
       stallTimeoutMs: this.#stallTimeoutMs,
       log: this.#log,
+      clock: this.#clock,
       ...(o.signal ? { signal: o.signal } : {}),
     });
   }

@@ -8,6 +8,7 @@
  */
 import { BootDisk, findHostBootDisk } from "../bootloader/index.ts";
 import { loadPublicKey } from "../bundle/index.ts";
+import { systemClock } from "../clock.ts";
 import type { Logger } from "../log.ts";
 import { Agent, type AgentOptions } from "./agent.ts";
 import { type AgentConfig, DEFAULT_CONFIG_PATH, defaultConfig, loadConfig } from "./config.ts";
@@ -20,7 +21,6 @@ import {
   RepoHttpClient,
   RootImageFiles,
   SquashfsImageFiles,
-  systemClock,
   systemRandom,
 } from "./machine.ts";
 
@@ -62,8 +62,12 @@ export async function agentOptions(
     clock: systemClock,
     random: systemRandom,
     rebooter: onImage ? new LogOnlyRebooter(log) : new CommandRebooter(config.rebootCommand),
-    http: new RepoHttpClient({ stallTimeoutMs: config.downloadStallTimeoutMs, log }),
-    health: new ProcessHealthRunner(),
+    http: new RepoHttpClient({
+      stallTimeoutMs: config.downloadStallTimeoutMs,
+      log,
+      clock: systemClock,
+    }),
+    health: new ProcessHealthRunner(systemClock),
     bootedSlot: onImage ? bootStateBootedSlot : new CmdlineBootedSlot(),
     openBootDisk: (path) => BootDisk.open(path),
     imageFiles: onImage

@@ -11,7 +11,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { pino } from "pino";
 import { afterAll, afterEach, describe, expect, it } from "vitest";
 import { createLogger } from "../../../src/log.ts";
-import { type Clock, fetchIndex, openRange, RepoError, serve } from "../../../src/repo/index.ts";
+import { fetchIndex, openRange, RepoError, serve } from "../../../src/repo/index.ts";
+import { FakeClock } from "../../helpers/clock.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const data = Buffer.from(Array.from({ length: 200_000 }, (_, i) => (i * 31 + (i >> 8)) & 0xff));
@@ -74,15 +75,8 @@ async function eventually(check: () => boolean): Promise<void> {
   expect(check()).toBe(true);
 }
 
-function fakeClock(): Clock & { delays: number[] } {
-  const delays: number[] = [];
-  return {
-    delays,
-    sleep: async (ms) => {
-      delays.push(ms);
-    },
-  };
-}
+/** Backoffs pass at once; the stall timer fires only when a test advances the clock. */
+const fakeClock = () => new FakeClock({ autoAdvance: true });
 
 async function collect(stream: NodeJS.ReadableStream): Promise<Buffer> {
   const chunks: Buffer[] = [];
@@ -168,23 +162,54 @@ describe("openRange", () => {
       serveRange(req, res);
     });
     const clock = fakeClock();
-    const started = Date.now();
-    const got = await collect(openRange(s.url, { ...base, clock }));
-    expect(got.equals(data)).toBe(true);
+    const chunks: Buffer[] = [];
+    let received = 0;
+    for await (const c of openRange(s.url, { ...base, clock })) {
+      chunks.push(c as Buffer);
+      received += (c as Buffer).length;
+      if (received !== 70_000) continue;
+      // all the server sent: only the stall timer waits, and it fires at stallTimeoutMs
+      clock.advance(base.stallTimeoutMs - 1);
+      expect(clock.pending).toBe(1);
+      expect(s.requests).toHaveLength(1);
+      clock.advance(1);
+      expect(clock.pending).toBe(0);
+    }
+    expect(Buffer.concat(chunks).equals(data)).toBe(true);
     expect(s.requests.map((r) => r.range)).toEqual([undefined, "bytes=70000-"]);
-    expect(clock.delays).toEqual([100]);
-    expect(Date.now() - started).toBeGreaterThanOrEqual(300);
+    expect(clock.sleeps).toEqual([100]);
+    expect(clock.elapsedMs).toBe(base.stallTimeoutMs + 100);
   });
 
   it("gives up with REPO_STALLED after exponential backoff when the server always stalls", async () => {
+    let sent = 0;
     const s = await misbehaving((_req, res) => {
       res.writeHead(200, { "Content-Length": String(data.length) });
-      res.write(data.subarray(0, 10)); // same 10 bytes each time: no progress past them
+      // same 10 bytes each time: no progress past them
+      res.write(data.subarray(0, 10), () => {
+        sent += 1;
+      });
     });
     const clock = fakeClock();
-    const e = await failure(openRange(s.url, { ...base, stallTimeoutMs: 100, clock }));
+    let settled = false;
+    const failed = failure(openRange(s.url, { ...base, stallTimeoutMs: 100, clock })).finally(
+      () => {
+        settled = true;
+      },
+    );
+    // each attempt: once its bytes are out and only its stall timer waits, let that time pass
+    let stalls = 0;
+    while (!settled) {
+      await new Promise((r) => setImmediate(r));
+      if (sent > stalls && clock.pending === 1) {
+        stalls += 1;
+        clock.advance(100);
+      }
+    }
+    const e = await failed;
     expect(e.code).toBe("REPO_STALLED");
-    expect(clock.delays).toEqual([100, 200, 400]);
+    expect(stalls).toBe(4);
+    expect(clock.sleeps).toEqual([100, 200, 400]);
     expect(s.requests).toHaveLength(4);
     expect(e.details.attempts).toBe(4);
   });
@@ -209,7 +234,7 @@ describe("openRange", () => {
     const got = await collect(openRange(s.url, { ...base, offset: 5, clock }));
     expect(got.equals(data.subarray(5))).toBe(true);
     expect(s.requests.map((r) => r.range)).toEqual(["bytes=5-", "bytes=120000-"]);
-    expect(clock.delays).toEqual([100]);
+    expect(clock.sleeps).toEqual([100]);
   });
 
   it("resumes after a truncation even when the server also ignores Range", async () => {
@@ -251,7 +276,7 @@ describe("openRange", () => {
     });
     const clock = fakeClock();
     expect((await collect(openRange(flaky.url, { ...base, clock }))).equals(data)).toBe(true);
-    expect(clock.delays).toEqual([100, 200]);
+    expect(clock.sleeps).toEqual([100, 200]);
 
     const missing = await misbehaving((_req, res) => void res.writeHead(404).end());
     const e = await failure(openRange(missing.url, { ...base, clock: fakeClock() }));
@@ -266,7 +291,7 @@ describe("openRange", () => {
     const clock = fakeClock();
     const e = await failure(openRange(s.url, { ...base, retries: 1, clock }));
     expect(e.code).toBe("REPO_DOWNLOAD_FAILED");
-    expect(clock.delays).toEqual([100]);
+    expect(clock.sleeps).toEqual([100]);
   });
 
   it("stops when the signal aborts, and closes the connection", async () => {
@@ -279,12 +304,12 @@ describe("openRange", () => {
       });
     });
     const ac = new AbortController();
-    const stream = openRange(s.url, { ...base, stallTimeoutMs: 10_000, signal: ac.signal });
-    setTimeout(() => ac.abort(new Error("shutting down")), 100);
-    const started = Date.now();
+    const clock = fakeClock();
+    const stream = openRange(s.url, { ...base, stallTimeoutMs: 10_000, signal: ac.signal, clock });
+    stream.once("readable", () => ac.abort(new Error("shutting down")));
     const e = await failure(stream);
-    expect(Date.now() - started).toBeLessThan(2_000); // not the 10 s stall timeout
     expect(e.details.aborted).toBe(true);
+    expect(clock.elapsedMs).toBe(0); // the abort ended it, not the stall timer
     await eventually(() => closed);
   });
 
@@ -313,11 +338,13 @@ describe("openRange", () => {
       res.writeHead(200, { "Content-Length": String(big.length) });
       res.end(big);
     });
+    const clock = fakeClock();
     const stream = openRange(s.url, {
       ...base,
       maxBytes: big.length,
       stallTimeoutMs: 100,
       retries: 0,
+      clock,
     });
     const chunks: Buffer[] = [];
     let paused = false;
@@ -325,7 +352,11 @@ describe("openRange", () => {
       chunks.push(c as Buffer);
       if (!paused) {
         paused = true;
-        await sleep(400); // a slow disk on the consumer side
+        // a slow disk on the consumer side: the client's queue fills, then a long wait
+        while (stream.readableLength < stream.readableHighWaterMark)
+          await new Promise((r) => setImmediate(r));
+        expect(clock.pending).toBe(0);
+        clock.advance(10_000);
       }
     }
     expect(Buffer.concat(chunks).length).toBe(big.length);

@@ -5,6 +5,7 @@ import { readFile } from "node:fs/promises";
 import { beforeAll, describe, expect, it } from "vitest";
 import { grubBoot } from "../../../src/bootloader/index.ts";
 import type { AgentConfig, HealthCheckConfig } from "../../../src/updater/index.ts";
+import { FakeClock } from "../../helpers/clock.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { readBoot, testAgent, writeBoot } from "./harness.ts";
@@ -20,7 +21,7 @@ const broken: HealthCheckConfig = {
   command: ["/bin/sh", "-c", "echo broken >&2; exit 3"],
   timeoutMs: 5000,
 };
-const hangs: HealthCheckConfig = { name: "hangs", command: ["sleep", "30"], timeoutMs: 300 };
+const hangs: HealthCheckConfig = { name: "hangs", command: ["sleep", "30"], timeoutMs: 20_000 };
 const bundle = (v: string) => (w.bundles[v] as BundleFixture).path;
 
 /** GRUB at power-on: pick the slot, count the try, save the state. */
@@ -66,12 +67,24 @@ describe("after boot", () => {
     async (_what, check, timedOut) => {
       const d = await installed(`unhealthy-${check.name}`, {});
       await powerOn(d.path);
-      const t = await testAgent(d.path, { config: { healthChecks: [ok, check] } });
-      const started = Date.now();
-      const r = await t.agent.afterBoot();
-      expect(Date.now() - started).toBeLessThan(5000);
+      const clock = new FakeClock();
+      const t = await testAgent(d.path, {
+        config: { healthChecks: [ok, check] },
+        overrides: { clock },
+      });
+      const running = t.agent.afterBoot();
+      if (timedOut) {
+        // the second check runs: its timeout is the only timer; it is killed exactly then
+        while (clock.dueAt.join() !== String(hangs.timeoutMs))
+          await new Promise((r) => setImmediate(r));
+        clock.advance(hangs.timeoutMs - 1);
+        expect(clock.pending).toBe(1);
+        clock.advance(1);
+      }
+      const r = await running;
       expect(r).toMatchObject({ action: "unhealthy", booted: "B", rebooting: true });
       if (r.action !== "unhealthy") throw new Error("unreachable");
+      if (timedOut) expect(r.checks[1]?.durationMs).toBe(hangs.timeoutMs);
       expect(r.checks.map((c) => [c.name, c.ok, c.timedOut])).toEqual([
         ["ok", true, false],
         [check.name, false, timedOut],

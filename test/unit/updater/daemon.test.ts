@@ -3,7 +3,8 @@
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { publish, RepoError, type RepoServer, serve } from "../../../src/repo/index.ts";
-import type { Clock, HttpClient } from "../../../src/updater/index.ts";
+import type { HttpClient } from "../../../src/updater/index.ts";
+import { FakeClock } from "../../helpers/clock.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { readBoot, testAgent } from "./harness.ts";
@@ -29,13 +30,10 @@ describe("agent run", () => {
   it("checks at once, backs off after errors, polls with jitter, never crashes, stops on abort", async () => {
     const d = await w.freshDisk("daemon");
     const stop = new AbortController();
-    const delays: number[] = [];
-    const clock: Clock = {
-      now: () => new Date(),
-      async sleep(ms) {
-        delays.push(ms);
-        if (delays.length === 4) stop.abort(new Error("SIGTERM"));
-      },
+    const clock = new FakeClock({ autoAdvance: true });
+    const delays = clock.sleeps;
+    clock.onSleep = () => {
+      if (delays.length === 4) stop.abort(new Error("SIGTERM"));
     };
     let fetches = 0;
     const t0 = await testAgent(d.path);
@@ -78,6 +76,10 @@ describe("agent run", () => {
   it("an abort during the sleep between checks ends the loop at once", async () => {
     const d = await w.freshDisk("daemon-stop");
     const stop = new AbortController();
+    const clock = new FakeClock();
+    const sleeping = new Promise<void>((resolve) => {
+      clock.onSleep = () => resolve();
+    });
     const t = await testAgent(d.path, {
       config: {
         repoUrl: repo.url,
@@ -86,19 +88,21 @@ describe("agent run", () => {
         pollJitterMs: 0,
         reboot: "manual",
       },
+      overrides: { clock },
     });
     const running = t.agent.run(stop.signal);
-    await new Promise((r) => setTimeout(r, 1500));
+    await sleeping;
     // one agent at a time: a second one (an operator's `agent check`) is refused while it runs
     const other = await testAgent(d.path, { config: { repoUrl: repo.url, channel: "stable" } });
     await expect(other.agent.check()).rejects.toMatchObject({
       code: "UPDATE_REFUSED",
       message: expect.stringMatching(/another abforge agent \(pid \d+\) is working with/),
     });
-    const started = Date.now();
     stop.abort(new Error("SIGTERM"));
     await running;
-    expect(Date.now() - started).toBeLessThan(1000);
+    // the hour's sleep was cut short: no virtual time passed
+    expect(clock.sleeps).toEqual([3_600_000]);
+    expect(clock.elapsedMs).toBe(0);
     expect(t.lines.at(-1)?.msg).toBe("agent stopped");
     // the lock is released: the next agent may work
     expect(await other.agent.check()).toMatchObject({ outcome: "up-to-date" });

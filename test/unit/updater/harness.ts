@@ -52,16 +52,18 @@ export async function testAgent(
   const { log, lines } = captureLog();
   const rebooter = new LogOnlyRebooter(log);
   const config = { ...defaultConfig(), ...o.config };
+  // one clock for the agent and its download client (src/clock.ts)
+  const clock = o.overrides?.clock ?? systemClock;
   const options: AgentOptions = {
     config,
     diskPath,
     stateDir: o.stateDir ?? diskStateDir(diskPath),
     log,
-    clock: systemClock,
+    clock,
     random: { fraction: () => 0.5, id: () => "test-host" },
     rebooter,
-    http: new RepoHttpClient({ stallTimeoutMs: 5000, log }),
-    health: new ProcessHealthRunner(),
+    http: new RepoHttpClient({ stallTimeoutMs: 5000, log, clock }),
+    health: new ProcessHealthRunner(clock),
     bootedSlot: bootStateBootedSlot,
     openBootDisk: (p) => BootDisk.open(p),
     imageFiles: (_slot, range) => new SquashfsImageFiles(diskPath, range.offset),

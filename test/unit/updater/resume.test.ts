@@ -3,14 +3,15 @@
 // behind a recording proxy that shows each Range request the agent makes.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { readFile, writeFile } from "node:fs/promises";
+import { writeFile } from "node:fs/promises";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { readBundleHead } from "../../../src/bundle/index.ts";
 import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
-import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
+import { type AgentState, initialAgentState, StateStore } from "../../../src/updater/index.ts";
+import { FakeClock } from "../../helpers/clock.ts";
 import {
   type BundleFixture,
   copyInto,
@@ -28,8 +29,8 @@ let proxy: Server;
 let proxyUrl: string;
 /** Every request that reached the repository: path and Range header. */
 const requests: { url: string; range: string | undefined }[] = [];
-/** When set, the proxy holds a bundle response for `ms` after its first `after` bytes. */
-let pause: { after: number; ms: number } | null = null;
+/** When set, the proxy holds a bundle response after its first `after` bytes until `release`. */
+let pause: { after: number; release: Promise<void> } | null = null;
 let slotOffset: number;
 
 beforeAll(async () => {
@@ -60,10 +61,10 @@ beforeAll(async () => {
           if (before >= hold.after || sent < hold.after) return void res.write(d);
           res.write(d.subarray(0, hold.after - before));
           r.pause();
-          setTimeout(() => {
+          void hold.release.then(() => {
             res.write(d.subarray(hold.after - before));
             r.resume();
-          }, hold.ms);
+          });
         });
         r.on("end", () => res.end());
       },
@@ -225,53 +226,87 @@ describe("resume after an interrupted download", () => {
 });
 
 describe("recording the progress (README.md, install step 5)", () => {
+  /** The progress records the agent saves (verifiedChunks of each), and a wait for one. */
+  function recordSaves() {
+    const saves: number[] = [];
+    const waiters: { chunks: number; resolve: () => void }[] = [];
+    const save = StateStore.prototype.save;
+    const spy = vi.spyOn(StateStore.prototype, "save").mockImplementation(async function (
+      this: StateStore,
+      state: AgentState,
+    ) {
+      await save.call(this, state);
+      if (!state.progress) return;
+      saves.push(state.progress.verifiedChunks);
+      for (const w of waiters) if (w.chunks === state.progress.verifiedChunks) w.resolve();
+    });
+    const saved = (chunks: number) =>
+      new Promise<void>((resolve) => waiters.push({ chunks, resolve }));
+    return { saves, saved, restore: () => spy.mockRestore() };
+  }
+
   it("saves at most once a second while chunks arrive, not after every chunk", async () => {
     const d = await w.freshDisk("record-fast");
-    const t = await testAgent(d.path, { config: { reboot: "manual" } });
-    const started = performance.now();
-    const saves: number[] = [];
-    const save = StateStore.prototype.save;
-    const spy = vi.spyOn(StateStore.prototype, "save").mockImplementation(function (
-      this: StateStore,
-      state,
-    ) {
-      if (state.progress) saves.push(state.progress.verifiedChunks);
-      return save.call(this, state);
-    });
+    const clock = new FakeClock();
+    const t = await testAgent(d.path, { config: { reboot: "manual" }, overrides: { clock } });
+    const r = recordSaves();
+    try {
+      // no time passes during the download: the record at the start and at the last chunk only
+      expect(await t.agent.install(bundle().path)).toMatchObject({ outcome: "installed" });
+    } finally {
+      r.restore();
+    }
+    expect(r.saves).toEqual([0, 5]);
+  });
+
+  it("a second after the last save, the chunks written since are saved", async () => {
+    const d = await w.freshDisk("record-second");
+    const clock = new FakeClock();
+    const t = await testAgent(d.path, { config: { reboot: "manual" }, overrides: { clock } });
+    t.agent.onChunk = (done) => {
+      if (done === 2) clock.advance(1000);
+    };
+    const r = recordSaves();
     try {
       expect(await t.agent.install(bundle().path)).toMatchObject({ outcome: "installed" });
     } finally {
-      spy.mockRestore();
+      r.restore();
     }
-    const seconds = Math.floor((performance.now() - started) / 1000);
-    // the record at the start (0 chunks), one a second at most, the last chunk
-    expect(saves[0]).toBe(0);
-    expect(saves.at(-1)).toBe(5);
-    expect(saves.length).toBeLessThanOrEqual(2 + seconds);
+    // the timer armed at chunk 1 fired at 1 s with 2 chunks written; 3 and 4 came within
+    // the next second; the last chunk is saved at once
+    expect(r.saves).toEqual([0, 2, 5]);
   });
 
   it("records the chunks written before a pause of the download within a second", async () => {
     const d = await w.freshDisk("record-pause");
-    pause = { after: slotOffset + 3 * MiB, ms: 3000 };
+    let release = () => {};
+    pause = { after: slotOffset + 3 * MiB, release: new Promise<void>((r) => (release = r)) };
+    const clock = new FakeClock();
+    const r = recordSaves();
     try {
-      const t = await testAgent(d.path, { config: config() });
-      const stateFile = join(`${d.path}.abforge-state`, "state.json");
+      const t = await testAgent(d.path, { config: config(), overrides: { clock } });
+      const threeWritten = new Promise<void>((resolve) => {
+        t.agent.onChunk = (done) => {
+          if (done === 3) resolve();
+        };
+      });
+      const threeSaved = r.saved(3);
       const check = t.agent.check();
-      let seen = 0;
-      const deadline = performance.now() + 2800;
-      while (performance.now() < deadline && seen < 3) {
-        await new Promise((r) => setTimeout(r, 50));
-        try {
-          seen = JSON.parse(await readFile(stateFile, "utf8"))?.progress?.verifiedChunks ?? 0;
-        } catch {
-          // not written yet, or being replaced
-        }
-      }
-      // the proxy still holds chunk 4: the record of chunks 0-2 came by the timer
-      expect(seen).toBe(3);
+      await threeWritten;
+      // the proxy holds chunk 4: only the timer armed at chunk 1 can record chunks 0-2
+      clock.advance(999);
+      expect(clock.dueAt).toContain(1000); // the recorder's timer, not fired yet
+      expect(r.saves).toEqual([0]);
+      clock.advance(1);
+      await threeSaved;
+      expect(r.saves).toEqual([0, 3]);
+      release();
       expect(await check).toMatchObject({ outcome: "installed", version: "2.0.0" });
+      expect(r.saves).toEqual([0, 3, 5]);
     } finally {
+      release();
       pause = null;
+      r.restore();
     }
   });
 });
