@@ -13,6 +13,7 @@ import type { BuildErrorCode } from "../build/errors.ts";
 import type { BundleErrorCode } from "../bundle/errors.ts";
 import type { GptErrorCode } from "../disk/errors.ts";
 import type { ToolErrorCode } from "../errors.ts";
+import type { ImageErrorCode } from "../image/errors.ts";
 import type { RepoErrorCode } from "../repo/errors.ts";
 import type { UpdaterErrorCode } from "../updater/errors.ts";
 import type { VerityErrorCode } from "../verity/errors.ts";
@@ -26,6 +27,7 @@ export type ErrorCode =
   | BundleErrorCode
   | RepoErrorCode
   | UpdaterErrorCode
+  | ImageErrorCode
   | QemuErrorCode;
 
 export const EXIT_OK = 0;
@@ -92,6 +94,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   REPO_UNTRUSTED: 68,
   REPO_PUBLISH_REFUSED: 69,
   // updater
+  // (also the image contract's: a config or release file in the image that does not hold)
   CONFIG_INVALID: 70,
   UPDATE_DOWNGRADE: 71,
   UPDATE_BAD_VERSION: 72,

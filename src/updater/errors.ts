@@ -20,3 +20,8 @@ export type UpdaterErrorCode =
   | "HOST_DISK_NOT_FOUND";
 
 export class UpdaterError extends BaseError<UpdaterErrorCode> {}
+
+/** The message of an error, or the thing thrown as text. */
+export function errText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}

@@ -19,8 +19,9 @@ export {
   loadConfig,
   parseConfig,
   type RebootPolicy,
+  type Release,
   type SlotLocation,
-} from "./config.ts";
+} from "../image/index.ts";
 export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 export {
   type HealthResult,
@@ -50,7 +51,6 @@ export {
   locateSlots,
   type Random,
   type Rebooter,
-  type Release,
   RepoHttpClient,
   RootImageFiles,
   SquashfsImageFiles,

@@ -25,10 +25,18 @@ import {
 } from "../disk/index.ts";
 import { ToolError } from "../errors.ts";
 import { requireTool } from "../exec.ts";
+import {
+  KEYS_DIR as IMAGE_KEYS_DIR,
+  RELEASE_PATH as IMAGE_RELEASE_PATH,
+  parseRelease,
+  type Release,
+  type SlotLocation,
+  type SlotName,
+  slotPartitionName,
+} from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { fetchIndex, openRange } from "../repo/index.ts";
-import { errText, type SlotLocation, type SlotName } from "./config.ts";
-import { UpdaterError } from "./errors.ts";
+import { errText, UpdaterError } from "./errors.ts";
 
 /** Randomness: poll jitter, and the host's rollout identity. */
 export interface Random {
@@ -192,7 +200,7 @@ function locateSlot(
   const by =
     given?.partitionIndex !== undefined
       ? { index: given.partitionIndex }
-      : { name: given?.partitionLabel ?? `abforge-${slot}` };
+      : { name: given?.partitionLabel ?? slotPartitionName(slot) };
   const p = findPartition(table, by);
   if (given === undefined && !SLOT_PARTITION_TYPES.includes(p.typeGuid.toUpperCase()))
     throw new UpdaterError(
@@ -203,15 +211,9 @@ function locateSlot(
   return partitionRange(p, table.sectorSize);
 }
 
-/** The identity an image carries in /etc/abforge/release.json. */
-export interface Release {
-  name: string;
-  version: string;
-  compatible: string;
-}
-
-export const RELEASE_PATH = "etc/abforge/release.json";
-export const KEYS_DIR = "etc/abforge/keys";
+/** In-image paths relative to a root (the contract's, without the leading `/`). */
+export const RELEASE_PATH = IMAGE_RELEASE_PATH.slice(1);
+export const KEYS_DIR = IMAGE_KEYS_DIR.slice(1);
 
 /** What the running image carries: its release identity and its trusted keys. */
 export interface ImageFiles {
@@ -320,23 +322,4 @@ function releaseError(where: string, cause: unknown): never {
       cause,
     },
   );
-}
-
-function parseRelease(text: string, where: string): Release {
-  let v: Partial<Release>;
-  try {
-    v = JSON.parse(text) as Partial<Release>;
-  } catch (cause) {
-    throw new UpdaterError("CONFIG_INVALID", `${where}: not JSON (${errText(cause)})`, { cause });
-  }
-  if (
-    typeof v.name !== "string" ||
-    typeof v.version !== "string" ||
-    typeof v.compatible !== "string"
-  )
-    throw new UpdaterError(
-      "CONFIG_INVALID",
-      `${where}: needs string fields name, version, compatible`,
-    );
-  return { name: v.name, version: v.version, compatible: v.compatible };
 }

@@ -1,21 +1,23 @@
-// The agent config (src/updater/README.md, "Config"): validated once at load, every error with its line.
+// The agent config (src/image/README.md, "Agent config"): validated once at load, every error with its line.
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import {
+  type AgentConfig,
   defaultConfig,
+  ImageError,
   loadConfig,
   parseConfig,
-  UpdaterError,
-} from "../../../src/updater/index.ts";
+  serializeConfig,
+} from "../../../src/image/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
-function configError(text: string): UpdaterError {
+function configError(text: string): ImageError {
   try {
     parseConfig(text, "agent.yaml");
   } catch (err) {
-    expect(err).toBeInstanceOf(UpdaterError);
-    return err as UpdaterError;
+    expect(err).toBeInstanceOf(ImageError);
+    return err as ImageError;
   }
   throw new Error("expected CONFIG_INVALID");
 }
@@ -108,5 +110,47 @@ describe("agent config", () => {
     await expect(loadConfig(join(dir, "missing.yaml"))).rejects.toMatchObject({
       code: "CONFIG_INVALID",
     });
+  });
+
+  it("takes channel and compatible by the contract's one rule: what publish refuses, the agent refuses", () => {
+    for (const bad of ["Beta", "-x", "a b", "", "x".repeat(65)]) {
+      expect(configError(`channel: ${JSON.stringify(bad)}`).message).toContain(
+        "channel: must be a channel name",
+      );
+    }
+    expect(parseConfig("channel: beta.1_x-2", "agent.yaml").channel).toBe("beta.1_x-2");
+    expect(configError('compatible: "a/b"').message).toContain("compatible: must be a compatible");
+    expect(parseConfig("compatible: Pi:4+x", "agent.yaml").compatible).toBe("Pi:4+x");
+  });
+});
+
+describe("serializeConfig", () => {
+  it("writes every field so that parseConfig reads the same value back", () => {
+    const config: AgentConfig = {
+      ...defaultConfig(),
+      repoUrl: "http://10.0.2.100/",
+      channel: "beta",
+      pollIntervalMs: 30_000,
+      pollJitterMs: 3000,
+      trustedKeys: ["/etc/abforge/keys/a.pub"],
+      tries: 2,
+      reboot: "manual",
+      rebootCommand: ["/sbin/reboot", "-f"],
+      healthChecks: [{ name: "net", command: ["/bin/sh", "-c", "ping -c1 '1:2'"], timeoutMs: 5 }],
+      disk: "/dev/vda",
+      compatible: "demo-x86_64",
+      slots: { A: { partitionLabel: "root-a" }, B: { partitionIndex: 3 } },
+      downloadStallTimeoutMs: 1000,
+      maxIndexBytes: 4096,
+      maxBackoffMs: 60_000,
+    };
+    const text = serializeConfig(config, "Written by a test.\nTwo lines.");
+    expect(text.startsWith("# Written by a test.\n# Two lines.\n")).toBe(true);
+    expect(parseConfig(text, "agent.yaml")).toEqual(config);
+    // a field equal to its default is left out, and read back as the default
+    expect(serializeConfig(defaultConfig())).toBe("");
+    const some: AgentConfig = { ...defaultConfig(), channel: "beta", tries: 5 };
+    expect(serializeConfig(some)).toBe("channel: beta\ntries: 5\n");
+    expect(parseConfig(serializeConfig(some), "agent.yaml")).toEqual(some);
   });
 });

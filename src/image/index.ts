@@ -1,0 +1,54 @@
+/**
+ * The image contract (README.md): what the build writes into an image and the
+ * bootloader, the initramfs and the agent read from it. Imports nothing of
+ * ours but src/errors.ts, so every side can import it.
+ */
+export {
+  type AgentConfig,
+  DEFAULT_CONFIG_PATH,
+  DEFAULT_STATE_DIR,
+  defaultConfig,
+  type HealthCheckConfig,
+  loadConfig,
+  parseConfig,
+  type RebootPolicy,
+  type SlotLocation,
+  serializeConfig,
+} from "./agent-config.ts";
+export {
+  CMDLINE_KEYS,
+  CMDLINE_PREFIX,
+  type CmdlineKey,
+  cmdlineValue,
+  formatSlotVerity,
+  parseSlotVerity,
+  type SlotVerity,
+  slotFromCmdline,
+} from "./cmdline.ts";
+export { ImageError, type ImageErrorCode } from "./errors.ts";
+export {
+  AGENT_CONFIG_PATH,
+  AGENT_DIR,
+  ESP_PARTITION_NAME,
+  isSlotName,
+  KEYS_DIR,
+  MAX_TRIES,
+  otherSlot,
+  RELEASE_PATH,
+  SLOT_NAMES,
+  SLOT_PARTITION_PREFIX,
+  type SlotName,
+  STATE_DIR,
+  STATE_FS_LABEL,
+  STATE_PARTITION_NAME,
+  slotPartitionName,
+} from "./layout.ts";
+export {
+  CHANNEL_NAME,
+  CHANNEL_NAME_RULE,
+  COMPATIBLE_NAME,
+  COMPATIBLE_NAME_RULE,
+  isChannelName,
+  isCompatibleName,
+} from "./names.ts";
+export { parseRelease, type Release, serializeRelease } from "./release.ts";
