@@ -17,6 +17,12 @@ import {
 } from "../disk/index.ts";
 import { ToolError } from "../errors.ts";
 import {
+  ESP_PARTITION_NAME,
+  SLOT_PARTITION_PREFIX,
+  slotFromCmdline,
+  slotPartitionName,
+} from "../image/index.ts";
+import {
   ENV_BLOCK_SIZE,
   type EnvLine,
   envContentLength,
@@ -26,20 +32,12 @@ import {
 } from "./env.ts";
 import { BootloaderError } from "./errors.ts";
 import { locateFatFile } from "./fat.ts";
-import {
-  type BootState,
-  bootStateFromEnv,
-  bootStateToEnv,
-  isSlotName,
-  type SlotName,
-} from "./state.ts";
+import { type BootState, bootStateFromEnv, bootStateToEnv, type SlotName } from "./state.ts";
 
 /** The 8.3 name of the environment block in the ESP's root directory. */
 export const GRUBENV_NAME = "GRUBENV";
 /** The boot state must fit in the first sector of the block (README.md, "Torn writes"). */
 export const BOOT_STATE_MAX_BYTES = 512;
-export const ESP_PARTITION_NAME = "esp";
-export const SLOT_PARTITION_PREFIX = "abforge-";
 
 export interface ByteRange {
   offset: number;
@@ -179,7 +177,7 @@ export class BootDisk {
   /** The bytes of slot partition `abforge-A` / `abforge-B` on the disk. */
   slotRange(slot: SlotName): ByteRange {
     return partitionRange(
-      findPartition(this.table, { name: `${SLOT_PARTITION_PREFIX}${slot}` }),
+      findPartition(this.table, { name: slotPartitionName(slot) }),
       this.table.sectorSize,
     );
   }
@@ -242,16 +240,7 @@ function ioError(message: string, cause: unknown, path: string): ToolError {
 // ---------------------------------------------------------------------------
 // The running host (README.md, "The host's boot disk").
 
-/** The slot named by `abforge.slot=` on a kernel command line; null without one. */
-export function slotFromCmdline(cmdline: string): SlotName | null {
-  for (const word of cmdline.trim().split(/\s+/)) {
-    if (word.startsWith("abforge.slot=")) {
-      const v = word.slice("abforge.slot=".length);
-      return isSlotName(v) ? v : null;
-    }
-  }
-  return null;
-}
+export { slotFromCmdline };
 
 /** The slot this host booted, from `<root>/proc/cmdline`; null when not booted by abforge. */
 export async function bootedSlot(root = "/"): Promise<SlotName | null> {
@@ -281,7 +270,7 @@ export async function findHostBootDisk(root = "/"): Promise<string> {
   for (const name of names.sort()) {
     const uevent = await readFile(join(classDir, name, "uevent"), "utf8").catch(() => "");
     const props = parseUevent(uevent);
-    if (props.get("PARTNAME") !== `${SLOT_PARTITION_PREFIX}A`) continue;
+    if (props.get("PARTNAME") !== slotPartitionName("A")) continue;
     // /sys/class/block/vda2 -> .../block/vda/vda2: the parent is the disk.
     const real = await realpath(join(classDir, name)).catch(() => undefined);
     if (!real) continue;

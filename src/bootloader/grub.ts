@@ -12,6 +12,7 @@ import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { run } from "../exec.ts";
+import { CMDLINE_KEYS as K } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BootloaderError } from "./errors.ts";
 import { MAX_TRIES, type SlotName } from "./state.ts";
@@ -73,7 +74,7 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     `      echo "abforge: slot ${slot} is empty"`,
     "    else",
     `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries)"`,
-    `      if linux ${dev}/boot/vmlinuz abforge.slot=${slot} "abforge.roothash=$${slot}_roothash" "abforge.verity=$${slot}_verity" "abforge.version=$${slot}_version"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
+    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
     `        if initrd ${dev}/boot/initrd.img; then`,
     "          boot",
     "        fi",

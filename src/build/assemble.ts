@@ -13,6 +13,7 @@ import {
   planDisk,
   writeGpt,
 } from "../disk/index.ts";
+import { ESP_PARTITION_NAME, STATE_PARTITION_NAME, slotPartitionName } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BuildError } from "./errors.ts";
 
@@ -166,21 +167,26 @@ export interface AbforgeDiskImages {
  */
 export function abforgePartitions(o: AbforgeDiskImages): AssemblePartition[] {
   return [
-    { name: "esp", typeGuid: PARTITION_TYPES.ESP, sizeBytes: o.espBytes, imagePath: o.espImage },
     {
-      name: "abforge-A",
+      name: ESP_PARTITION_NAME,
+      typeGuid: PARTITION_TYPES.ESP,
+      sizeBytes: o.espBytes,
+      imagePath: o.espImage,
+    },
+    {
+      name: slotPartitionName("A"),
       typeGuid: PARTITION_TYPES.ROOT_X86_64,
       sizeBytes: o.slotBytes,
       imagePath: o.slotAImage,
     },
     {
-      name: "abforge-B",
+      name: slotPartitionName("B"),
       typeGuid: PARTITION_TYPES.ROOT_X86_64,
       sizeBytes: o.slotBytes,
       imagePath: o.slotBImage,
     },
     {
-      name: "state",
+      name: STATE_PARTITION_NAME,
       typeGuid: PARTITION_TYPES.LINUX_GENERIC,
       sizeBytes: o.stateBytes,
       imagePath: o.stateImage,

@@ -18,11 +18,10 @@ import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { guidFromSeed } from "../disk/index.ts";
 import { run } from "../exec.ts";
+import { STATE_FS_LABEL } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BuildError } from "./errors.ts";
 import { sourceDateEpoch } from "./initramfs.ts";
-
-export const STATE_LABEL = "abforge-state";
 
 export interface StateFsOptions {
   outPath: string;
@@ -79,7 +78,7 @@ export async function buildStateFs(o: StateFsOptions): Promise<{ path: string; u
         "-b",
         "4096",
         "-L",
-        STATE_LABEL,
+        STATE_FS_LABEL,
         "-U",
         uuid,
         "-E",

@@ -42,12 +42,13 @@ import {
   publicKeyFromPrivate,
   writeBundle,
 } from "../bundle/index.ts";
-import { formatBytes, PARTITION_TYPES, type TableJson, tableToJson } from "../disk/index.ts";
+import { formatBytes, type TableJson, tableToJson } from "../disk/index.ts";
 import { toolTimeMs } from "../exec.ts";
+import { AGENT_DIR, formatSlotVerity } from "../image/index.ts";
 import { type Logger, logger } from "../log.ts";
 import type { VerityParams } from "../verity/index.ts";
-import { AGENT_DIR, agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
-import { assembleDisk } from "./assemble.ts";
+import { agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
+import { abforgePartitions, assembleDisk } from "./assemble.ts";
 import { buildStateFs } from "./filesystems.ts";
 import {
   buildInitramfs,
@@ -57,7 +58,7 @@ import {
 } from "./initramfs.ts";
 import { fetchKernel } from "./kernel.ts";
 import { applyLayers } from "./layers.ts";
-import { buildSlotImage, verityCmdlineValue } from "./slot.ts";
+import { buildSlotImage } from "./slot.ts";
 import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec } from "./spec.ts";
 import { loadSpec } from "./spec.ts";
 import { buildSquashfs, fileDigest } from "./squashfs.ts";
@@ -213,7 +214,7 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
         await buildGrubEfi(efi, grubConfig({ cmdline: spec.kernel.cmdline }));
         const state = initialBootState({
           rootHash: slot.verity.rootHash,
-          verity: verityCmdlineValue(slot.verity),
+          verity: formatSlotVerity(slot.verity),
           version: spec.version,
         });
         await buildEsp({
@@ -246,31 +247,14 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
         assembleDisk({
           outPath: diskPath,
           diskGuidSeed: spec.name,
-          partitions: [
-            {
-              name: "esp",
-              typeGuid: PARTITION_TYPES.ESP,
-              sizeBytes: spec.disk.espSizeBytes,
-              imagePath: espPath,
-            },
-            {
-              name: "abforge-A",
-              typeGuid: PARTITION_TYPES.ROOT_X86_64,
-              sizeBytes: spec.disk.slotSizeBytes,
-              imagePath: slot.path,
-            },
-            {
-              name: "abforge-B",
-              typeGuid: PARTITION_TYPES.ROOT_X86_64,
-              sizeBytes: spec.disk.slotSizeBytes,
-            },
-            {
-              name: "state",
-              typeGuid: PARTITION_TYPES.LINUX_GENERIC,
-              sizeBytes: spec.disk.stateSizeBytes,
-              imagePath: statePath,
-            },
-          ],
+          partitions: abforgePartitions({
+            espBytes: spec.disk.espSizeBytes,
+            slotBytes: spec.disk.slotSizeBytes,
+            stateBytes: spec.disk.stateSizeBytes,
+            espImage: espPath,
+            slotAImage: slot.path,
+            stateImage: statePath,
+          }),
         }),
       () => diskPath,
     );

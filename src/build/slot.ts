@@ -46,11 +46,6 @@ export function padToBlock(n: number): number {
   return Math.ceil(n / SLOT_BLOCK_SIZE) * SLOT_BLOCK_SIZE;
 }
 
-/** The `abforge.verity=` / `X_verity` value: `<dataBlocks>:<hashStartBlock>:<saltHex>`. */
-export function verityCmdlineValue(p: VerityParams): string {
-  return `${p.dataBlocks}:${p.hashStartBlock}:${p.salt}`;
-}
-
 export async function buildSlotImage(o: SlotImageOptions): Promise<SlotImage> {
   const started = Date.now();
   const sq = await fileDigest(o.squashfsPath);

@@ -14,6 +14,14 @@ import { dirname, isAbsolute, posix, resolve } from "node:path";
 import semver from "semver";
 import { isAlias, isMap, isScalar, isSeq, LineCounter, type Node, parseDocument } from "yaml";
 import { findTool } from "../exec.ts";
+import {
+  CHANNEL_NAME,
+  CHANNEL_NAME_RULE,
+  CMDLINE_PREFIX,
+  COMPATIBLE_NAME,
+  COMPATIBLE_NAME_RULE,
+  MAX_TRIES,
+} from "../image/index.ts";
 import { BuildError } from "./errors.ts";
 
 export type Compression = "gzip" | "xz";
@@ -142,7 +150,6 @@ const UNITS: Record<string, number> = {
   TiB: 1024 * 1024 * MIB,
 };
 const NAME_RE = /^[a-z0-9-]+$/;
-const COMPATIBLE_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
 const MODULE_RE = /^[A-Za-z0-9_-]+$/;
 const DEB_PACKAGE_RE = /^[a-z0-9][a-z0-9+.-]+$/;
 
@@ -552,8 +559,8 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
   const compatible = c.string(
     get(root, "compatible"),
     "compatible",
-    COMPATIBLE_RE,
-    "a valid board name ([A-Za-z0-9._-]+)",
+    COMPATIBLE_NAME,
+    COMPATIBLE_NAME_RULE,
   );
 
   // kernel
@@ -579,7 +586,7 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
       if (/[\n\r"]/.test(cmdline)) {
         issues.add(cmdlineNode.loc, "kernel.cmdline", "must be one line without double quotes");
       }
-      const own = cmdline.split(/\s+/).find((t) => t.startsWith("abforge."));
+      const own = cmdline.split(/\s+/).find((t) => t.startsWith(CMDLINE_PREFIX));
       if (own) {
         issues.add(
           cmdlineNode.loc,
@@ -672,7 +679,7 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
   );
   const channelNode = get(u, "channel");
   const channel = channelNode
-    ? c.string(channelNode, "update.channel", NAME_RE, "a valid channel name ([a-z0-9-]+)")
+    ? c.string(channelNode, "update.channel", CHANNEL_NAME, CHANNEL_NAME_RULE)
     : "stable";
   const repoNode = get(u, "repo");
   const repo = c.string(repoNode, "update.repo");
@@ -685,7 +692,7 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
   }
   const triesNode = get(u, "tries");
   // Tries left live in a one-digit GRUB env variable (contracts: X_tries 0-9).
-  const tries = triesNode ? c.integer(triesNode, "update.tries", 1, 9) : 3;
+  const tries = triesNode ? c.integer(triesNode, "update.tries", 1, MAX_TRIES) : 3;
   const keysNode = get(u, "keys");
   const keyNames = keysNode ? c.strings(keysNode, "update.keys") : [];
   const keys = keyNames?.map((kname, i) => {

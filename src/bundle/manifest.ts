@@ -4,6 +4,7 @@
  * fields at once. Pure: bytes in, values out.
  */
 import semver from "semver";
+import { COMPATIBLE_NAME } from "../image/index.ts";
 import type { VerityParams } from "../verity/index.ts";
 import { BundleError } from "./errors.ts";
 
@@ -75,7 +76,6 @@ const VERITY_KEYS = [
 
 const DIGEST_HEX_LENGTH: Record<string, number> = { sha1: 40, sha256: 64, sha512: 128 };
 const NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._+-]{0,63}$/;
-const COMPATIBLE_RE = /^[A-Za-z0-9][A-Za-z0-9._+:-]{0,127}$/;
 const CREATED_RE = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z$/;
 const SHA256_RE = /^[0-9a-f]{64}$/;
 const KEY_ID_RE = /^[0-9a-f]{16}$/;
@@ -192,8 +192,8 @@ export function validateManifest(value: unknown): ManifestIssue[] {
     add("formatVersion", `must be ${MANIFEST_FORMAT_VERSION}, got ${show(value.formatVersion)}`);
   if (!matches(value.name, NAME_RE))
     add("name", `must match ${NAME_RE.source}, got ${show(value.name)}`);
-  if (!matches(value.compatible, COMPATIBLE_RE))
-    add("compatible", `must match ${COMPATIBLE_RE.source}, got ${show(value.compatible)}`);
+  if (!matches(value.compatible, COMPATIBLE_NAME))
+    add("compatible", `must match ${COMPATIBLE_NAME.source}, got ${show(value.compatible)}`);
   if (!isStrictSemver(value.version))
     add("version", `must be a strict semantic version, got ${show(value.version)}`);
   if (!isTimestamp(value.createdAt))

@@ -6,6 +6,7 @@
 import { createHash, type KeyObject } from "node:crypto";
 import semver from "semver";
 import { keyId, signBytes, verifySignature } from "../bundle/index.ts";
+import { CHANNEL_NAME } from "../image/index.ts";
 import { RepoError } from "./errors.ts";
 
 export const INDEX_TYPE = "abforge-channel-index";
@@ -56,8 +57,6 @@ export interface ChannelIndex {
   signatures: IndexSignature[];
 }
 
-/** Channel names are file names: `channels/<channel>.json`. */
-export const CHANNEL_NAME = /^[a-z0-9][a-z0-9._-]{0,63}$/;
 const SEGMENT = /^[A-Za-z0-9._+~-]+$/;
 const ISO_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
 const HEX64 = /^[0-9a-f]{64}$/;

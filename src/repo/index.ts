@@ -1,7 +1,6 @@
 /** The static update repository: channel index, publishing, serving, and the agent's client. */
 export {
   bundlePathFromRoot,
-  CHANNEL_NAME,
   type ChannelIndex,
   canonicalJson,
   decodeIndex,

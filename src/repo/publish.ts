@@ -15,8 +15,8 @@ import {
   publicKeyFromPrivate,
 } from "../bundle/index.ts";
 import { ToolError } from "../errors.ts";
+import { CHANNEL_NAME, CHANNEL_NAME_RULE } from "../image/index.ts";
 import {
-  CHANNEL_NAME,
   type ChannelIndex,
   decodeIndex,
   encodeIndex,
@@ -89,7 +89,7 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
   const rolloutPercent = o.rolloutPercent ?? 100;
   const problems: string[] = [];
   if (!CHANNEL_NAME.test(o.channel))
-    problems.push(`channel "${o.channel}" must match ${CHANNEL_NAME}`);
+    problems.push(`channel "${o.channel}" is not ${CHANNEL_NAME_RULE}`);
   if (!Number.isSafeInteger(expiresInMs) || expiresInMs <= 0)
     problems.push(`expiry ${expiresInMs} ms must be a positive integer`);
   if (semver.valid(minUpdateFrom) !== minUpdateFrom)

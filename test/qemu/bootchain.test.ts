@@ -25,9 +25,10 @@ import { abforgePartitions, assembleDisk } from "../../src/build/assemble.ts";
 import { buildStateFs } from "../../src/build/filesystems.ts";
 import { buildInitramfs, installRootfsBootFiles } from "../../src/build/initramfs.ts";
 import { fetchKernel, installKernel } from "../../src/build/kernel.ts";
-import { buildSlotImage, verityCmdlineValue } from "../../src/build/slot.ts";
+import { buildSlotImage } from "../../src/build/slot.ts";
 import { buildSquashfs } from "../../src/build/squashfs.ts";
 import { requireTool } from "../../src/exec.ts";
+import { formatSlotVerity } from "../../src/image/index.ts";
 import { CACHE_DIR, KERNEL_PACKAGE } from "../helpers/cache.ts";
 import { tempDir } from "../helpers/tmp.ts";
 
@@ -74,7 +75,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   });
   const state = initialBootState({
     rootHash: slot.verity.rootHash,
-    verity: verityCmdlineValue(slot.verity),
+    verity: formatSlotVerity(slot.verity),
     version: VERSION,
   });
   const efi = join(dir, "BOOTX64.EFI");
@@ -241,7 +242,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
             tries: 3,
             good: false,
             rootHash: b.verity.rootHash,
-            verity: verityCmdlineValue(b.verity),
+            verity: formatSlotVerity(b.verity),
             version: "2.0.0",
           },
         },
@@ -280,7 +281,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
             tries: 1,
             good: false,
             rootHash: b.verity.rootHash,
-            verity: verityCmdlineValue(b.verity),
+            verity: formatSlotVerity(b.verity),
             version: "2.0.0",
           },
         },

@@ -3,7 +3,8 @@ import { execFileSync, spawnSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { buildStateFs, STATE_LABEL } from "../../../src/build/filesystems.ts";
+import { buildStateFs } from "../../../src/build/filesystems.ts";
+import { STATE_FS_LABEL } from "../../../src/image/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const MiB = 1024 * 1024;
@@ -39,7 +40,7 @@ describe("buildStateFs", async () => {
       encoding: "utf8",
       stdio: ["ignore", "pipe", "ignore"],
     });
-    expect(head).toMatch(new RegExp(`Filesystem volume name:\\s+${STATE_LABEL}`));
+    expect(head).toMatch(new RegExp(`Filesystem volume name:\\s+${STATE_FS_LABEL}`));
     expect(head).toMatch(new RegExp(`Filesystem UUID:\\s+${a.uuid}`));
   });
 

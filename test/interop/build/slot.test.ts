@@ -8,9 +8,9 @@ import { randomBytes } from "node:crypto";
 import { mkdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { parseSlotVerity } from "../../../src/bootloader/index.ts";
-import { buildSlotImage, verityCmdlineValue, veritySeed } from "../../../src/build/slot.ts";
+import { buildSlotImage, veritySeed } from "../../../src/build/slot.ts";
 import { buildSquashfs } from "../../../src/build/squashfs.ts";
+import { formatSlotVerity, parseSlotVerity } from "../../../src/image/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 describe("buildSlotImage", async () => {
@@ -65,7 +65,7 @@ describe("buildSlotImage", async () => {
   });
 
   it("gives the X_verity value the boot state reads back", () => {
-    expect(parseSlotVerity(verityCmdlineValue(slot.verity))).toEqual({
+    expect(parseSlotVerity(formatSlotVerity(slot.verity))).toEqual({
       dataBlocks: slot.verity.dataBlocks,
       hashStartBlock: slot.verity.hashStartBlock,
       salt: slot.verity.salt,
