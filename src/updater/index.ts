@@ -2,15 +2,6 @@
 
 export { type Clock, systemClock, type Timer } from "../clock.ts";
 export {
-  type AfterBootResult,
-  Agent,
-  type AgentOptions,
-  type AgentStatus,
-  type BootDiskHandle,
-  type CheckResult,
-  type SlotStatus,
-} from "./agent.ts";
-export {
   type AgentConfig,
   DEFAULT_CONFIG_PATH,
   DEFAULT_STATE_DIR,
@@ -22,6 +13,15 @@ export {
   type Release,
   type SlotLocation,
 } from "../image/index.ts";
+export {
+  type AfterBootResult,
+  Agent,
+  type AgentOptions,
+  type AgentStatus,
+  type BootDiskHandle,
+  type CheckResult,
+  type SlotStatus,
+} from "./agent.ts";
 export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 export {
   type HealthResult,
