@@ -220,11 +220,16 @@ export class Agent {
     await this.#state.update((s) => ({ ...s, lastError: { at, code, message: errText(err) } }));
   }
 
-  /** Record a failure of `fn` as the last error, and rethrow it. */
-  async #recording<T>(fn: () => Promise<T>): Promise<T> {
+  /**
+   * Record a failure of `fn` as the last error, and rethrow it. A failure
+   * because `signal` aborted (SIGTERM stopping a poll or a download) is no
+   * error: nothing is recorded (the progress of a download is kept).
+   */
+  async #recording<T>(fn: () => Promise<T>, signal?: AbortSignal): Promise<T> {
     try {
       return await fn();
     } catch (err) {
+      if (signal?.aborted) throw err;
       await this.#recordError(err).catch((e: unknown) =>
         this.#log.error({ err: e }, `cannot record the error in the state file: ${errText(e)}`),
       );
@@ -481,6 +486,7 @@ export class Agent {
         await record(result.outcome);
         return this.#afterInstall(result);
       }),
+      signal,
     );
   }
 
@@ -519,6 +525,7 @@ export class Agent {
         }
         return this.#afterInstall(result);
       }),
+      signal,
     );
   }
 
@@ -598,8 +605,12 @@ export class Agent {
   /**
    * The daemon (README.md, "The daemon"): after-boot handling, then a check
    * at once and every pollIntervalMs ± pollJitterMs. An error is logged and
-   * recorded and the next check backs off; it never ends the loop. Returns
-   * when `signal` aborts (SIGTERM), also in the middle of a download.
+   * recorded and the next check backs off; it never ends the loop, except a
+   * config that cannot work (CONFIG_INVALID: no repository, no trusted key,
+   * no image identity), which no retry mends: the loop ends with that error,
+   * and the process exits with its code for the service manager to restart
+   * it. Returns when `signal` aborts (SIGTERM), also in the middle of a
+   * download.
    */
   run(signal: AbortSignal): Promise<void> {
     return this.#locked(() => this.#run(signal));
@@ -609,35 +620,52 @@ export class Agent {
     const cfg = this.#o.config;
     this.#log.info({ disk: this.#o.diskPath, stateDir: this.#o.stateDir }, "agent started");
     try {
-      await this.afterBoot();
-    } catch (err) {
-      this.#log.error(
-        { err, code: isBaseError(err) ? err.code : undefined },
-        `after-boot handling failed: ${errText(err)}`,
-      );
-    }
-    let failures = 0;
-    while (!signal.aborted) {
-      let delay: number;
       try {
-        await this.check(signal);
-        failures = 0;
-        delay = pollDelayMs(cfg.pollIntervalMs, cfg.pollJitterMs, this.#o.random.fraction());
+        await this.afterBoot();
       } catch (err) {
-        if (signal.aborted) break;
-        failures += 1;
-        delay = backoffMs(cfg.pollIntervalMs, failures, cfg.maxBackoffMs);
+        if (isConfigError(err)) throw err;
         this.#log.error(
-          { err, code: isBaseError(err) ? err.code : undefined, failures, retryInMs: delay },
-          `check failed: ${errText(err)}; next check in ${delay} ms`,
+          { err, code: isBaseError(err) ? err.code : undefined },
+          `after-boot handling failed: ${errText(err)}`,
         );
       }
-      try {
-        await this.#o.clock.sleep(delay, signal);
-      } catch {
-        break;
+      let failures = 0;
+      while (!signal.aborted) {
+        let delay: number;
+        try {
+          await this.check(signal);
+          failures = 0;
+          delay = pollDelayMs(cfg.pollIntervalMs, cfg.pollJitterMs, this.#o.random.fraction());
+        } catch (err) {
+          if (signal.aborted) break;
+          if (isConfigError(err)) throw err;
+          failures += 1;
+          delay = backoffMs(cfg.pollIntervalMs, failures, cfg.maxBackoffMs);
+          this.#log.error(
+            { err, code: isBaseError(err) ? err.code : undefined, failures, retryInMs: delay },
+            `check failed: ${errText(err)}; next check in ${delay} ms`,
+          );
+        }
+        try {
+          await this.#o.clock.sleep(delay, signal);
+        } catch {
+          break;
+        }
       }
+    } catch (err) {
+      if (isConfigError(err))
+        this.#log.error(
+          { code: err.code },
+          `stopping: the config cannot work (${err.message}); fix it, the agent is started again`,
+        );
+      throw err;
+    } finally {
+      this.#log.info("agent stopped");
     }
-    this.#log.info("agent stopped");
   }
+}
+
+/** An error that no retry mends: the config (or what it points at) cannot work. */
+function isConfigError(err: unknown): err is UpdaterError {
+  return err instanceof UpdaterError && err.code === "CONFIG_INVALID";
 }

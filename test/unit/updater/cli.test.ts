@@ -169,4 +169,18 @@ describe("abforge agent --disk", () => {
     expect(msgs).toContain("installed 2.0.0 into slot B; it boots next (3 tries)");
     expect(msgs.at(-1)).toBe("agent stopped");
   });
+
+  it("run with a config that cannot work exits with the config's code, not a retry loop", async () => {
+    const d = await w.freshDisk("cli-run-bad");
+    const noRepo = join(w.dir, "no-repo.yaml");
+    await writeFile(noRepo, `trustedKeys: [${w.key.publicKeyPath}]\n`);
+    const invalid = join(w.dir, "invalid.yaml");
+    await writeFile(invalid, "pollIntervalMs: soon\n");
+    for (const config of [noRepo, invalid]) {
+      const r = await abforge(["agent", "run", "--disk", d.path, "--config", config]);
+      expect(r.code, r.stderr).toBe(70); // CONFIG_INVALID
+      expect(r.stderr.split("\n").filter((l) => l.startsWith("abforge: "))).toHaveLength(1);
+      expect(r.stderr).not.toMatch(/^\s+at /m); // no stack trace
+    }
+  });
 });

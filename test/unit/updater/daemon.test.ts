@@ -107,4 +107,44 @@ describe("agent run", () => {
     // the lock is released: the next agent may work
     expect(await other.agent.check()).toMatchObject({ outcome: "up-to-date" });
   });
+
+  it("a config that cannot work ends the loop with CONFIG_INVALID instead of retrying", async () => {
+    const d = await w.freshDisk("daemon-no-repo");
+    const clock = new FakeClock({ autoAdvance: true });
+    const t = await testAgent(d.path, { config: { repoUrl: null }, overrides: { clock } });
+    await expect(t.agent.run(new AbortController().signal)).rejects.toMatchObject({
+      code: "CONFIG_INVALID",
+      message: expect.stringMatching(/repoUrl is not set/),
+    });
+    expect(clock.sleeps).toEqual([]); // not one retry
+    const msgs = t.lines.map((l) => l.msg);
+    expect(msgs.filter((m) => m.startsWith("check failed"))).toEqual([]);
+    expect(msgs).toContain(
+      "stopping: the config cannot work (repoUrl is not set in the config: nowhere to check for updates); fix it, the agent is started again",
+    );
+    expect(t.lines.some((l) => "err" in l)).toBe(false); // no stack in the log
+    expect(msgs.at(-1)).toBe("agent stopped");
+  });
+
+  it("a SIGTERM during a poll ends the loop and is not recorded as an error", async () => {
+    const d = await w.freshDisk("daemon-term-poll");
+    const stop = new AbortController();
+    const t0 = await testAgent(d.path);
+    const real = t0.options.http;
+    const terminating: HttpClient = {
+      fetch(url, o) {
+        stop.abort(new Error("SIGTERM")); // arrives while the index is being fetched
+        return real.fetch(url, o);
+      },
+      openRange: (url, o) => real.openRange(url, o),
+    };
+    const t = await testAgent(d.path, {
+      config: { repoUrl: repo.url, channel: "stable", reboot: "manual" },
+      overrides: { http: terminating, clock: new FakeClock() },
+    });
+    await t.agent.run(stop.signal);
+    expect(t.agent.state.lastError).toBeNull();
+    expect(t.lines.map((l) => l.msg).filter((m) => m.startsWith("check failed"))).toEqual([]);
+    expect(t.lines.at(-1)?.msg).toBe("agent stopped");
+  });
 });

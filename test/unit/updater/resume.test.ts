@@ -160,6 +160,7 @@ describe("resume after an interrupted download", () => {
       verifiedChunks: 2,
       chunksTotal: 5,
     });
+    expect(state.lastError).toBeNull(); // stopped, not failed
     // interrupted: B is unbootable, A (good) boots
     expect((await readBoot(d.path)).order).toEqual(["A", "B"]);
 
