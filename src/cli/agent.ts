@@ -85,7 +85,7 @@ export function register(program: Command): void {
     )
     .action(
       action(async (opts: Opts) => {
-        const s = await (await createAgent(opts, log())).status();
+        const s = await (await createAgent(opts, log(), {}, { readOnly: true })).status();
         output(opts, s, () => formatStatus(s));
       }),
     );

@@ -107,6 +107,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   HEALTH_CHECK_FAILED: 79,
   UPDATE_ABORTED: 80,
   HOST_DISK_NOT_FOUND: 81,
+  STATE_SCHEMA_NEWER: 82,
   // qemu
   QEMU_FAILED: 90,
   QEMU_TIMEOUT: 91,

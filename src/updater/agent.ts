@@ -55,7 +55,7 @@ export interface AgentOptions {
   http: HttpClient;
   health: HealthRunner;
   bootedSlot: BootedSlotSource;
-  openBootDisk: (path: string) => Promise<BootDiskHandle>;
+  openBootDisk: (path: string, o: { readOnly: boolean }) => Promise<BootDiskHandle>;
   /** What the booted image carries (keys, release), given where its slot lies on the disk. */
   imageFiles: (bootedSlot: SlotName, slotRange: ByteRange) => ImageFiles;
   /** Keys trusted in addition (`--pubkey`). */
@@ -103,7 +103,10 @@ export interface AgentStatus {
   boot: BootState;
   pending: AgentState["pending"];
   lastCheck: AgentState["lastCheck"];
-  lastError: AgentState["lastError"];
+  /** `old`: a later success (at `supersededAt`) came after it; it is history, not the present. */
+  lastError:
+    | (NonNullable<AgentState["lastError"]> & { old: boolean; supersededAt?: string })
+    | null;
   lastGood: AgentState["lastGood"];
   progress: (InstallProgress & { percent: number }) | null;
   rollbacks: AgentState["rollbacks"];
@@ -137,20 +140,45 @@ export class Agent {
   readonly #store: StateStore;
   readonly #state: FileStateHandle;
 
-  private constructor(o: AgentOptions, store: StateStore, state: FileStateHandle) {
+  readonly #readOnly: boolean;
+  /** Read-only: why the state file could not be used (shown as the last error). */
+  #unreadable: AgentState["lastError"] = null;
+
+  private constructor(
+    o: AgentOptions,
+    store: StateStore,
+    state: FileStateHandle,
+    readOnly: boolean,
+  ) {
     this.#o = o;
     this.#log = o.log;
     this.#store = store;
     this.#state = state;
+    this.#readOnly = readOnly;
   }
 
   /**
    * Load the state file (README.md, "State file"). A corrupt one was moved
    * aside by the store; it is logged and recorded as the last error, and the
    * agent goes on from an empty state (the boot state stays the authority).
+   * `readOnly` (status): nothing on disk changes — no temp file removed, a
+   * corrupt file left where it is (reported as the last error), no rollout
+   * identity made; the writing commands refuse to run.
    */
-  static async open(o: AgentOptions): Promise<Agent> {
+  static async open(o: AgentOptions, mode: { readOnly?: boolean } = {}): Promise<Agent> {
     const store = new StateStore(o.stateDir);
+    if (mode.readOnly) {
+      const r = await store.read();
+      const state = "state" in r ? r.state : initialAgentState();
+      const agent = new Agent(o, store, new FileStateHandle(store, state), true);
+      if ("corrupt" in r)
+        agent.#unreadable = {
+          at: o.clock.now().toISOString(),
+          code: "STATE_CORRUPT",
+          message: `state file ${store.path} is corrupt (${r.corrupt.join("; ")}); the next command that writes it moves it aside and starts from an empty state`,
+        };
+      return agent;
+    }
     await store.removeStaleTemps();
     let state: AgentState;
     let corrupt: UpdaterError | undefined;
@@ -159,12 +187,12 @@ export class Agent {
     } catch (err) {
       if (!(err instanceof UpdaterError) || err.code !== "STATE_CORRUPT" || !err.details.movedTo)
         throw err;
-      o.log.error({ err, code: err.code, movedTo: err.details.movedTo }, err.message);
+      o.log.error({ code: err.code, movedTo: err.details.movedTo }, err.message);
       corrupt = err;
       state = initialAgentState();
     }
     const handle = new FileStateHandle(store, state);
-    const agent = new Agent(o, store, handle);
+    const agent = new Agent(o, store, handle, false);
     if (corrupt) await agent.#recordError(corrupt);
     if (handle.current.rolloutId === null) {
       const id = o.random.id();
@@ -178,7 +206,7 @@ export class Agent {
   }
 
   async #context(): Promise<Context> {
-    const disk = await this.#o.openBootDisk(this.#o.diskPath);
+    const disk = await this.#o.openBootDisk(this.#o.diskPath, { readOnly: this.#readOnly });
     try {
       const boot = await disk.readState();
       const booted = await this.#o.bootedSlot.bootedSlot(boot);
@@ -204,6 +232,8 @@ export class Agent {
 
   /** Run `fn` holding the state directory's lock (reentrant: run() holds it for its lifetime). */
   async #locked<T>(fn: () => Promise<T>): Promise<T> {
+    if (this.#readOnly)
+      throw new Error("a read-only agent (status) cannot run a command that writes");
     if (this.#lockDepth === 0) this.#lock = await acquireLock(this.#o.stateDir);
     this.#lockDepth += 1;
     try {
@@ -380,112 +410,116 @@ export class Agent {
   }
 
   #check(signal?: AbortSignal): Promise<CheckResult> {
-    return this.#recording(() =>
-      this.#withContext(async (c) => {
-        const cfg = this.#o.config;
-        if (cfg.repoUrl === null)
-          throw new UpdaterError(
-            "CONFIG_INVALID",
-            "repoUrl is not set in the config: nowhere to check for updates",
-          );
-        const indexUrl = new URL(
-          `channels/${cfg.channel}.json`,
-          cfg.repoUrl.endsWith("/") ? cfg.repoUrl : `${cfg.repoUrl}/`,
-        ).href;
-        const now = this.#o.clock.now();
-        this.#log.info({ url: indexUrl }, `checking ${indexUrl}`);
-        const keys = await this.#trustedKeys(c);
-        const compatible = await this.#compatible(c);
-        const bytes = await this.#o.http.fetch(indexUrl, {
-          maxBytes: cfg.maxIndexBytes,
-          ...(signal ? { signal } : {}),
-        });
-        const seen = this.state.index;
-        const v = verifyIndex(bytes, {
-          channel: cfg.channel,
-          trustedKeys: keys,
-          now,
-          minSerial: seen?.serial ?? 0,
-          ...(seen ? { minSerialDigest: seen.sha256 } : {}),
-        });
-        await this.#state.update((s) => ({
-          ...s,
-          index: { serial: v.signed.serial, sha256: v.digest },
-        }));
-        const latest = v.signed.latest;
-        const record = (outcome: string) =>
-          this.#state.update((s) => ({
-            ...s,
-            lastCheck: { at: now.toISOString(), outcome, version: latest.version },
-          }));
-        const decision = decideUpdate({
-          bootedVersion: c.boot.slots[c.booted].version,
-          compatible,
-          candidate: {
-            version: latest.version,
-            compatible: v.signed.compatible,
-            minUpdateFrom: latest.minUpdateFrom,
-          },
-          badVersions: this.state.badVersions,
-        });
-        if (decision.action === "refuse") {
-          await record(`refused: ${decision.code}`);
-          throw new UpdaterError(decision.code, `channel ${cfg.channel}: ${decision.message}`, {
-            details: { version: latest.version, serial: v.signed.serial },
-          });
-        }
-        if (decision.action === "none") {
-          await record(decision.reason);
-          if (decision.reason === "bad-version") {
-            this.#log.info(
-              { version: latest.version },
-              `skip ${latest.version}: recorded as bad (it rolled back)`,
+    return this.#recording(
+      () =>
+        this.#withContext(async (c) => {
+          const cfg = this.#o.config;
+          if (cfg.repoUrl === null)
+            throw new UpdaterError(
+              "CONFIG_INVALID",
+              "repoUrl is not set in the config: nowhere to check for updates",
             );
-            return { outcome: "skipped", version: latest.version, reason: decision.message };
+          const indexUrl = new URL(
+            `channels/${cfg.channel}.json`,
+            cfg.repoUrl.endsWith("/") ? cfg.repoUrl : `${cfg.repoUrl}/`,
+          ).href;
+          const now = this.#o.clock.now();
+          this.#log.info({ url: indexUrl }, `checking ${indexUrl}`);
+          const keys = await this.#trustedKeys(c);
+          const compatible = await this.#compatible(c);
+          const bytes = await this.#o.http.fetch(indexUrl, {
+            maxBytes: cfg.maxIndexBytes,
+            ...(signal ? { signal } : {}),
+          });
+          const seen = this.state.index;
+          const v = verifyIndex(bytes, {
+            channel: cfg.channel,
+            trustedKeys: keys,
+            now,
+            minSerial: seen?.serial ?? 0,
+            ...(seen ? { minSerialDigest: seen.sha256 } : {}),
+          });
+          await this.#state.update((s) => ({
+            ...s,
+            index: { serial: v.signed.serial, sha256: v.digest },
+          }));
+          const latest = v.signed.latest;
+          const record = (outcome: string) =>
+            this.#state.update((s) => ({
+              ...s,
+              lastCheck: { at: now.toISOString(), outcome, version: latest.version },
+            }));
+          const decision = decideUpdate({
+            bootedVersion: c.boot.slots[c.booted].version,
+            compatible,
+            candidate: {
+              version: latest.version,
+              compatible: v.signed.compatible,
+              minUpdateFrom: latest.minUpdateFrom,
+            },
+            badVersions: this.state.badVersions,
+          });
+          if (decision.action === "refuse") {
+            await record(`refused: ${decision.code}`);
+            throw new UpdaterError(decision.code, `channel ${cfg.channel}: ${decision.message}`, {
+              details: { version: latest.version, serial: v.signed.serial },
+            });
           }
-          this.#log.info({ version: latest.version }, `up to date: ${decision.message}`);
-          return { outcome: "up-to-date", version: latest.version };
-        }
-        const percent = v.signed.rollout.percent;
-        if (percent < 100 && rolloutBucket(this.state.rolloutId ?? "", latest.version) >= percent) {
-          await record("rollout");
-          this.#log.info(
-            { version: latest.version, percent },
-            `skip ${latest.version}: this host is not in its ${percent}% rollout yet`,
-          );
-          return {
-            outcome: "skipped",
-            version: latest.version,
-            reason: `not in the ${percent}% rollout`,
+          if (decision.action === "none") {
+            await record(decision.reason);
+            if (decision.reason === "bad-version") {
+              this.#log.info(
+                { version: latest.version },
+                `skip ${latest.version}: recorded as bad (it rolled back)`,
+              );
+              return { outcome: "skipped", version: latest.version, reason: decision.message };
+            }
+            this.#log.info({ version: latest.version }, `up to date: ${decision.message}`);
+            return { outcome: "up-to-date", version: latest.version };
+          }
+          const percent = v.signed.rollout.percent;
+          if (
+            percent < 100 &&
+            rolloutBucket(this.state.rolloutId ?? "", latest.version) >= percent
+          ) {
+            await record("rollout");
+            this.#log.info(
+              { version: latest.version, percent },
+              `skip ${latest.version}: this host is not in its ${percent}% rollout yet`,
+            );
+            return {
+              outcome: "skipped",
+              version: latest.version,
+              reason: `not in the ${percent}% rollout`,
+            };
+          }
+          const url = resolveBundleUrl(indexUrl, latest.bundle).href;
+          const http = this.#o.http;
+          const source: BundleSource = {
+            location: url,
+            open: (offset, sig) =>
+              http.openRange(url, {
+                offset,
+                maxBytes: latest.size - offset,
+                ...(sig ? { signal: sig } : {}),
+              }),
           };
-        }
-        const url = resolveBundleUrl(indexUrl, latest.bundle).href;
-        const http = this.#o.http;
-        const source: BundleSource = {
-          location: url,
-          open: (offset, sig) =>
-            http.openRange(url, {
-              offset,
-              maxBytes: latest.size - offset,
-              ...(sig ? { signal: sig } : {}),
-            }),
-        };
-        this.#log.info(
-          { version: latest.version, url },
-          `update ${latest.version} available (running ${c.boot.slots[c.booted].version})`,
-        );
-        const result = await this.#install(c, keys, compatible, {
-          source,
-          expected: {
-            version: latest.version,
-            slotDataOffset: latest.slotDataOffset,
-            bundleSha256: latest.sha256,
-          },
-          ...(signal ? { signal } : {}),
-        });
-        await record(result.outcome);
-        return this.#afterInstall(result);
-      }),
+          this.#log.info(
+            { version: latest.version, url },
+            `update ${latest.version} available (running ${c.boot.slots[c.booted].version})`,
+          );
+          const result = await this.#install(c, keys, compatible, {
+            source,
+            expected: {
+              version: latest.version,
+              slotDataOffset: latest.slotDataOffset,
+              bundleSha256: latest.sha256,
+            },
+            ...(signal ? { signal } : {}),
+          });
+          await record(result.outcome);
+          return this.#afterInstall(result);
+        }),
       signal,
     );
   }
@@ -496,35 +530,36 @@ export class Agent {
   }
 
   #installFrom(location: string, signal?: AbortSignal): Promise<CheckResult> {
-    return this.#recording(() =>
-      this.#withContext(async (c) => {
-        const keys = await this.#trustedKeys(c);
-        const compatible = await this.#compatible(c);
-        let source: BundleSource;
-        if (/^https?:\/\//.test(location)) {
-          // No index names the size: the slot partition plus the bundle head bound it.
-          const limit = c.slots[otherSlot(c.booted)].size + 4 * 1024 * 1024;
-          const http = this.#o.http;
-          source = {
-            location,
-            open: (offset, sig) =>
-              http.openRange(location, {
-                offset,
-                maxBytes: limit - offset,
-                ...(sig ? { signal: sig } : {}),
-              }),
-          };
-        } else source = fileSource(location);
-        const result = await this.#install(c, keys, compatible, {
-          source,
-          ...(signal ? { signal } : {}),
-        });
-        if (result.outcome === "up-to-date") {
-          this.#log.info({ version: result.version }, `up to date: ${result.version} is running`);
-          return { outcome: "up-to-date", version: result.version };
-        }
-        return this.#afterInstall(result);
-      }),
+    return this.#recording(
+      () =>
+        this.#withContext(async (c) => {
+          const keys = await this.#trustedKeys(c);
+          const compatible = await this.#compatible(c);
+          let source: BundleSource;
+          if (/^https?:\/\//.test(location)) {
+            // No index names the size: the slot partition plus the bundle head bound it.
+            const limit = c.slots[otherSlot(c.booted)].size + 4 * 1024 * 1024;
+            const http = this.#o.http;
+            source = {
+              location,
+              open: (offset, sig) =>
+                http.openRange(location, {
+                  offset,
+                  maxBytes: limit - offset,
+                  ...(sig ? { signal: sig } : {}),
+                }),
+            };
+          } else source = fileSource(location);
+          const result = await this.#install(c, keys, compatible, {
+            source,
+            ...(signal ? { signal } : {}),
+          });
+          if (result.outcome === "up-to-date") {
+            this.#log.info({ version: result.version }, `up to date: ${result.version} is running`);
+            return { outcome: "up-to-date", version: result.version };
+          }
+          return this.#afterInstall(result);
+        }),
       signal,
     );
   }
@@ -578,26 +613,56 @@ export class Agent {
     return { outcome: result.outcome, version: result.version, slot: result.slot, rebooting };
   }
 
-  /** What `abforge agent status` shows. */
+  /**
+   * What `abforge agent status` shows: what is true now. A pending install
+   * whose slot the boot state shows as good (or as holding another image) is
+   * done, not pending; the last error says whether a later success (a check,
+   * an install, a mark-good) came after it.
+   */
   status(): Promise<AgentStatus> {
     return this.#withContext(async (c) => {
       const slot = (x: SlotName): SlotStatus => ({ slot: x, ...c.boot.slots[x] });
-      const p = this.state.progress;
+      const st = this.state;
+      const p = st.progress;
+      const pending =
+        st.pending &&
+        !c.boot.slots[st.pending.slot].good &&
+        c.boot.slots[st.pending.slot].rootHash === st.pending.rootHash
+          ? st.pending
+          : null;
+      const error = this.#unreadable ?? st.lastError;
+      const successes = [
+        st.lastCheck && !st.lastCheck.outcome.startsWith("refused") ? st.lastCheck.at : null,
+        st.lastGood?.at ?? null,
+        st.pending?.installedAt ?? null,
+      ].filter((t): t is string => t !== null);
+      const laterSuccess = error
+        ? successes
+            .filter((t) => Date.parse(t) > Date.parse(error.at))
+            .sort()
+            .at(-1)
+        : undefined;
       return {
         disk: this.#o.diskPath,
         stateFile: this.#store.path,
         booted: slot(c.booted),
         other: slot(otherSlot(c.booted)),
         boot: c.boot,
-        pending: this.state.pending,
-        lastCheck: this.state.lastCheck,
-        lastError: this.state.lastError,
-        lastGood: this.state.lastGood,
+        pending,
+        lastCheck: st.lastCheck,
+        lastError: error
+          ? {
+              ...error,
+              old: laterSuccess !== undefined,
+              ...(laterSuccess ? { supersededAt: laterSuccess } : {}),
+            }
+          : null,
+        lastGood: st.lastGood,
         progress: p
           ? { ...p, percent: Math.floor((p.verifiedChunks * 100) / Math.max(1, p.chunksTotal)) }
           : null,
-        rollbacks: this.state.rollbacks,
-        badVersions: this.state.badVersions,
+        rollbacks: st.rollbacks,
+        badVersions: st.badVersions,
       };
     });
   }

@@ -24,7 +24,9 @@ export function formatStatus(s: AgentStatus): string {
   if (s.lastGood)
     lines.push(`last good  ${s.lastGood.version} in slot ${s.lastGood.slot} at ${s.lastGood.at}`);
   if (s.lastError)
-    lines.push(`last error ${s.lastError.at} ${s.lastError.code}: ${s.lastError.message}`);
+    lines.push(
+      `last error ${s.lastError.at} ${s.lastError.code}: ${s.lastError.message}${s.lastError.old ? ` (old: a later success at ${s.lastError.supersededAt})` : ""}`,
+    );
   for (const r of s.rollbacks)
     lines.push(`rollback   ${r.at} ${r.version} (slot ${r.slot}): ${r.reason}`);
   lines.push(`bad        ${s.badVersions.length > 0 ? s.badVersions.join(", ") : "none"}`);

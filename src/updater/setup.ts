@@ -69,7 +69,7 @@ export async function agentOptions(
     }),
     health: new ProcessHealthRunner(systemClock),
     bootedSlot: onImage ? bootStateBootedSlot : new CmdlineBootedSlot(),
-    openBootDisk: (path) => BootDisk.open(path),
+    openBootDisk: (path, m) => BootDisk.open(path, m),
     imageFiles: onImage
       ? (_slot, range) => new SquashfsImageFiles(diskPath, range.offset)
       : () => new RootImageFiles("/"),
@@ -79,10 +79,12 @@ export async function agentOptions(
   };
 }
 
+/** `readOnly`: for `status`, which never changes the state file (README.md, "State file"). */
 export async function createAgent(
   o: AgentCliOptions,
   log: Logger,
   overrides: Partial<AgentOptions> = {},
+  mode: { readOnly?: boolean } = {},
 ): Promise<Agent> {
-  return Agent.open(await agentOptions(o, log, overrides));
+  return Agent.open(await agentOptions(o, log, overrides), mode);
 }

@@ -3,7 +3,9 @@
  * Written atomically: temp file, fsync, rename over the old one, fsync the
  * directory — a crash at any instant leaves the old or the new file, whole.
  * A file that does not parse or validate is moved aside to
- * `state.json.corrupt-<time>` and reported as STATE_CORRUPT, never dropped.
+ * `state.json.corrupt-<time>` by a command that writes and reported as
+ * STATE_CORRUPT, never dropped; `read()` (status) only reports it. A file of a
+ * newer schema is never touched (STATE_SCHEMA_NEWER).
  */
 import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
@@ -92,15 +94,18 @@ export class StateStore {
   }
 
   /**
-   * Read the state; no file yet = the initial state. A corrupt file is moved
-   * aside and STATE_CORRUPT is thrown (details.movedTo names where it went).
+   * Read the state without changing anything on disk (`agent status`): no
+   * file yet = the initial state; a corrupt file is reported as
+   * `{ corrupt: problems }` and left where it is. A file of a newer schema
+   * than this agent knows is refused (STATE_SCHEMA_NEWER): its fields may
+   * mean what this agent cannot tell.
    */
-  async load(now: Date = new Date()): Promise<AgentState> {
+  async read(): Promise<{ state: AgentState } | { corrupt: string[] }> {
     let text: string;
     try {
       text = await readFile(this.path, "utf8");
     } catch (cause) {
-      if ((cause as NodeJS.ErrnoException).code === "ENOENT") return initialAgentState();
+      if ((cause as NodeJS.ErrnoException).code === "ENOENT") return { state: initialAgentState() };
       throw new UpdaterError(
         "STATE_CORRUPT",
         `state file ${this.path} cannot be read: ${errText(cause)}`,
@@ -110,22 +115,39 @@ export class StateStore {
         },
       );
     }
-    let problems: string[];
     let parsed: unknown;
     try {
       parsed = JSON.parse(text);
-      problems = validateState(parsed);
     } catch (cause) {
-      problems = [`not JSON (${errText(cause)})`];
+      return { corrupt: [`not JSON (${errText(cause)})`] };
     }
-    if (problems.length === 0) return normalize(parsed as AgentState);
+    const schema = (parsed as { schemaVersion?: unknown } | null)?.schemaVersion;
+    if (Number.isSafeInteger(schema) && (schema as number) > STATE_SCHEMA_VERSION)
+      throw new UpdaterError(
+        "STATE_SCHEMA_NEWER",
+        `state file ${this.path} has schema ${schema}, newer than the ${STATE_SCHEMA_VERSION} this agent knows (written by a newer agent): left as it is; run the newer agent, or move the file away to start from an empty state`,
+        { details: { path: this.path, schemaVersion: schema, known: STATE_SCHEMA_VERSION } },
+      );
+    const problems = validateState(parsed);
+    if (problems.length > 0) return { corrupt: problems };
+    return { state: normalize(parsed as AgentState) };
+  }
+
+  /**
+   * Read the state for a command that writes it: as `read()`, but a corrupt
+   * file is moved aside and STATE_CORRUPT is thrown (details.movedTo names
+   * where it went).
+   */
+  async load(now: Date = new Date()): Promise<AgentState> {
+    const r = await this.read();
+    if ("state" in r) return r.state;
     const movedTo = `${this.path}.corrupt-${now.toISOString().replace(/[:.]/g, "-")}`;
     await rename(this.path, movedTo);
     await fsyncDir(this.dir);
     throw new UpdaterError(
       "STATE_CORRUPT",
-      `state file ${this.path} is corrupt (${problems.join("; ")}); moved it to ${movedTo} and started from an empty state`,
-      { details: { path: this.path, movedTo, problems } },
+      `state file ${this.path} is corrupt (${r.corrupt.join("; ")}); moved it to ${movedTo} and started from an empty state`,
+      { details: { path: this.path, movedTo, problems: r.corrupt } },
     );
   }
 

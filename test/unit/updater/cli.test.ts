@@ -1,6 +1,6 @@
 // abforge agent, run as an operator runs it (the real binary) on a disk image with --disk.
 import { spawn } from "node:child_process";
-import { readdir, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
@@ -13,6 +13,7 @@ import {
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
+import { readBoot } from "./harness.ts";
 
 let w: UpdateWorld;
 let repo: RepoServer;
@@ -111,25 +112,42 @@ describe("abforge agent --disk", () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ outcome: "installed", version: "2.2.0" });
   });
 
-  it("a corrupt state file is reported and moved aside", async () => {
+  it("status never writes: a corrupt state file is reported and left; a writing command moves it aside", async () => {
     const d = await w.freshDisk("cli-corrupt");
     const stateDir = join(w.dir, "corrupt-state");
-    await abforge(["agent", "status", "--disk", d.path, "--state-dir", stateDir]);
-    await writeFile(join(stateDir, "state.json"), "{ torn");
-    const r = await abforge([
-      "agent",
-      "status",
-      "--disk",
-      d.path,
-      "--state-dir",
-      stateDir,
-      "--json",
-    ]);
+    let r = await abforge(["agent", "status", "--disk", d.path, "--state-dir", stateDir]);
     expect(r.code, r.stderr).toBe(0);
-    expect(JSON.parse(r.stdout).lastError).toMatchObject({ code: "STATE_CORRUPT" });
+    await expect(readdir(stateDir)).rejects.toMatchObject({ code: "ENOENT" }); // nothing made
+    await mkdir(stateDir);
+    await writeFile(join(stateDir, "state.json"), "{ torn");
+    r = await abforge(["agent", "status", "--disk", d.path, "--state-dir", stateDir, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    expect(JSON.parse(r.stdout).lastError).toMatchObject({ code: "STATE_CORRUPT", old: false });
+    expect(await readdir(stateDir)).toEqual(["state.json"]);
+    expect(await readFile(join(stateDir, "state.json"), "utf8")).toBe("{ torn");
+    r = await abforge(["agent", "mark-good", "--disk", d.path, "--state-dir", stateDir]);
+    expect(r.code, r.stderr).toBe(0);
     expect(
       (await readdir(stateDir)).filter((n) => n.startsWith("state.json.corrupt-")),
     ).toHaveLength(1);
+    r = await abforge(["agent", "status", "--disk", d.path, "--state-dir", stateDir, "--json"]);
+    expect(JSON.parse(r.stdout).lastError).toMatchObject({ code: "STATE_CORRUPT" });
+  });
+
+  it("a state file of a newer schema is refused with its own code and never overwritten", async () => {
+    const d = await w.freshDisk("cli-newer");
+    const stateDir = join(w.dir, "newer-state");
+    await mkdir(stateDir);
+    const newer = `${JSON.stringify({ schemaVersion: 2, pending: "a shape this agent does not know" })}\n`;
+    await writeFile(join(stateDir, "state.json"), newer);
+    for (const args of [["status"], ["install", bundle("2.0.0")], ["mark-good"]]) {
+      const r = await abforge(["agent", ...args, "--disk", d.path, "--state-dir", stateDir]);
+      expect(r.code, r.stderr).toBe(82); // STATE_SCHEMA_NEWER
+      expect(r.stderr).toMatch(/has schema 2, newer than the 1 this agent knows/);
+    }
+    expect(await readdir(stateDir)).toEqual(["state.json"]);
+    expect(await readFile(join(stateDir, "state.json"), "utf8")).toBe(newer);
+    expect((await readBoot(d.path)).slots.B.version).toBe(""); // nothing installed
   });
 
   it("run: checks at once, installs, and stops cleanly on SIGTERM", async () => {

@@ -47,7 +47,12 @@ export interface TestAgent {
 
 export async function testAgent(
   diskPath: string,
-  o: { config?: Partial<AgentConfig>; stateDir?: string; overrides?: Partial<AgentOptions> } = {},
+  o: {
+    config?: Partial<AgentConfig>;
+    stateDir?: string;
+    overrides?: Partial<AgentOptions>;
+    readOnly?: boolean;
+  } = {},
 ): Promise<TestAgent> {
   const { log, lines } = captureLog();
   const rebooter = new LogOnlyRebooter(log);
@@ -65,11 +70,16 @@ export async function testAgent(
     http: new RepoHttpClient({ stallTimeoutMs: 5000, log, clock }),
     health: new ProcessHealthRunner(clock),
     bootedSlot: bootStateBootedSlot,
-    openBootDisk: (p) => BootDisk.open(p),
+    openBootDisk: (p, m) => BootDisk.open(p, m),
     imageFiles: (_slot, range) => new SquashfsImageFiles(diskPath, range.offset),
     ...o.overrides,
   };
-  return { agent: await Agent.open(options), lines, reboots: rebooter.reasons, options };
+  return {
+    agent: await Agent.open(options, { readOnly: o.readOnly ?? false }),
+    lines,
+    reboots: rebooter.reasons,
+    options,
+  };
 }
 
 export async function readBoot(disk: string): Promise<BootState> {

@@ -120,4 +120,29 @@ describe("state file", () => {
       }),
     );
   });
+
+  it("read() changes nothing: a corrupt file is reported and stays; load() moves it aside", async () => {
+    const store = new StateStore(tempDir());
+    await writeFile(store.path, '{"schemaVersion": 1, "badVersions": "x"}');
+    expect(await store.read()).toEqual({ corrupt: ["badVersions: not a list"] });
+    expect(await readdir(store.dir)).toEqual(["state.json"]);
+    await expect(store.load(new Date("2026-01-01T00:00:00Z"))).rejects.toMatchObject({
+      code: "STATE_CORRUPT",
+    });
+    expect(await readdir(store.dir)).toEqual(["state.json.corrupt-2026-01-01T00-00-00-000Z"]);
+  });
+
+  it("a newer schema is refused by read() and load() (STATE_SCHEMA_NEWER) and left byte for byte", async () => {
+    const store = new StateStore(tempDir());
+    // fields this agent would take for corruption: a newer agent's, not to be moved or rewritten
+    const text = '{"schemaVersion": 2, "badVersions": {"3.0.0": "rolled back"}}';
+    await writeFile(store.path, text);
+    for (const attempt of [() => store.read(), () => store.load()])
+      await expect(attempt()).rejects.toMatchObject({
+        code: "STATE_SCHEMA_NEWER",
+        details: { schemaVersion: 2, known: STATE_SCHEMA_VERSION },
+      });
+    expect(await readdir(store.dir)).toEqual(["state.json"]);
+    expect(await readFile(store.path, "utf8")).toBe(text);
+  });
 });
