@@ -8,13 +8,16 @@
  */
 import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
+import { BANNER, PROMPT, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { type BootState, nextBootSlot, withBootDisk } from "../../src/bootloader/index.ts";
+import { STATE_DIR } from "../../src/image/index.ts";
+import { STATE_FILE_NAME } from "../../src/updater/state-file.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { freshDisk, image, SIGNING_KEY } from "../qemu/fixtures.ts";
 
 const BOOT_MS = 600_000;
+const STATE_FILE = `${STATE_DIR}/${STATE_FILE_NAME}`;
 
 let vm: Vm | undefined;
 let server: ServedRepo | undefined;
@@ -53,15 +56,31 @@ async function bootWithUpdate(): Promise<{ v: Vm; disk: string }> {
 describe("power loss in a VM", () => {
   it("resets while the agent writes the slot: back on 1.0.0, then the update resumes and 2.0.0 boots", async () => {
     const { v, disk } = await bootWithUpdate();
-    await v.waitFor(/downloading 2\.0\.0: [3-8]0%/, { timeoutMs: BOOT_MS });
+    // Reset once the guest's state file holds a durable progress record. A
+    // record is saved once a second, and a download on an idle host passes 30%
+    // within that first second, so a reset timed on the log alone can land
+    // before the first save finished (the update then restarts at chunk 0,
+    // correct, but no resume). Saves run one after another, each synced before
+    // the next begins: once a second record appears, the first is on disk.
+    await v.waitFor(PROMPT, { timeoutMs: BOOT_MS });
+    const chunksIn = `grep -oE '"verifiedChunks": [0-9]+' ${STATE_FILE} 2>/dev/null`;
+    const record = await v.run(
+      `until first=$(${chunksIn}) && [ "$first" != '"verifiedChunks": 0' ]; do sleep 0.1; done; ` +
+        `until now=$(${chunksIn}) && [ "$now" != "$first" ]; do sleep 0.05; done; echo "durable $first"`,
+      { timeoutMs: BOOT_MS },
+    );
     await v.reset();
+    const saved = Number(/durable "verifiedChunks": (\d+)/.exec(record.output)?.[1]);
+    expect(saved, record.output).toBeGreaterThan(0);
 
     expect(await banner(v)).toEqual({ slot: "A", version: "1.0.0" });
     const s = await bootState(disk);
     expect(nextBootSlot(s)).toBe("A");
     expect(s.slots.B).toMatchObject({ good: false, tries: 0 });
 
-    await v.waitFor(/resuming 2\.0\.0 at chunk [1-9]/, { timeoutMs: BOOT_MS });
+    // it resumes from that record or a later one, never from before it
+    const resumed = await v.waitFor(/resuming 2\.0\.0 at chunk (\d+)/, { timeoutMs: BOOT_MS });
+    expect(Number(resumed[1])).toBeGreaterThanOrEqual(saved);
     expect(await banner(v)).toEqual({ slot: "B", version: "2.0.0" });
     await v.waitFor(/marked good/, { timeoutMs: BOOT_MS });
     expect((await bootState(disk)).slots.B).toMatchObject({ good: true, version: "2.0.0" });
