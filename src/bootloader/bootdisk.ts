@@ -4,7 +4,6 @@
  * variables all sit in the first 512 bytes. Works on a disk image or a block
  * device. Also finds the running host's boot disk and booted slot.
  */
-import { readSync } from "node:fs";
 import { type FileHandle, open, readdir, readFile, realpath } from "node:fs/promises";
 import { basename, dirname, join } from "node:path";
 import {
@@ -16,6 +15,7 @@ import {
   readGpt,
 } from "../disk/index.ts";
 import { ToolError } from "../errors.ts";
+import { ioError, ioStepSync, readAtSync } from "../fileio.ts";
 import {
   ESP_PARTITION_NAME,
   SLOT_PARTITION_PREFIX,
@@ -85,7 +85,7 @@ export class BootDisk {
     try {
       fh = await open(path, readOnly ? "r" : "r+");
     } catch (cause) {
-      throw ioError(`cannot open ${path}${readOnly ? "" : " for writing"}`, cause, path);
+      throw ioError(`open ${path}${readOnly ? "" : " for writing"}`, cause, { path });
     }
     try {
       const where = `ESP (partition ${espPartition.index}) of ${path}`;
@@ -166,11 +166,9 @@ export class BootDisk {
       }
       await this.#fh.datasync();
     } catch (cause) {
-      throw ioError(
-        `cannot write the boot state at byte ${this.env.offset} of ${this.path}`,
-        cause,
-        this.path,
-      );
+      throw ioError(`write the boot state at byte ${this.env.offset} of ${this.path}`, cause, {
+        path: this.path,
+      });
     }
   }
 
@@ -215,26 +213,10 @@ function findEsp(table: GptTable, path: string): GptPartition {
 
 function readExactSync(fh: FileHandle, path: string, offset: number, length: number): Uint8Array {
   const buf = new Uint8Array(length);
-  let done = 0;
-  try {
-    while (done < length) {
-      const n = readSync(fh.fd, buf, done, length - done, offset + done);
-      if (n === 0) break;
-      done += n;
-    }
-  } catch (cause) {
-    throw ioError(`cannot read ${length} bytes at byte ${offset} of ${path}`, cause, path);
-  }
-  return done === length ? buf : buf.subarray(0, done);
-}
-
-function ioError(message: string, cause: unknown, path: string): ToolError {
-  const errno = (cause as NodeJS.ErrnoException).code;
-  return new ToolError(
-    errno === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
-    `${message}: ${(cause as Error).message}`,
-    { cause, details: { path, errno } },
+  const done = ioStepSync(`read ${length} bytes at byte ${offset} of ${path}`, () =>
+    readAtSync(fh.fd, buf, offset),
   );
+  return done === length ? buf : buf.subarray(0, done);
 }
 
 // ---------------------------------------------------------------------------

@@ -8,10 +8,9 @@
  * the last line, an existing one keeps its place, `unset` removes its line.
  */
 import { randomBytes } from "node:crypto";
-import { constants } from "node:fs";
-import { type FileHandle, open, realpath, rename, stat, unlink } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
-import { ToolError } from "../errors.ts";
+import { type FileHandle, open, realpath, stat } from "node:fs/promises";
+import { basename } from "node:path";
+import { errnoOf, ioError, ioStep, readAt, replaceFile } from "../fileio.ts";
 import { BootloaderError } from "./errors.ts";
 
 /** The size of the block that `grub-editenv create` writes and abforge uses. */
@@ -339,11 +338,11 @@ async function readBlockFile(path: string): Promise<Uint8Array | undefined> {
   try {
     handle = await open(path, "r");
   } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw ioError(`cannot open environment block ${path}`, cause, path);
+    if (errnoOf(cause) === "ENOENT") return undefined;
+    throw ioError(`open environment block ${path}`, cause, { path });
   }
   try {
-    const st = await handle.stat();
+    const st = await ioStep(`stat environment block ${path}`, () => handle.stat());
     if (!st.isFile()) {
       throw new BootloaderError(
         "ENV_BAD_BLOCK",
@@ -361,7 +360,7 @@ async function readBlockFile(path: string): Promise<Uint8Array | undefined> {
       );
     }
     const buf = new Uint8Array(ENV_BLOCK_SIZE);
-    const { bytesRead } = await handle.read(buf, 0, ENV_BLOCK_SIZE, 0);
+    const bytesRead = await ioStep(`read environment block ${path}`, () => readAt(handle, buf, 0));
     if (bytesRead !== ENV_BLOCK_SIZE) {
       throw new BootloaderError(
         "ENV_BAD_BLOCK",
@@ -380,43 +379,19 @@ async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
   let target = path;
   try {
     target = await realpath(path);
-  } catch {
-    // does not exist yet: write to the path itself
-  }
-  const dir = dirname(target);
-  const tmp = join(dir, `.${basename(target)}.${randomBytes(6).toString("hex")}.tmp`);
-  // keep the mode of the file we replace; a new file gets 0644
-  const mode = await stat(target).then(
-    (st) => st.mode & 0o7777,
-    () => 0o644,
-  );
-  try {
-    const handle = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, mode);
-    try {
-      await handle.chmod(mode);
-      await handle.write(bytes, 0, bytes.length, 0);
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
-    await rename(tmp, target);
   } catch (cause) {
-    await unlink(tmp).catch(() => undefined);
-    throw ioError(`cannot write environment block ${path}`, cause, path);
+    // does not exist yet: write to the path itself
+    if (errnoOf(cause) !== "ENOENT") throw ioError(`resolve ${path}`, cause, { path });
   }
-  const d = await open(dir, "r");
+  // keep the mode of the file we replace; a new file gets 0644
+  let mode = 0o644;
   try {
-    await d.sync();
-  } finally {
-    await d.close();
+    mode = (await stat(target)).mode & 0o7777;
+  } catch (cause) {
+    if (errnoOf(cause) !== "ENOENT") throw ioError(`stat ${target}`, cause, { path });
   }
-}
-
-function ioError(message: string, cause: unknown, path: string): ToolError {
-  const code = (cause as NodeJS.ErrnoException).code;
-  return new ToolError(
-    code === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
-    `${message}: ${(cause as Error).message}`,
-    { cause, details: { path, errno: code } },
-  );
+  await replaceFile(target, bytes, {
+    mode,
+    tempName: `.${basename(target)}.${randomBytes(6).toString("hex")}.tmp`,
+  });
 }

@@ -2,10 +2,11 @@
  * GPT on a file or block device: the I/O around the pure codec
  * (README.md, "Reading" and "Writing").
  */
-import { closeSync, fstatSync, openSync, readSync, type Stats } from "node:fs";
+import { closeSync, fstatSync, openSync, type Stats } from "node:fs";
 import { type FileHandle, open, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { ToolError } from "../errors.ts";
+import { errnoOf, ioCodeFor, readAtSync, writeAt } from "../fileio.ts";
 import { logger } from "../log.ts";
 import { type DecodedGpt, decodeGpt, encodeGpt } from "./codec.ts";
 import { GptError } from "./errors.ts";
@@ -21,7 +22,11 @@ export interface DiskInfo {
 
 function ioError(path: string, what: string, cause: unknown): ToolError {
   const msg = cause instanceof Error ? cause.message : String(cause);
-  return new ToolError("IO_ERROR", `${path}: ${what}: ${msg}`, { cause, details: { path } });
+  const errno = errnoOf(cause);
+  return new ToolError(ioCodeFor(errno), `${path}: ${what}: ${msg}`, {
+    cause,
+    details: { path, errno },
+  });
 }
 
 /** major:minor of a device number, as Linux's gnu_dev_major/minor split it. */
@@ -94,16 +99,11 @@ export async function readGpt(
     const info = await diskInfo(path, { stats: fstatSync(fd) });
     const readAt = (offset: number, length: number): Uint8Array => {
       const buf = new Uint8Array(length);
-      let done = 0;
-      while (done < length) {
-        let n: number;
-        try {
-          n = readSync(fd, buf, done, length - done, offset + done);
-        } catch (err) {
-          throw ioError(path, `cannot read ${length} bytes at byte ${offset}`, err);
-        }
-        if (n === 0) break;
-        done += n;
+      let done: number;
+      try {
+        done = readAtSync(fd, buf, offset);
+      } catch (err) {
+        throw ioError(path, `cannot read ${length} bytes at byte ${offset}`, err);
       }
       return done === length ? buf : buf.subarray(0, done);
     };
@@ -125,12 +125,10 @@ async function writeAll(
   bytes: Uint8Array,
   position: number,
 ): Promise<void> {
-  let done = 0;
-  while (done < bytes.length) {
-    const { bytesWritten } = await fh.write(bytes, done, bytes.length - done, position + done);
-    if (bytesWritten === 0)
-      throw ioError(path, `write at byte ${position + done}`, new Error("wrote nothing"));
-    done += bytesWritten;
+  try {
+    await writeAt(fh, bytes, position);
+  } catch (err) {
+    throw ioError(path, `cannot write ${bytes.length} bytes at byte ${position}`, err);
   }
 }
 

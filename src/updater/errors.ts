@@ -18,7 +18,9 @@ export type UpdaterErrorCode =
   | "STATE_SCHEMA_NEWER"
   | "HEALTH_CHECK_FAILED"
   | "UPDATE_ABORTED"
-  | "HOST_DISK_NOT_FOUND";
+  | "HOST_DISK_NOT_FOUND"
+  | "STATE_UNAVAILABLE"
+  | "LOCK_FAILED";
 
 export class UpdaterError extends BaseError<UpdaterErrorCode> {}
 

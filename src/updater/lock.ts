@@ -7,7 +7,7 @@
  */
 import { mkdir, open, readFile, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { errText } from "./config.ts";
+import { errnoOf, ioCodeFor, ioError, systemCause } from "../fileio.ts";
 import { UpdaterError } from "./errors.ts";
 
 export const LOCK_FILE_NAME = "agent.lock";
@@ -31,35 +31,74 @@ export interface AgentLock {
   release(): Promise<void>;
 }
 
+/** The lock file's content, or "" when there is none. */
+async function readHolder(path: string): Promise<string> {
+  try {
+    return await readFile(path, "utf8");
+  } catch (err) {
+    if (errnoOf(err) === "ENOENT") return "";
+    throw lockFailed(path, "read", err);
+  }
+}
+
+/** A lock that cannot be created, read or removed: no space is DISK_FULL, the rest LOCK_FAILED. */
+function lockFailed(path: string, what: string, err: unknown): Error {
+  const sys = systemCause(err);
+  if (!sys) return err as Error;
+  if (ioCodeFor(sys.code) === "DISK_FULL")
+    return ioError(`${what} the lock ${path}`, sys, { path });
+  return new UpdaterError(
+    "LOCK_FAILED",
+    `cannot ${what} the agent's lock ${path}: ${sys.message}; the agent needs ${dirnameOf(path)} writable`,
+    { cause: sys, details: { path, errno: sys.code } },
+  );
+}
+
+function dirnameOf(path: string): string {
+  return path.slice(0, path.lastIndexOf("/")) || "/";
+}
+
 export async function acquireLock(stateDir: string): Promise<AgentLock> {
-  await mkdir(stateDir, { recursive: true });
   const path = join(stateDir, LOCK_FILE_NAME);
+  try {
+    await mkdir(stateDir, { recursive: true });
+  } catch (err) {
+    throw lockFailed(path, "create", err);
+  }
   const me = `${process.pid} ${await bootId()}`;
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fh = await open(path, "wx", 0o600);
-      await fh.writeFile(`${me}\n`);
-      await fh.close();
+      try {
+        await fh.writeFile(`${me}\n`);
+      } finally {
+        await fh.close();
+      }
       return {
         async release() {
-          const now = await readFile(path, "utf8").catch(() => "");
+          const now = await readHolder(path);
           if (now.trim() === me) await rm(path, { force: true });
         },
       };
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST")
-        throw new UpdaterError("STATE_CORRUPT", `cannot create the lock ${path}: ${errText(err)}`, {
-          cause: err,
-        });
+      if (errnoOf(err) !== "EEXIST") {
+        // a lock file we created but could not fill is ours to remove
+        if (errnoOf(err) !== undefined) await rm(path, { force: true }).catch(() => undefined);
+        throw lockFailed(path, "create", err);
+      }
     }
-    const [pid = "", boot = ""] = (await readFile(path, "utf8").catch(() => "")).trim().split(" ");
+    const [pid = "", boot = ""] = (await readHolder(path)).trim().split(" ");
     if (boot === (await bootId()) && isAlive(Number(pid)))
       throw new UpdaterError(
         "UPDATE_REFUSED",
         `another abforge agent (pid ${pid}) is working with ${stateDir} (lock ${path}); stop it or wait for it`,
         { details: { lock: path, pid: Number(pid) } },
       );
-    await rm(path, { force: true });
+    try {
+      await rm(path, { force: true });
+    } catch (err) {
+      throw lockFailed(path, "remove the stale", err);
+    }
   }
   throw new UpdaterError(
     "UPDATE_REFUSED",

@@ -7,10 +7,11 @@
  * STATE_CORRUPT, never dropped; `read()` (status) only reports it. A file of a
  * newer schema is never touched (STATE_SCHEMA_NEWER).
  */
-import { mkdir, open, readdir, readFile, rename, rm } from "node:fs/promises";
+import { mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { errText, type SlotName } from "./config.ts";
-import { UpdaterError } from "./errors.ts";
+import { errnoOf, fsyncDir, ioCodeFor, ioError, replaceFile, systemCause } from "../fileio.ts";
+import type { SlotName } from "../image/index.ts";
+import { errText, UpdaterError } from "./errors.ts";
 import { isAlive } from "./lock.ts";
 
 export const STATE_SCHEMA_VERSION = 1;
@@ -105,15 +106,10 @@ export class StateStore {
     try {
       text = await readFile(this.path, "utf8");
     } catch (cause) {
-      if ((cause as NodeJS.ErrnoException).code === "ENOENT") return { state: initialAgentState() };
-      throw new UpdaterError(
-        "STATE_CORRUPT",
-        `state file ${this.path} cannot be read: ${errText(cause)}`,
-        {
-          cause,
-          details: { path: this.path },
-        },
-      );
+      if (errnoOf(cause) === "ENOENT") return { state: initialAgentState() };
+      const sys = systemCause(cause);
+      if (!sys) throw cause;
+      throw this.#unavailable("read the state file", sys);
     }
     let parsed: unknown;
     try {
@@ -142,8 +138,10 @@ export class StateStore {
     const r = await this.read();
     if ("state" in r) return r.state;
     const movedTo = `${this.path}.corrupt-${now.toISOString().replace(/[:.]/g, "-")}`;
-    await rename(this.path, movedTo);
-    await fsyncDir(this.dir);
+    await this.#io("move the corrupt state file aside", async () => {
+      await rename(this.path, movedTo);
+      await fsyncDir(this.dir);
+    });
     throw new UpdaterError(
       "STATE_CORRUPT",
       `state file ${this.path} is corrupt (${r.corrupt.join("; ")}); moved it to ${movedTo} and started from an empty state`,
@@ -151,20 +149,41 @@ export class StateStore {
     );
   }
 
-  /** Replace the state file atomically (temp, fsync, rename, fsync dir). */
+  /**
+   * Replace the state file atomically (temp, fsync, rename, fsync dir). No
+   * space is DISK_FULL; a directory that cannot be written (read-only,
+   * permission, I/O error, not a directory) is STATE_UNAVAILABLE.
+   */
   async save(state: AgentState): Promise<void> {
-    await mkdir(this.dir, { recursive: true });
-    const tmp = `${this.path}.tmp-${process.pid}`;
     const bytes = `${JSON.stringify({ ...state, schemaVersion: STATE_SCHEMA_VERSION }, null, 2)}\n`;
-    const fh = await open(tmp, "w", 0o600);
+    await this.#io("write the state file", async () => {
+      await mkdir(this.dir, { recursive: true });
+      await replaceFile(this.path, bytes, {
+        mode: 0o600,
+        tempName: `${STATE_FILE_NAME}.tmp-${process.pid}`,
+      });
+    });
+  }
+
+  /** Run a step on the state directory: system errors become DISK_FULL or STATE_UNAVAILABLE. */
+  async #io<T>(what: string, fn: () => Promise<T>): Promise<T> {
     try {
-      await fh.writeFile(bytes);
-      await fh.sync();
-    } finally {
-      await fh.close();
+      return await fn();
+    } catch (err) {
+      const sys = systemCause(err);
+      if (!sys) throw err;
+      if (ioCodeFor(sys.code) === "DISK_FULL")
+        throw ioError(`${what} in ${this.dir}`, sys, { path: this.path });
+      throw this.#unavailable(what, sys);
     }
-    await rename(tmp, this.path);
-    await fsyncDir(this.dir);
+  }
+
+  #unavailable(what: string, cause: NodeJS.ErrnoException): UpdaterError {
+    return new UpdaterError(
+      "STATE_UNAVAILABLE",
+      `cannot ${what} (${this.path}): ${cause.message}; the agent needs ${this.dir} readable and writable`,
+      { cause, details: { path: this.path, errno: cause.code } },
+    );
   }
 
   /**
@@ -176,24 +195,21 @@ export class StateStore {
     let names: string[];
     try {
       names = await readdir(this.dir);
-    } catch {
-      return [];
+    } catch (err) {
+      if (errnoOf(err) === "ENOENT") return [];
+      const sys = systemCause(err);
+      if (!sys) throw err;
+      throw this.#unavailable("list the state directory", sys);
     }
     const prefix = `${STATE_FILE_NAME}.tmp-`;
     const stale = names.filter(
       (n) => n.startsWith(prefix) && !isAlive(Number(n.slice(prefix.length))),
     );
-    for (const n of stale) await rm(join(this.dir, n), { force: true });
+    for (const n of stale)
+      await this.#io(`remove the stale temp file ${n}`, () =>
+        rm(join(this.dir, n), { force: true }),
+      );
     return stale;
-  }
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await open(dir, "r");
-  try {
-    await fh.sync();
-  } finally {
-    await fh.close();
   }
 }
 

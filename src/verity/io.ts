@@ -3,17 +3,9 @@
  * file or block device), its size, whether two descriptors are the same file,
  * positioned reads and writes. Failures are IO_ERROR naming the file.
  */
-import {
-  closeSync,
-  constants,
-  fstatSync,
-  fsyncSync,
-  openSync,
-  readFileSync,
-  readSync,
-  writeSync,
-} from "node:fs";
+import { closeSync, constants, fstatSync, fsyncSync, openSync, readFileSync } from "node:fs";
 import { ToolError } from "../errors.ts";
+import { errnoOf, ioCodeFor, readAtSync, writeAtSync } from "../fileio.ts";
 
 export interface OpenFile {
   fd: number;
@@ -29,9 +21,10 @@ export interface OpenFile {
 
 function ioError(f: { role: string; path: string }, what: string, cause: unknown): ToolError {
   const reason = cause instanceof Error ? cause.message : String(cause);
-  return new ToolError("IO_ERROR", `${f.role} ${f.path}: ${what}: ${reason}`, {
+  const errno = errnoOf(cause);
+  return new ToolError(ioCodeFor(errno), `${f.role} ${f.path}: ${what}: ${reason}`, {
     cause,
-    details: { path: f.path, role: f.role },
+    details: { path: f.path, role: f.role, errno },
   });
 }
 
@@ -84,11 +77,7 @@ export function readAt(f: OpenFile, length: number, position: number): Uint8Arra
   const buf = new Uint8Array(length);
   let done = 0;
   try {
-    while (done < length) {
-      const n = readSync(f.fd, buf, done, length - done, position + done);
-      if (n === 0) break;
-      done += n;
-    }
+    done = readAtSync(f.fd, buf, position);
   } catch (err) {
     throw ioError(f, `cannot read ${length} bytes at byte ${position}`, err);
   }
@@ -99,10 +88,8 @@ export function readAt(f: OpenFile, length: number, position: number): Uint8Arra
 }
 
 export function writeAt(f: OpenFile, buf: Uint8Array, position: number): void {
-  let done = 0;
   try {
-    while (done < buf.length)
-      done += writeSync(f.fd, buf, done, buf.length - done, position + done);
+    writeAtSync(f.fd, buf, position);
   } catch (err) {
     throw ioError(f, `cannot write ${buf.length} bytes at byte ${position}`, err);
   }

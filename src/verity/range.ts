@@ -6,7 +6,8 @@
  * thread: one batch of children (about 128 KiB) and the parent blocks of one
  * chunk (about 1 MiB of children; a verify holds them twice).
  */
-import { readSync, readvSync, writeSync } from "node:fs";
+import { readvSync } from "node:fs";
+import { readAtSync, writeAtSync } from "../fileio.ts";
 import { hashRecords } from "./hash.ts";
 import type { HashAlgorithm } from "./layout.ts";
 
@@ -61,6 +62,11 @@ export class RangeIoError extends Error {
     this.endOfFile = endOfFile;
     this.errno = errno;
   }
+
+  /** The errno as a system error carries it, so src/fileio.ts maps it (ENOSPC → DISK_FULL). */
+  get code(): string | undefined {
+    return this.errno;
+  }
 }
 
 function io<T>(file: RangeFile, what: string, fn: () => T): T {
@@ -74,15 +80,9 @@ function io<T>(file: RangeFile, what: string, fn: () => T): T {
 }
 
 function readFully(file: RangeFile, fd: number, buf: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    const n = io(file, `read at byte ${position + done}`, () =>
-      readSync(fd, buf, done, buf.length - done, position + done),
-    );
-    if (n === 0)
-      throw new RangeIoError(file, `unexpected end of file at byte ${position + done}`, true);
-    done += n;
-  }
+  const n = io(file, `read at byte ${position}`, () => readAtSync(fd, buf, position));
+  if (n < buf.length)
+    throw new RangeIoError(file, `unexpected end of file at byte ${position + n}`, true);
 }
 
 /** readv into `views`, resuming after short reads (readv may stop at IOV_MAX or EOF). */
@@ -108,12 +108,7 @@ function readvFully(file: RangeFile, fd: number, views: Uint8Array[], position: 
 }
 
 function writeFully(fd: number, buf: Uint8Array, position: number): void {
-  let done = 0;
-  while (done < buf.length) {
-    done += io("hash", `write at byte ${position + done}`, () =>
-      writeSync(fd, buf, done, buf.length - done, position + done),
-    );
-  }
+  io("hash", `write at byte ${position}`, () => writeAtSync(fd, buf, position));
 }
 
 /**
