@@ -130,7 +130,14 @@ export interface FuzzReport {
   /** Typed error codes seen, with counts. */
   codes: Map<string, number>;
   failures: string[];
+  /** The outer checks in the order the parser meets them (the `stages` option). */
+  stages: string[];
+  /** How many inputs passed each stage (an accepted input passed them all). */
+  reached: Map<string, number>;
 }
+
+/** Called by `check` when the input passed an outer check (framing, CRC, signature). */
+export type Reach = (stage: string) => void;
 
 /**
  * Run `check` over `runs` generated inputs. `check` returns true when the
@@ -145,7 +152,9 @@ export async function fuzz<T extends Uint8Array>(
     runs?: number;
     seed?: number;
     generate: (rng: Rng, i: number) => T;
-    check: (input: T) => boolean | Promise<boolean>;
+    check: (input: T, reach: Reach) => boolean | Promise<boolean>;
+    /** The outer checks `check` reports with `reach`, outermost first. */
+    stages?: readonly string[];
     /** The error class the parser may throw (a BaseError subclass). */
     errorClass: abstract new (
       ...args: never[]
@@ -154,14 +163,37 @@ export async function fuzz<T extends Uint8Array>(
 ): Promise<FuzzReport> {
   const runs = o.runs ?? FUZZ_RUNS;
   const rng = new Rng((o.seed ?? FUZZ_SEED) * 1_000_003 + hash(name));
-  const report: FuzzReport = { name, runs, ms: 0, accepted: 0, codes: new Map(), failures: [] };
+  const stages = [...(o.stages ?? [])];
+  const report: FuzzReport = {
+    name,
+    runs,
+    ms: 0,
+    accepted: 0,
+    codes: new Map(),
+    failures: [],
+    stages,
+    reached: new Map(stages.map((st) => [st, 0])),
+  };
   let saveDir: string | undefined;
   const t0 = performance.now();
   for (let i = 0; i < runs; i++) {
     const input = o.generate(rng, i);
+    const passed = new Set<string>();
+    const reach: Reach = (stage) => {
+      if (!report.reached.has(stage)) throw new Error(`fuzz ${name}: unknown stage "${stage}"`);
+      passed.add(stage);
+    };
+    const count = () => {
+      for (const st of passed) report.reached.set(st, (report.reached.get(st) ?? 0) + 1);
+    };
     try {
-      if (await o.check(input)) report.accepted += 1;
+      if (await o.check(input, reach)) {
+        report.accepted += 1;
+        for (const st of stages) passed.add(st);
+      }
+      count();
     } catch (err) {
+      count();
       const typed =
         isBaseError(err) &&
         err instanceof o.errorClass &&
@@ -192,10 +224,38 @@ function hash(s: string): number {
   return h >>> 0;
 }
 
+/** Each stage's share of the inputs that passed it, in stage order. */
+export function depth(r: FuzzReport): { stage: string; share: number }[] {
+  return r.stages.map((stage) => ({ stage, share: (r.reached.get(stage) ?? 0) / r.runs }));
+}
+
+/**
+ * Assert the generator's depth: at least `min[stage]` of the inputs passed
+ * each outer check and reached what lies behind it. A generator whose inputs
+ * all die at the first check (random bytes against a signed format) fails
+ * here, instead of printing 10,000 inputs that tested nothing but the CRC.
+ */
+export function expectDepth(r: FuzzReport, min: Record<string, number>): void {
+  const shallow: string[] = [];
+  for (const [stage, want] of Object.entries(min)) {
+    if (!r.stages.includes(stage)) throw new Error(`fuzz ${r.name}: unknown stage "${stage}"`);
+    const share = (r.reached.get(stage) ?? 0) / r.runs;
+    if (share < want)
+      shallow.push(`${stage}: ${(share * 100).toFixed(1)}% passed, at least ${want * 100}% wanted`);
+  }
+  if (shallow.length > 0)
+    throw new Error(
+      `fuzz ${r.name}: the generated inputs do not reach deep enough: ${shallow.join("; ")}`,
+    );
+}
+
 export function describeReport(r: FuzzReport): string {
   const codes = [...r.codes]
     .sort((a, b) => b[1] - a[1])
     .map(([c, n]) => `${c} ${n}`)
     .join(", ");
-  return `fuzz ${r.name}: ${r.runs} inputs in ${(r.ms / 1000).toFixed(1)} s, ${r.accepted} accepted, refused: ${codes || "none"}; other failures: ${r.failures.length}`;
+  const reached = depth(r)
+    .map((d) => `${d.stage} ${(d.share * 100).toFixed(0)}%`)
+    .join(", ");
+  return `fuzz ${r.name}: ${r.runs} inputs in ${(r.ms / 1000).toFixed(1)} s, passed: ${reached || "-"}, ${r.accepted} accepted, refused: ${codes || "none"}; other failures: ${r.failures.length}`;
 }

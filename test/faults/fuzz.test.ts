@@ -15,9 +15,14 @@
  *   offset (no unverified byte ever leaves the reader), the manifest is the
  *   signed one;
  * - channel index: a verified index's `signed` is exactly what was signed.
+ *
+ * Depth is asserted, not only printed: each target names its outer checks
+ * (framing, CRC, signature) as stages, computes them itself, and requires a
+ * minimum share of its inputs to pass each one and reach the parser behind it
+ * (expectDepth); a generator whose inputs all die at the first check fails.
  */
 
-import { sign } from "node:crypto";
+import { sign, verify } from "node:crypto";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { Readable } from "node:stream";
@@ -62,7 +67,14 @@ import {
 } from "../../src/repo/index.ts";
 import { type FixtureKey, makeBundle, makeKey, makeSlotImage, tool } from "../helpers/fixtures.ts";
 import { tempDir } from "../helpers/tmp.ts";
-import { describeReport, type FuzzReport, fuzz, mutate, type Rng } from "./fuzz-kit.ts";
+import {
+  describeReport,
+  expectDepth,
+  type FuzzReport,
+  fuzz,
+  mutate,
+  type Rng,
+} from "./fuzz-kit.ts";
 import { type BundleParts, bundleParts, fixTarChecksum, recordFigure } from "./helpers.ts";
 
 const FUZZ_DIR = tempDir("abforge-fuzz-");
@@ -73,11 +85,46 @@ afterAll(() => {
   for (const r of reports) recordFigure(`fuzz inputs, ${r.name}`, r.runs);
 });
 
-function expectClean(r: FuzzReport): void {
+/** No untyped failure, the full count, and at least `min` of the inputs past each outer check. */
+function expectClean(r: FuzzReport, min: Record<string, number>): void {
   reports.push(r);
   expect(r.failures).toEqual([]);
   expect(r.runs).toBeGreaterThanOrEqual(10_000);
+  expectDepth(r, min);
 }
+
+/** A tar header's checksum as tar computes it (the field counted as spaces). */
+function tarChecksumOk(b: Buffer, offset: number): boolean {
+  if (offset + 512 > b.length) return false;
+  let sum = 0;
+  for (let i = 0; i < 512; i++) sum += i >= 148 && i < 156 ? 0x20 : (b[offset + i] as number);
+  return Number.parseInt(b.toString("latin1", offset + 148, offset + 156).trim(), 8) === sum;
+}
+
+describe("the depth check itself", () => {
+  it("fails a generator whose inputs all die at the first check", async () => {
+    const r = await fuzz("random bytes as a manifest", {
+      runs: 500,
+      errorClass: BundleError,
+      generate: (rng) => rng.bytes(rng.pick([0, 2, 2048])),
+      stages: ["JSON"],
+      check(b, reach) {
+        try {
+          JSON.parse(b.toString());
+          reach("JSON");
+        } catch {
+          // not JSON
+        }
+        decodeManifest(b);
+        return true;
+      },
+    });
+    expect(r.failures).toEqual([]);
+    expect(() => expectDepth(r, { JSON: 0.1 })).toThrow(
+      /do not reach deep enough: JSON: 0\.0% passed/,
+    );
+  });
+});
 
 // ---------------------------------------------------------------- random JSON values
 
@@ -240,7 +287,29 @@ describe("GPT decoder", () => {
         }
         return disk(head, tail, sz);
       },
-      check(d) {
+      stages: ["signature", "header CRC", "entries CRC"],
+      check(d, reach) {
+        // the primary header's outer checks, computed here as the UEFI spec says
+        if (d.size >= 1024 && d.length >= 604 && d.toString("latin1", 512, 520) === "EFI PART") {
+          reach("signature");
+          const hsize = d.readUInt32LE(512 + 12);
+          if (hsize >= 92 && hsize <= 512 && 512 + hsize <= d.length) {
+            const h = Buffer.from(d.subarray(512, 512 + hsize));
+            const want = h.readUInt32LE(16);
+            h.writeUInt32LE(0, 16);
+            if (crc32(h) >>> 0 === want) {
+              reach("header CRC");
+              const at = Number(d.readBigUInt64LE(512 + 72)) * 512;
+              const len = d.readUInt32LE(512 + 80) * d.readUInt32LE(512 + 84);
+              if (
+                len > 0 &&
+                at + len <= d.length &&
+                crc32(d.subarray(at, at + len)) >>> 0 === d.readUInt32LE(512 + 88)
+              )
+                reach("entries CRC");
+            }
+          }
+        }
         const readAt = (offset: number, length: number): Uint8Array => {
           const out = Buffer.alloc(Math.max(0, Math.min(length, d.size - offset)));
           const copy = (src: Buffer, at: number) => {
@@ -259,7 +328,7 @@ describe("GPT decoder", () => {
         return true;
       },
     });
-    expectClean(r);
+    expectClean(r, { signature: 0.5, "header CRC": 0.5, "entries CRC": 0.4 });
   });
 });
 
@@ -309,8 +378,12 @@ describe("GRUB environment block and boot state", () => {
           return Buffer.concat([block0.subarray(0, 25), rng.bytes(rng.pick([999, 1000, 1023]))]);
         return rng.bytes(rng.pick([0, 25, 512, 1024, 2048]));
       },
-      check(b) {
+      stages: ["framing", "block"],
+      check(b, reach) {
+        if (b.length === 1024 && b.toString("latin1", 0, 25) === "# GRUB Environment Block\n")
+          reach("framing");
         const vars = decodeEnv(b);
+        reach("block");
         const s = bootStateFromEnv(vars);
         nextBootSlot(s);
         const again = bootStateFromEnv(decodeEnv(encodeEnv(bootStateToEnv(s))));
@@ -319,7 +392,7 @@ describe("GRUB environment block and boot state", () => {
         return true;
       },
     });
-    expectClean(r);
+    expectClean(r, { framing: 0.25, block: 0.2 });
   });
 });
 
@@ -388,7 +461,8 @@ describe("FAT32 locator of /GRUBENV", () => {
         );
         return Object.assign(flat, { patches, size });
       },
-      check(input) {
+      stages: ["boot sector", "located"],
+      check(input, reach) {
         const readAt = (o: number, n: number): Uint8Array => {
           const len = Math.max(0, Math.min(n, input.size - o));
           const out = Buffer.from(base.subarray(o, o + len));
@@ -399,7 +473,15 @@ describe("FAT32 locator of /GRUBENV", () => {
           }
           return out;
         };
+        const bs = Buffer.from(readAt(0, 512));
+        if (
+          bs.length === 512 &&
+          bs.readUInt16LE(510) === 0xaa55 &&
+          bs.toString("latin1", 82, 90) === "FAT32   "
+        )
+          reach("boot sector");
         const f = locateFatFile(readAt, "GRUBENV", { size: 1024, volumeBytes: input.size });
+        reach("located");
         if (f.offset < 0 || f.offset + f.size > input.size)
           throw new Error(
             `located ${f.size} bytes at ${f.offset}, outside the ${input.size}-byte volume`,
@@ -407,7 +489,7 @@ describe("FAT32 locator of /GRUBENV", () => {
         return true;
       },
     });
-    expectClean(r);
+    expectClean(r, { "boot sector": 0.5, located: 0.3 });
   });
 });
 
@@ -476,14 +558,26 @@ describe("bundle manifest", () => {
         }
         return rng.bytes(rng.pick([0, 2, 2048, 6144]));
       },
-      check(b) {
+      stages: ["JSON", "framing"],
+      check(b, reach) {
+        const nl = b.indexOf(0x0a);
+        try {
+          const doc = JSON.parse(b.toString("utf8", 0, nl < 0 ? b.length : nl)) as unknown;
+          if (doc && typeof doc === "object" && !Array.isArray(doc)) {
+            reach("JSON");
+            // canonical JSON, one newline, space padding to the size rule: what the schema check sees
+            if (Buffer.compare(canonicalManifest(doc), b) === 0) reach("framing");
+          }
+        } catch {
+          // not JSON: refused at the first check
+        }
         const m = decodeManifest(b);
         if (Buffer.compare(Buffer.from(encodeManifest(m)), b) !== 0)
           throw new Error("accepted bytes that are not the manifest's own encoding");
         return true;
       },
     });
-    expectClean(r);
+    expectClean(r, { JSON: 0.4, framing: 0.25 });
   });
 });
 
@@ -563,8 +657,10 @@ describe("bundle reader (tar stream)", () => {
         }
         return Object.assign(b, { cuts, base: p });
       },
-      async check(b) {
+      stages: ["tar header", "signature", "slot data"],
+      async check(b, reach) {
         const { cuts, base } = b;
+        if (tarChecksumOk(b, 0)) reach("tar header");
         const slot0 = base.slot;
         const pieces = cuts.map((end, i) => b.subarray(i === 0 ? 0 : (cuts[i - 1] as number), end));
         const reader = new BundleReader(Readable.from(pieces, { objectMode: false }), {
@@ -572,10 +668,12 @@ describe("bundle reader (tar stream)", () => {
           name: "fuzz.bundle",
         });
         const m = await reader.open();
+        reach("signature");
         if (Buffer.compare(Buffer.from(encodeManifest(m)), base.manifest) !== 0)
           throw new Error("open() accepted a manifest that is not the signed one");
         let at = 0;
         for await (const piece of reader.slotImage() as AsyncIterable<Buffer>) {
+          reach("slot data");
           if (Buffer.compare(piece, slot0.subarray(at, at + piece.length)) !== 0)
             throw new Error(`emitted slot bytes at ${at} that differ from the signed image`);
           at += piece.length;
@@ -586,9 +684,60 @@ describe("bundle reader (tar stream)", () => {
         return true;
       },
     });
-    expectClean(r);
+    expectClean(r, { "tar header": 0.5, signature: 0.3, "slot data": 0.05 });
   });
 });
+
+/** `signed` with one to three fields set to other values of the right type and shape. */
+function plausibleEdit(rng: Rng, signed: IndexSigned): IndexSigned {
+  const out = structuredClone(signed) as IndexSigned & Record<string, unknown>;
+  const latest = out.latest as unknown as Record<string, unknown>;
+  const day = (d: number) => new Date(Date.UTC(2026, 5, 1) + d * 86_400_000).toISOString();
+  const edits: (() => void)[] = [
+    () => {
+      out.serial = rng.pick([0, 1, 6, 7, 8, 100, 2 ** 31]);
+    },
+    () => {
+      out.channel = rng.pick(["stable", "beta", "Stable", "stable-2"]);
+    },
+    () => {
+      out.name = rng.pick(["demo", "other", "demo2"]);
+    },
+    () => {
+      out.compatible = rng.pick(["demo-x86_64", "other-board_arm64"]);
+    },
+    () => {
+      out.issuedAt = day(rng.pick([-60, -2, 0, 1, 30]));
+    },
+    () => {
+      out.expiresAt = day(rng.pick([-30, -1, 0, 1, 29, 400]));
+    },
+    () => {
+      latest.version = rng.pick(["2.0.0", "2.0.1", "1.0.0", "10.0.0", "2.0.0-rc.1"]);
+    },
+    () => {
+      latest.bundle = rng.pick([
+        "../bundles/demo-2.0.0.bundle",
+        "../bundles/x.bundle",
+        "demo.bundle",
+      ]);
+    },
+    () => {
+      latest.size = rng.pick([0, 1, 512, 123456, 2 ** 40]);
+    },
+    () => {
+      latest.slotDataOffset = rng.pick([0, 512, 4096, 4095, 123456]);
+    },
+    () => {
+      latest.minUpdateFrom = rng.pick(["1.0.0", "0.0.1", "2.0.0", "3.0.0"]);
+    },
+    () => {
+      out.rollout = { percent: rng.pick([0, 1, 50, 99, 100]) };
+    },
+  ];
+  for (let e = 0, n = 1 + rng.int(3); e < n; e++) rng.pick(edits)();
+  return out;
+}
 
 describe("channel index", () => {
   it("takes 10,000 generated indexes; only RepoError escapes; a verified index holds exactly what was signed", async () => {
@@ -631,8 +780,10 @@ describe("channel index", () => {
           const doc = mutateJson(rng, doc0);
           b = Buffer.from(JSON.stringify(doc, null, rng.pick([0, 2, 4])));
         } else if (mode < 9) {
-          // changed and signed again by the trusted key: past the signature, into the later checks
-          const signed = mutateJson(rng, signed0);
+          // changed and signed again by the trusted key: past the signature, into the later
+          // checks; half of the edits are values of the right type and shape, past the
+          // schema into the channel, expiry, serial and version rules
+          const signed = rng.bool() ? mutateJson(rng, signed0) : plausibleEdit(rng, signed0);
           try {
             b = Buffer.from(JSON.stringify(signRaw(signed, key.privateKey), null, 2));
             signedAs = canonicalJson(signed);
@@ -643,8 +794,35 @@ describe("channel index", () => {
           b = rng.bool() ? rng.bytes(rng.int(2048)) : Buffer.from(JSON.stringify(randomJson(rng)));
         return Object.assign(b, { signedAs });
       },
-      check(b) {
+      stages: ["JSON", "signature", "schema"],
+      check(b, reach) {
+        // the outer checks, computed here: JSON, then the trusted key's signature over `signed`
+        let raw: { signed?: unknown; signatures?: { sig?: unknown }[] } | undefined;
+        try {
+          raw = JSON.parse(b.toString("utf8"));
+        } catch {
+          // not JSON
+        }
+        if (raw && typeof raw === "object" && !Array.isArray(raw)) {
+          reach("JSON");
+          const sig = Array.isArray(raw.signatures) ? raw.signatures[0]?.sig : undefined;
+          try {
+            if (
+              typeof sig === "string" &&
+              verify(
+                null,
+                signedBytes(raw.signed as IndexSigned),
+                key.publicKey,
+                Buffer.from(sig, "base64"),
+              )
+            )
+              reach("signature");
+          } catch {
+            // a signed part that cannot be encoded: not past the signature
+          }
+        }
         decodeIndex(b);
+        reach("schema");
         const v = verifyIndex(b, {
           channel: "stable",
           trustedKeys: [key.publicKey],
@@ -657,6 +835,6 @@ describe("channel index", () => {
         return true;
       },
     });
-    expectClean(r);
+    expectClean(r, { JSON: 0.4, signature: 0.15, schema: 0.05 });
   });
 });
