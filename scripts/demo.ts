@@ -6,13 +6,16 @@
  *
  *   scripts/demo.sh [--rebuild] [--out DIR]
  *
- * The guest's serial console is shown as it comes; lines starting with
+ * The guest's serial console is shown line by line as it comes (without the
+ * terminal queries and screen clears the firmware and the shell send, and
+ * without the commands the demo types into the guest); lines starting with
  * `demo:` say what just happened.
  */
 import { execFileSync } from "node:child_process";
 import { existsSync, mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
+import { ConsoleView } from "../qemu/console-view.ts";
 import { ABFORGE_BIN, abforgeCommand, BANNER, publishBundle, serveRepo } from "../qemu/fleet.ts";
 import { Vm } from "../qemu/vm.ts";
 
@@ -84,12 +87,13 @@ mkdirSync(hostDir, { recursive: true });
 const disk = join(hostDir, "disk.img");
 execFileSync("cp", ["--sparse=always", join(OUT, "v1", "disk.img"), disk]);
 
+const view = new ConsoleView((text) => process.stdout.write(text));
 say("booting the 1.0.0 disk under QEMU (OVMF → GRUB → kernel → dm-verity root)");
 const vm = await Vm.start({
   disk,
   serialLog: join(hostDir, "serial.log"),
   forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: repo.port },
-  onConsole: (text) => process.stdout.write(text),
+  onConsole: (text) => view.feed(text),
 });
 const slots = () =>
   execFileSync(ABFORGE_BIN, ["slots", "show", "--disk", disk], { encoding: "utf8" });
@@ -118,9 +122,11 @@ try {
   );
   process.stdout.write(slots());
   // The root shell came up with 2.0.0's banner, before the rollback line.
+  view.muted = true;
   const status = await vm.run("/usr/lib/abforge/bin/abforge agent status 2>/dev/null", {
     timeoutMs: 120_000,
   });
+  view.skip();
   say("the agent's status on the host (3.0.0 is recorded as bad and will not be installed again):");
   process.stdout.write(status.output);
   say("done; powering the VM off");
