@@ -108,8 +108,11 @@ export class Vm {
       "1",
       "-display",
       "none",
+      // A display adapter with no display: OVMF offers GOP, and GRUB (efi_gop)
+      // hands the kernel a video mode instead of printing "error: no
+      // suitable video mode found" at every boot; the console stays on ttyS0.
       "-vga",
-      "none",
+      "std",
       "-drive",
       `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
       "-drive",

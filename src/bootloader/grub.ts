@@ -39,6 +39,9 @@ export const GRUB_MODULES: readonly string[] = [
   "reboot",
   "memdisk",
   "tar",
+  // the firmware's framebuffer (GOP), handed to the kernel: without a video
+  // module GRUB prints "error: no suitable video mode found" at every boot
+  "efi_gop",
 ];
 
 /** Characters a kernel command line from a spec may use: it is pasted into GRUB script. */
