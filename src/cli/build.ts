@@ -45,7 +45,7 @@ export function register(program: Command): void {
           );
         }
         // The build pipeline (and its YAML and tar code) loads only for a build.
-        const { build } = await import("../build/pipeline.ts");
+        const { build } = await import("../build/index.ts");
         const r = await build({
           specPath,
           outDir: opts.out,

@@ -21,12 +21,17 @@ import {
   grubConfig,
   initialBootState,
 } from "../../src/bootloader/index.ts";
-import { abforgePartitions, assembleDisk } from "../../src/build/assemble.ts";
-import { buildStateFs } from "../../src/build/filesystems.ts";
-import { buildInitramfs, installRootfsBootFiles } from "../../src/build/initramfs.ts";
-import { fetchKernel, installKernel } from "../../src/build/kernel.ts";
-import { buildSlotImage } from "../../src/build/slot.ts";
-import { buildSquashfs } from "../../src/build/squashfs.ts";
+import {
+  abforgePartitions,
+  assembleDisk,
+  buildInitramfs,
+  buildSlotImage,
+  buildSquashfs,
+  buildStateFs,
+  fetchKernel,
+  installKernel,
+  installRootfsBootFiles,
+} from "../../src/build/index.ts";
 import { requireTool } from "../../src/exec.ts";
 import { formatSlotVerity } from "../../src/image/index.ts";
 import { CACHE_DIR, KERNEL_PACKAGE } from "../helpers/cache.ts";
