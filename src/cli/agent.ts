@@ -15,7 +15,10 @@ type Opts = AgentCliOptions & JsonOption;
 
 function common(cmd: Command): Command {
   return cmd
-    .option("--config <file>", "agent config (default /etc/abforge/agent.yaml; none with --disk)")
+    .option(
+      "--config <file>",
+      "agent config (default /etc/abforge/agent.yaml; with --disk, the one inside the slot the image boots)",
+    )
     .option(
       "--disk <image>",
       "a disk image standing for the boot disk: the slot the boot state boots now counts as booted",
@@ -26,7 +29,7 @@ function common(cmd: Command): Command {
     )
     .option(
       "--pubkey <file>",
-      "trust this public key too (SPKI PEM); repeatable",
+      "trust only this public key (SPKI PEM), instead of the config's or the image's; repeatable",
       (v: string, prev: string[] = []) => [...prev, v],
     )
     .option("--json", "print JSON");

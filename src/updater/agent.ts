@@ -5,8 +5,10 @@
  */
 import type { KeyObject } from "node:crypto";
 import { type BootState, markGood } from "../bootloader/index.ts";
+import { keyId } from "../bundle/index.ts";
 import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
+import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
 import { type AgentConfig, errText, type SlotName } from "./config.ts";
@@ -58,10 +60,16 @@ export interface AgentOptions {
   openBootDisk: (path: string, o: { readOnly: boolean }) => Promise<BootDiskHandle>;
   /** What the booted image carries (keys, release), given where its slot lies on the disk. */
   imageFiles: (bootedSlot: SlotName, slotRange: ByteRange) => ImageFiles;
-  /** Keys trusted in addition (`--pubkey`). */
-  extraKeys?: KeyObject[];
-  /** Keys from config.trustedKeys, loaded. */
-  configKeys?: KeyObject[];
+  /** `--pubkey`: when given, the only keys trusted. */
+  pubkeys?: TrustedKey[];
+  /** Keys from config.trustedKeys, loaded; when none, the booted image's keys directory. */
+  configKeys?: TrustedKey[];
+}
+
+/** A trusted public key and where it came from (logged, so an operator sees what is trusted). */
+export interface TrustedKey {
+  key: KeyObject;
+  source: string;
 }
 
 export type AfterBootResult =
@@ -267,16 +275,27 @@ export class Agent {
     }
   }
 
+  /** --pubkey alone when given; else the config's keys; else the booted image's keys directory. */
   async #trustedKeys(c: Context): Promise<KeyObject[]> {
+    const given = this.#o.pubkeys ?? [];
     const own = this.#o.configKeys ?? [];
-    const base = own.length > 0 ? own : await this.#image(c).trustedKeys();
-    const keys = [...base, ...(this.#o.extraKeys ?? [])];
+    const keys: TrustedKey[] =
+      given.length > 0
+        ? given
+        : own.length > 0
+          ? own
+          : (await this.#image(c).trustedKeys()).map((key) => ({
+              key,
+              source: `${KEYS_DIR} of the booted image (slot ${c.booted})`,
+            }));
     if (keys.length === 0)
       throw new UpdaterError(
         "CONFIG_INVALID",
-        "no trusted public keys: none in the config (trustedKeys), none given with --pubkey, none in the booted image (/etc/abforge/keys)",
+        `no trusted public keys: none given with --pubkey, none in the config (trustedKeys), none in the booted image (${KEYS_DIR})`,
       );
-    return keys;
+    const listed = keys.map((k) => `${keyId(k.key)} from ${k.source}`);
+    this.#log.info(`trusting ${listed.join("; ")}`);
+    return keys.map((k) => k.key);
   }
 
   async #compatible(c: Context): Promise<string> {

@@ -262,24 +262,35 @@ export class SquashfsImageFiles implements ImageFiles {
     );
   }
   async trustedKeys(): Promise<KeyObject[]> {
-    const listing = await unsquashfs(["-o", String(this.#offset), "-lc", this.#disk, KEYS_DIR]);
-    const files = listing
-      .split("\n")
-      .map((l) => l.trim().replace(/^squashfs-root\//, ""))
+    const files = (await this.#list(KEYS_DIR))
       .filter((l) => l.startsWith(`${KEYS_DIR}/`) && l.endsWith(".pub"))
       .sort();
+    return this.keys(files);
+  }
+  /** Public keys at these in-image paths (absolute or relative to the root). */
+  async keys(paths: readonly string[]): Promise<KeyObject[]> {
     const dir = await mkdtemp(join(tmpdir(), "abforge-keys-"));
     try {
       const keys: KeyObject[] = [];
-      for (const f of files) {
-        const path = join(dir, f.slice(KEYS_DIR.length + 1));
-        await writeFile(path, await this.#cat(f));
+      for (const [i, f] of paths.entries()) {
+        const path = join(dir, `${i}.pub`);
+        await writeFile(path, await this.#cat(f.replace(/^\/+/, "")));
         keys.push(await loadPublicKey(path));
       }
       return keys;
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
+  }
+  /** The text of an in-image file, or undefined when the image has none at that path. */
+  async text(path: string): Promise<string | undefined> {
+    const rel = path.replace(/^\/+/, "");
+    if (!(await this.#list(rel)).includes(rel)) return undefined;
+    return this.#cat(rel);
+  }
+  async #list(path: string): Promise<string[]> {
+    const listing = await unsquashfs(["-o", String(this.#offset), "-lc", this.#disk, path]);
+    return listing.split("\n").map((l) => l.trim().replace(/^squashfs-root\//, ""));
   }
   async #cat(path: string): Promise<string> {
     return unsquashfs(["-o", String(this.#offset), "-cat", this.#disk, path]);

@@ -4,13 +4,21 @@
  * and the real machine behind the interfaces. On a host: /etc/abforge/agent.yaml,
  * the discovered boot disk, /var/lib/abforge, `reboot`. With `--disk IMAGE`:
  * the image stands for the boot disk, the slot GRUB would boot now counts as
- * booted, the state lives beside the image, and a reboot is only logged.
+ * booted, and the agent reads what a host booted from it reads: the config,
+ * the trusted keys and the release inside that slot. The state lives beside
+ * the image, a reboot is only logged, and the image's health checks (commands
+ * for the host it boots) are not run here.
+ *
+ * Trust: `--pubkey` limits it to the keys given (as `bundle verify --pubkey`
+ * does); otherwise the config's trustedKeys, else the image's keys directory.
+ * The agent logs each trusted key with where it came from.
  */
-import { BootDisk, findHostBootDisk } from "../bootloader/index.ts";
+import { BootDisk, findHostBootDisk, nextBootSlot } from "../bootloader/index.ts";
 import { loadPublicKey } from "../bundle/index.ts";
 import { systemClock } from "../clock.ts";
+import { AGENT_CONFIG_PATH, parseConfig } from "../image/index.ts";
 import type { Logger } from "../log.ts";
-import { Agent, type AgentOptions } from "./agent.ts";
+import { Agent, type AgentOptions, type TrustedKey } from "./agent.ts";
 import { type AgentConfig, DEFAULT_CONFIG_PATH, defaultConfig, loadConfig } from "./config.ts";
 import { ProcessHealthRunner } from "./health.ts";
 import {
@@ -36,11 +44,58 @@ export function diskStateDir(disk: string): string {
   return `${disk}.abforge-state`;
 }
 
-/** Which config applies: --config; else the host's file; with --disk and no file, the defaults. */
-export async function resolveConfig(o: AgentCliOptions): Promise<AgentConfig> {
-  if (o.config) return loadConfig(o.config);
-  if (o.disk) return defaultConfig();
-  return loadConfig(DEFAULT_CONFIG_PATH);
+/** The config, and its trusted keys loaded with where each came from. */
+export interface ResolvedConfig {
+  config: AgentConfig;
+  keys: TrustedKey[];
+}
+
+/**
+ * Which config applies: --config; else the host's file; with --disk, the one
+ * inside the slot the image boots (the defaults when it carries none).
+ */
+export async function resolveConfig(o: AgentCliOptions): Promise<ResolvedConfig> {
+  if (o.config || !o.disk) {
+    const path = o.config ?? DEFAULT_CONFIG_PATH;
+    const config = await loadConfig(path);
+    const keys = await Promise.all(
+      config.trustedKeys.map(async (k) => ({
+        key: await loadPublicKey(k),
+        source: `${k} (trustedKeys in ${path})`,
+      })),
+    );
+    return { config, keys };
+  }
+  return imageConfig(o.disk);
+}
+
+/** The config a host booted from `disk` reads: /etc/abforge/agent.yaml in the slot it boots. */
+async function imageConfig(disk: string): Promise<ResolvedConfig> {
+  const boot = await BootDisk.open(disk, { readOnly: true });
+  let slot: ReturnType<typeof nextBootSlot>;
+  let range: { offset: number; size: number } | undefined;
+  try {
+    slot = nextBootSlot(await boot.readState());
+    if (slot !== null) range = boot.slotRange(slot);
+  } finally {
+    await boot.close();
+  }
+  // nothing bootable: the agent refuses with its own message when it opens
+  if (slot === null || range === undefined) return { config: defaultConfig(), keys: [] };
+  const files = new SquashfsImageFiles(disk, range.offset);
+  const where = `${disk} (slot ${slot}) ${AGENT_CONFIG_PATH}`;
+  const text = await files.text(AGENT_CONFIG_PATH);
+  if (text === undefined) return { config: defaultConfig(), keys: [] };
+  const config = parseConfig(text, where);
+  // host settings that do not apply to an image file
+  config.disk = null;
+  config.healthChecks = [];
+  const loaded = await files.keys(config.trustedKeys);
+  const keys = loaded.map((key, i) => ({
+    key,
+    source: `${config.trustedKeys[i]} in ${disk} (slot ${slot}, trustedKeys in its ${AGENT_CONFIG_PATH})`,
+  }));
+  return { config, keys };
 }
 
 export async function agentOptions(
@@ -48,12 +103,13 @@ export async function agentOptions(
   log: Logger,
   overrides: Partial<AgentOptions> = {},
 ): Promise<AgentOptions> {
-  const config = await resolveConfig(o);
+  const { config, keys: configKeys } = await resolveConfig(o);
   const onImage = o.disk !== undefined;
   const diskPath = o.disk ?? config.disk ?? (await findHostBootDisk());
   const stateDir = o.stateDir ?? (onImage ? diskStateDir(diskPath) : config.stateDir);
-  const configKeys = await Promise.all(config.trustedKeys.map((p) => loadPublicKey(p)));
-  const extraKeys = await Promise.all((o.pubkey ?? []).map((p) => loadPublicKey(p)));
+  const pubkeys = await Promise.all(
+    (o.pubkey ?? []).map(async (p) => ({ key: await loadPublicKey(p), source: `--pubkey ${p}` })),
+  );
   return {
     config,
     diskPath,
@@ -74,7 +130,7 @@ export async function agentOptions(
       ? (_slot, range) => new SquashfsImageFiles(diskPath, range.offset)
       : () => new RootImageFiles("/"),
     configKeys,
-    extraKeys,
+    pubkeys,
     ...overrides,
   };
 }

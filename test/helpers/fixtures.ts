@@ -94,6 +94,8 @@ export interface SlotImageOptions {
   trustedKeys: KeyObject[];
   /** Random bytes in /payload.bin (default 2.5 MiB: a slot image of 3 chunks). */
   payloadBytes?: number;
+  /** The text of /etc/abforge/agent.yaml (none by default). */
+  agentConfig?: string;
 }
 
 /** A slot image: squashfs (padded to 4096) + verity superblock and tree in the same file. */
@@ -107,6 +109,8 @@ export async function makeSlotImage(path: string, o: SlotImageOptions): Promise<
       join(root, `etc/abforge/keys/${keyId(k)}.pub`),
       k.export({ type: "spki", format: "pem" }),
     );
+  if (o.agentConfig !== undefined)
+    await writeFile(join(root, "etc/abforge/agent.yaml"), o.agentConfig);
   await writeFile(join(root, "payload.bin"), randomBytes(o.payloadBytes ?? 2.5 * MiB));
   await tool("mksquashfs", [
     root,
@@ -281,6 +285,8 @@ export interface UpdateWorldOptions {
   payloadBytes?: number;
   /** Size of each slot partition (default SLOT_BYTES, 8 MiB). */
   slotBytes?: number;
+  /** /etc/abforge/agent.yaml in every image, given the trusted key's in-image path. */
+  agentConfig?: (trustedKeyPath: string) => string;
 }
 
 /** Keys, the 1.0.0 disk, and bundles: the world most updater tests start from. */
@@ -297,6 +303,9 @@ export async function makeUpdateWorld(
       compatible,
       trustedKeys: [key.publicKey],
       ...(o.payloadBytes ? { payloadBytes: o.payloadBytes } : {}),
+      ...(o.agentConfig
+        ? { agentConfig: o.agentConfig(`/etc/abforge/keys/${keyId(key.publicKey)}.pub`) }
+        : {}),
     });
   const v1 = await image("1.0.0");
   const disk = await makeBootDisk(

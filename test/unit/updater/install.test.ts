@@ -156,10 +156,20 @@ describe("install from a local bundle file", () => {
     expect(await snapshot(d)).toEqual(before);
   });
 
-  it("trusts a key given with --pubkey in addition to the image's keys", async () => {
-    const d = await w.freshDisk("install-extra-key");
-    const t = await testAgent(d.path, { overrides: { extraKeys: [w.untrusted.publicKey] } });
-    expect(await t.agent.install(extra.untrusted.path)).toMatchObject({
+  it("trusts only the keys given with --pubkey: the image's own key no longer counts", async () => {
+    const pubkeys = [{ key: w.untrusted.publicKey, source: "--pubkey other.pub" }];
+    const d = await w.freshDisk("install-pubkey-only");
+    const before = await snapshot(d);
+    const t = await testAgent(d.path, { overrides: { pubkeys } });
+    await expect(t.agent.install((w.bundles["2.0.0"] as BundleFixture).path)).rejects.toMatchObject(
+      {
+        code: "BUNDLE_UNTRUSTED_KEY",
+      },
+    );
+    expect(await snapshot(d)).toEqual(before);
+    const d2 = await w.freshDisk("install-pubkey");
+    const t2 = await testAgent(d2.path, { overrides: { pubkeys } });
+    expect(await t2.agent.install(extra.untrusted.path)).toMatchObject({
       outcome: "installed",
       version: "2.2.0",
     });
