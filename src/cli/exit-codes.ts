@@ -108,6 +108,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   UPDATE_ABORTED: 80,
   HOST_DISK_NOT_FOUND: 81,
   STATE_SCHEMA_NEWER: 82,
+  UPDATE_INDEX_MISMATCH: 83,
   // qemu
   QEMU_FAILED: 90,
   QEMU_TIMEOUT: 91,

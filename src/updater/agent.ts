@@ -109,6 +109,11 @@ export interface AgentStatus {
     | null;
   lastGood: AgentState["lastGood"];
   progress: (InstallProgress & { percent: number }) | null;
+  /**
+   * The idle slot an install emptied and why (README.md, "Empty slot"); only
+   * while the boot state still shows it empty and unbootable.
+   */
+  emptySlot: AgentState["emptySlot"];
   rollbacks: AgentState["rollbacks"];
   badVersions: string[];
 }
@@ -513,6 +518,8 @@ export class Agent {
             expected: {
               version: latest.version,
               slotDataOffset: latest.slotDataOffset,
+              manifestSha256: v.manifestSha256,
+              bundleSize: latest.size,
               bundleSha256: latest.sha256,
             },
             ...(signal ? { signal } : {}),
@@ -661,6 +668,7 @@ export class Agent {
         progress: p
           ? { ...p, percent: Math.floor((p.verifiedChunks * 100) / Math.max(1, p.chunksTotal)) }
           : null,
+        emptySlot: emptyNow(st.emptySlot, c.boot),
         rollbacks: st.rollbacks,
         badVersions: st.badVersions,
       };
@@ -728,6 +736,13 @@ export class Agent {
       this.#log.info("agent stopped");
     }
   }
+}
+
+/** The state file's empty-slot record, if the boot state still agrees (nobody activated the slot since). */
+function emptyNow(e: AgentState["emptySlot"], boot: BootState): AgentState["emptySlot"] {
+  if (!e) return null;
+  const s = boot.slots[e.slot];
+  return s.rootHash === "" && !s.good && s.tries === 0 ? e : null;
 }
 
 /** An error that no retry mends: the config (or what it points at) cannot work. */

@@ -18,7 +18,9 @@ export type UpdaterErrorCode =
   | "STATE_SCHEMA_NEWER"
   | "HEALTH_CHECK_FAILED"
   | "UPDATE_ABORTED"
-  | "HOST_DISK_NOT_FOUND";
+  | "HOST_DISK_NOT_FOUND"
+  /** A validly signed bundle that is not the one the signed channel index names. */
+  | "UPDATE_INDEX_MISMATCH";
 
 export class UpdaterError extends BaseError<UpdaterErrorCode> {}
 

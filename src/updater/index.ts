@@ -69,6 +69,7 @@ export { formatAfterBoot, formatCheck, formatStatus } from "./report.ts";
 export { type AgentCliOptions, agentOptions, createAgent, diskStateDir } from "./setup.ts";
 export {
   type AgentState,
+  type EmptySlot,
   type InstallProgress,
   initialAgentState,
   type PendingSlot,
