@@ -10,6 +10,7 @@ import { isBaseError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
 import { type AgentConfig, errText, type SlotName } from "./config.ts";
+import { emptySlotNow } from "./empty-slot.ts";
 import { UpdaterError } from "./errors.ts";
 import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
 import {
@@ -668,7 +669,7 @@ export class Agent {
         progress: p
           ? { ...p, percent: Math.floor((p.verifiedChunks * 100) / Math.max(1, p.chunksTotal)) }
           : null,
-        emptySlot: emptyNow(st.emptySlot, c.boot),
+        emptySlot: emptySlotNow(st.emptySlot, c.boot),
         rollbacks: st.rollbacks,
         badVersions: st.badVersions,
       };
@@ -736,13 +737,6 @@ export class Agent {
       this.#log.info("agent stopped");
     }
   }
-}
-
-/** The state file's empty-slot record, if the boot state still agrees (nobody activated the slot since). */
-function emptyNow(e: AgentState["emptySlot"], boot: BootState): AgentState["emptySlot"] {
-  if (!e) return null;
-  const s = boot.slots[e.slot];
-  return s.rootHash === "" && !s.good && s.tries === 0 ? e : null;
 }
 
 /** An error that no retry mends: the config (or what it points at) cannot work. */

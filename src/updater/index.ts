@@ -22,6 +22,7 @@ export {
   type CheckResult,
   type SlotStatus,
 } from "./agent.ts";
+export { emptySlotNow, formatEmptySlot, readEmptySlot } from "./empty-slot.ts";
 export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 export {
   type HealthResult,

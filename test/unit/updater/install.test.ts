@@ -5,17 +5,16 @@ import { createReadStream } from "node:fs";
 import { copyFile, open, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
-import { BootDisk } from "../../../src/bootloader/index.ts";
 import { readBundleHead } from "../../../src/bundle/index.ts";
 import { formatStatus, initialAgentState, StateStore } from "../../../src/updater/index.ts";
 import {
   type BundleFixture,
-  copyInto,
   type DiskFixture,
   makeBundle,
   makeSlotImage,
   makeUpdateWorld,
   readRange,
+  secondUpdateDisk as secondUpdate,
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
@@ -67,32 +66,8 @@ async function snapshot(d: DiskFixture) {
   };
 }
 
-/** A disk of a second update: A runs 1.0.0 (good), B holds the previous release 0.9.0 (good). */
-async function secondUpdateDisk(name: string): Promise<DiskFixture> {
-  const d = await w.freshDisk(name);
-  await copyInto(extra.older.slot.path, d.path, d.slots.B.offset);
-  const disk = await BootDisk.open(d.path);
-  try {
-    const s = await disk.readState();
-    const v = extra.older.manifest.verity;
-    await disk.writeState({
-      ...s,
-      slots: {
-        ...s.slots,
-        B: {
-          tries: 0,
-          good: true,
-          rootHash: v.rootHash,
-          verity: `${v.dataBlocks}:${v.hashStartBlock}:${v.salt}`,
-          version: "0.9.0",
-        },
-      },
-    });
-  } finally {
-    await disk.close();
-  }
-  return d;
-}
+/** A: 1.0.0 (good); B: the previous release 0.9.0 (good), the fallback an install could lose. */
+const secondUpdateDisk = (name: string) => secondUpdate(w, name, extra.older);
 
 /** A copy of a bundle with one byte flipped at `offset`. */
 async function tampered(src: string, name: string, offset: number): Promise<string> {
