@@ -526,6 +526,22 @@ describe("abforge agent check against hostile repositories", () => {
     );
   });
 
+  it("a download that fails inside the first chunk changes nothing (B stays the fallback)", async () => {
+    server.reset();
+    server.index = serveIndex(makeIndex());
+    // 1000 bytes of the slot image, then silence (a stall); the retry is answered 404
+    server.bundle = (req, res, n) => {
+      if (n === 1) sendThenStall(req, res, bundle2, slotOffset2 + 1000);
+      else res.writeHead(404).end();
+    };
+    await expectRefused(
+      "a download that fails in chunk 0",
+      await world(),
+      75,
+      /failed in chunk 0 of 3: .*HTTP 404.*; nothing written: slot B and the boot state are as they were/,
+    );
+  });
+
   it("refuses a signed index whose size is smaller than the bundle", async () => {
     server.reset();
     server.index = serveIndex(makeIndex({ size: bundle2.length - MiB }));
