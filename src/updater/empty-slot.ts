@@ -4,6 +4,7 @@
  * state still shows that slot empty and unbootable.
  */
 import type { BootState } from "../bootloader/index.ts";
+import { UpdaterError } from "./errors.ts";
 import { type EmptySlot, StateStore } from "./state-file.ts";
 
 /** The record, if the boot state still agrees (nobody activated or refilled the slot since). */
@@ -24,8 +25,11 @@ export async function readEmptySlot(stateDir: string, boot: BootState): Promise<
   try {
     r = await new StateStore(stateDir).read();
   } catch (err) {
-    const code = (err as { code?: unknown }).code;
-    if (code === "STATE_CORRUPT" || code === "STATE_SCHEMA_NEWER") return null;
+    if (
+      err instanceof UpdaterError &&
+      (err.code === "STATE_CORRUPT" || err.code === "STATE_SCHEMA_NEWER")
+    )
+      return null;
     throw err;
   }
   return "state" in r ? emptySlotNow(r.state.emptySlot, boot) : null;
