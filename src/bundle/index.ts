@@ -33,6 +33,7 @@ export {
   MAX_MANIFEST_BYTES,
   type Manifest,
   type ManifestIssue,
+  manifestDigest,
   type SlotImageInfo,
   type UnsignedManifest,
   validateManifest,

@@ -3,6 +3,7 @@
  * encoding, and a decoder that validates every field and reports all invalid
  * fields at once. Pure: bytes in, values out.
  */
+import { createHash } from "node:crypto";
 import semver from "semver";
 import { COMPATIBLE_NAME } from "../image/index.ts";
 import type { VerityParams } from "../verity/index.ts";
@@ -104,6 +105,15 @@ export function encodeManifest(m: Manifest): Uint8Array {
   const issues = validateManifest(m);
   if (issues.length > 0) throw badManifest("manifest to encode", issues);
   return new TextEncoder().encode(canonicalText(m));
+}
+
+/**
+ * sha256 (hex) of a manifest's canonical bytes, which are exactly the bytes
+ * of `manifest.json` in its bundle: the identity of a signed release that
+ * the channel index commits to (src/repo README.md, "Index schema").
+ */
+export function manifestDigest(m: Manifest): string {
+  return createHash("sha256").update(encodeManifest(m)).digest("hex");
 }
 
 /** Length of manifest.json for `n` bytes of JSON and newline: 4096k + 2048, at least n. */

@@ -74,6 +74,13 @@ export interface BundleReaderOptions {
    * are left alone.
    */
   releaseSourceBuffers?: boolean;
+  /**
+   * Sees every byte the reader consumes, in order, with its offset in the
+   * bundle, before it is parsed or released: a digest of the whole file in
+   * the same pass (src/updater checks the channel index's size and sha256).
+   * With a resume `source` the offsets jump to where that stream starts.
+   */
+  onBytes?: (bytes: Uint8Array, offset: number) => void;
 }
 
 export interface SlotImageOptions {
@@ -82,7 +89,10 @@ export interface SlotImageOptions {
    * and verified on the same stream but not emitted; with `source`, that
    * stream must start at byte `layout.slotOffset + fromChunk * CHUNK_SIZE`
    * of the bundle (an HTTP Range response), and the whole-image sha256 is
-   * not checked (each chunk still is).
+   * not checked (each chunk still is). `fromChunk` may be the chunk count:
+   * nothing is emitted, and `source` starts at the end of the slot image
+   * (`layout.slotOffset + slotSize`), where the padding and the
+   * end-of-archive blocks follow.
    */
   fromChunk?: number;
   source?: ByteStream;
@@ -108,7 +118,7 @@ export class BundleReader {
   constructor(source: ByteStream, o: BundleReaderOptions) {
     this.#o = o;
     this.#where = o.name ?? "bundle";
-    this.#src = new ByteSource(source, 0, o.releaseSourceBuffers ?? false);
+    this.#src = new ByteSource(source, 0, o.releaseSourceBuffers ?? false, o.onBytes);
   }
 
   /** The verified manifest (after open()). */
@@ -186,14 +196,15 @@ export class BundleReader {
     const manifest = this.manifest;
     const from = o.fromChunk ?? 0;
     const count = chunkCount(manifest.slotImage.size);
-    if (!Number.isSafeInteger(from) || from < 0 || from >= count)
-      throw new RangeError(`fromChunk ${from} is outside 0..${count - 1}`);
+    if (!Number.isSafeInteger(from) || from < 0 || from > count)
+      throw new RangeError(`fromChunk ${from} is outside 0..${count}`);
     if (o.source) {
       void this.#src.close();
       this.#src = new ByteSource(
         o.source,
-        this.layout.slotOffset + from * CHUNK_SIZE,
+        this.layout.slotOffset + Math.min(from * CHUNK_SIZE, manifest.slotImage.size),
         this.#o.releaseSourceBuffers ?? false,
+        this.#o.onBytes,
       );
     }
     this.#state = "streaming";
@@ -305,7 +316,7 @@ export interface BundleHeadInfo {
  * Reads only the first three headers and the first two entries.
  */
 export async function readBundleHead(source: ByteStream, name = "bundle"): Promise<BundleHeadInfo> {
-  const src = new ByteSource(source, 0, false);
+  const src = new ByteSource(source, 0, false, undefined);
   try {
     const head = await readHead(src, name);
     const manifest = decodeManifest(head.manifestBytes, `${name}: ${MANIFEST_ENTRY}`);
@@ -449,6 +460,7 @@ const EMPTY = Buffer.alloc(0);
 class ByteSource {
   readonly #it: AsyncIterator<unknown>;
   readonly #release: boolean;
+  readonly #tap: ((bytes: Uint8Array, offset: number) => void) | undefined;
   #buf: Buffer = EMPTY;
   /** The value #buf views, when releaseConsumed() may detach it. */
   #releasable: Uint8Array | undefined;
@@ -460,10 +472,16 @@ class ByteSource {
    */
   owning = false;
 
-  constructor(source: ByteStream, offset: number, release: boolean) {
+  constructor(
+    source: ByteStream,
+    offset: number,
+    release: boolean,
+    tap: ((bytes: Uint8Array, offset: number) => void) | undefined,
+  ) {
     this.#it = (source as AsyncIterable<unknown>)[Symbol.asyncIterator]();
     this.offset = offset;
     this.#release = release;
+    this.#tap = tap;
   }
 
   /** Up to `max` bytes; null at the end of the stream. */
@@ -490,6 +508,7 @@ class ByteSource {
     }
     const out = this.#buf.subarray(0, max);
     this.#buf = this.#buf.subarray(out.length);
+    this.#tap?.(out, this.offset);
     this.offset += out.length;
     return out;
   }

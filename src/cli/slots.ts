@@ -13,6 +13,8 @@ import {
   type SlotName,
   setNext,
 } from "../bootloader/index.ts";
+import { STATE_DIR } from "../image/index.ts";
+import { diskStateDir, type EmptySlot, formatEmptySlot, readEmptySlot } from "../updater/index.ts";
 import { action, intOption, type JsonOption, output } from "./command.ts";
 
 interface DiskOption extends JsonOption {
@@ -25,7 +27,13 @@ function slotArgument(value: string): SlotName {
   return v;
 }
 
-function report(path: string, s: BootState, booted: SlotName | null) {
+function report(
+  path: string,
+  s: BootState,
+  booted: SlotName | null,
+  /** `show` only: why a slot an install emptied is still empty (the agent's state file). */
+  emptySlot?: EmptySlot | null,
+) {
   return {
     disk: path,
     order: s.order,
@@ -47,6 +55,7 @@ function report(path: string, s: BootState, booted: SlotName | null) {
         ];
       }),
     ),
+    ...(emptySlot === undefined ? {} : { emptySlot }),
   };
 }
 
@@ -74,6 +83,7 @@ function text(r: ReturnType<typeof report>): string {
     ...(r.booted ? [`booted: ${r.booted}`] : []),
     "",
     ...table,
+    ...(r.emptySlot ? ["", `empty: ${formatEmptySlot(r.emptySlot)}`] : []),
   ].join("\n");
 }
 
@@ -124,12 +134,19 @@ export function register(program: Command): void {
     .command("show")
     .description("per slot: version, root hash, good, tries left; and which slot boots next")
     .option("--disk <image>", "disk image or block device (default: this host's boot disk)")
+    .option(
+      "--state-dir <dir>",
+      `the agent's state directory, read for why a slot is empty (default ${STATE_DIR}; with --disk, <image>.abforge-state)`,
+    )
     .option("--json", "print JSON")
     .action(
-      action(async (opts: DiskOption) => {
+      action(async (opts: DiskOption & { stateDir?: string }) => {
         const { disk, booted } = await openBootTarget(opts.disk, { readOnly: true });
         try {
-          const r = report(disk.path, await disk.readState(), booted);
+          const s = await disk.readState();
+          const stateDir =
+            opts.stateDir ?? (opts.disk === undefined ? STATE_DIR : diskStateDir(opts.disk));
+          const r = report(disk.path, s, booted, await readEmptySlot(stateDir, s));
           output(opts, r, () => text(r));
         } finally {
           await disk.close();

@@ -10,7 +10,14 @@ import { CHANNEL_NAME } from "../image/index.ts";
 import { RepoError } from "./errors.ts";
 
 export const INDEX_TYPE = "abforge-channel-index";
-export const INDEX_FORMAT_VERSION = 1;
+/**
+ * The format `publish` writes (README.md, "Format versions"): 2 commits to
+ * the bundle's manifest (`latest.manifestSha256`). `decodeIndex` reads 1 too
+ * (a publish continues its serial); `verifyIndex` refuses it.
+ */
+export const INDEX_FORMAT_VERSION = 2;
+/** Format versions `decodeIndex` reads. */
+export const INDEX_FORMAT_VERSIONS: readonly number[] = [1, 2];
 
 export interface IndexLatest {
   /** semver of the bundle. */
@@ -23,6 +30,11 @@ export interface IndexLatest {
   sha256: string;
   /** Byte offset of the slot image's data inside the bundle file. */
   slotDataOffset: number;
+  /**
+   * sha256 of the bundle's `manifest.json` bytes (src/bundle `manifestDigest`):
+   * the signed release the index names. Format 2 and later; absent in format 1.
+   */
+  manifestSha256?: string;
   /** Oldest running version that may install this bundle ("0.0.0": any). */
   minUpdateFrom: string;
 }
@@ -34,7 +46,8 @@ export interface IndexRollout {
 
 export interface IndexSigned {
   type: typeof INDEX_TYPE;
-  formatVersion: 1;
+  /** 2 when written by this version; 1 only in indexes read from an older publisher. */
+  formatVersion: 1 | 2;
   channel: string;
   name: string;
   compatible: string;
@@ -234,9 +247,10 @@ export function validateSigned(signed: unknown): string[] {
   );
   if ("type" in signed && signed.type !== INDEX_TYPE)
     problems.push(`${w}.type: must be "${INDEX_TYPE}", got ${JSON.stringify(signed.type)}`);
-  if ("formatVersion" in signed && signed.formatVersion !== INDEX_FORMAT_VERSION)
+  const format = signed.formatVersion;
+  if ("formatVersion" in signed && !INDEX_FORMAT_VERSIONS.includes(format as number))
     problems.push(
-      `${w}.formatVersion: must be ${INDEX_FORMAT_VERSION}, got ${JSON.stringify(signed.formatVersion)}`,
+      `${w}.formatVersion: must be ${INDEX_FORMAT_VERSIONS.join(" or ")}, got ${JSON.stringify(format)}`,
     );
   str(signed, "channel", w, problems, CHANNEL_NAME);
   str(signed, "name", w, problems);
@@ -251,12 +265,9 @@ export function validateSigned(signed: unknown): string[] {
   const lw = `${w}.latest`;
   if ("latest" in signed && !isObj(l)) problems.push(`${lw}: must be an object`);
   if (isObj(l)) {
-    checkKeys(
-      l,
-      lw,
-      ["version", "bundle", "size", "sha256", "slotDataOffset", "minUpdateFrom"],
-      problems,
-    );
+    // format 1 has no manifestSha256; 2 (and an unknown version, reported above) has it
+    const latestKeys = ["version", "bundle", "size", "sha256", "slotDataOffset", "minUpdateFrom"];
+    checkKeys(l, lw, format === 1 ? latestKeys : [...latestKeys, "manifestSha256"], problems);
     const v = version(l, "version", lw, problems);
     const min = version(l, "minUpdateFrom", lw, problems);
     if (v !== undefined && min !== undefined && semver.gt(min, v))
@@ -268,6 +279,7 @@ export function validateSigned(signed: unknown): string[] {
       );
     const size = int(l, "size", lw, problems, 1);
     str(l, "sha256", lw, problems, HEX64);
+    str(l, "manifestSha256", lw, problems, HEX64);
     const offset = int(l, "slotDataOffset", lw, problems, 0);
     if (offset !== undefined && offset % TAR_BLOCK !== 0)
       problems.push(`${lw}.slotDataOffset: ${offset} is not a multiple of ${TAR_BLOCK}`);
@@ -372,6 +384,8 @@ export interface VerifiedIndex {
   keyId: string;
   /** indexDigest(signed), to store with the serial. */
   digest: string;
+  /** `latest.manifestSha256`: the release the index commits to (always there once verified). */
+  manifestSha256: string;
 }
 
 /**
@@ -392,6 +406,20 @@ export function verifyIndex(bytes: Uint8Array, o: VerifyIndexOptions): VerifiedI
       "REPO_BAD_INDEX",
       `channel index is for channel "${signed.channel}", not the requested "${o.channel}"`,
       { details: { reason: "wrong-channel", channel: signed.channel, expected: o.channel } },
+    );
+  // 4b: it commits to the bundle it names (format 2): format 1 names a path and a hash
+  // of the file, but not the release, so it cannot be the whole truth
+  if (signed.formatVersion < INDEX_FORMAT_VERSION || signed.latest.manifestSha256 === undefined)
+    throw new RepoError(
+      "REPO_BAD_INDEX",
+      `channel index "${signed.channel}" (serial ${signed.serial}) is format ${signed.formatVersion}, which does not commit to the bundle's manifest; publish it again with this abforge (\`abforge repo publish\` writes format ${INDEX_FORMAT_VERSION})`,
+      {
+        details: {
+          reason: "old-format",
+          formatVersion: signed.formatVersion,
+          required: INDEX_FORMAT_VERSION,
+        },
+      },
     );
   // 5: not expired
   if (o.now.getTime() >= Date.parse(signed.expiresAt))
@@ -419,7 +447,7 @@ export function verifyIndex(bytes: Uint8Array, o: VerifyIndexOptions): VerifiedI
       { details: { serial: signed.serial, digest, seenDigest: o.minSerialDigest } },
     );
   // 7: the bundle path stays inside the repository (checked by decodeIndex, step 2)
-  return { index, signed, keyId, digest };
+  return { index, signed, keyId, digest, manifestSha256: signed.latest.manifestSha256 };
 }
 
 function checkSignature(index: ChannelIndex, trustedKeys: readonly KeyObject[]): string {

@@ -6,6 +6,7 @@ export {
   decodeIndex,
   encodeIndex,
   INDEX_FORMAT_VERSION,
+  INDEX_FORMAT_VERSIONS,
   INDEX_TYPE,
   type IndexLatest,
   type IndexRollout,

@@ -12,6 +12,7 @@ import {
   BundleError,
   checkBundleFile,
   keyId as keyIdOf,
+  manifestDigest,
   publicKeyFromPrivate,
 } from "../bundle/index.ts";
 import { ToolError } from "../errors.ts";
@@ -64,6 +65,8 @@ export interface PublishResult {
   size: number;
   sha256: string;
   slotDataOffset: number;
+  /** sha256 of the bundle's manifest.json: what the index commits to. */
+  manifestSha256: string;
   indexPath: string;
   issuedAt: string;
   expiresAt: string;
@@ -78,6 +81,7 @@ interface BundleFacts {
   version: string;
   compatible: string;
   slotDataOffset: number;
+  manifestSha256: string;
 }
 
 export async function publish(o: PublishOptions): Promise<PublishResult> {
@@ -124,7 +128,11 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
     let facts: BundleFacts;
     try {
       const checked = await checkBundleFile(tmpBundle, [publicKey]);
-      facts = { ...checked.manifest, slotDataOffset: checked.layout.slotOffset };
+      facts = {
+        ...checked.manifest,
+        slotDataOffset: checked.layout.slotOffset,
+        manifestSha256: manifestDigest(checked.manifest),
+      };
     } catch (cause) {
       if (!(cause instanceof BundleError)) throw cause;
       const reason = cause.message.replaceAll(tmpBundle, o.bundlePath);
@@ -168,6 +176,7 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
         size,
         sha256,
         slotDataOffset: facts.slotDataOffset,
+        manifestSha256: facts.manifestSha256,
         minUpdateFrom,
       },
       rollout: { percent: rolloutPercent },
@@ -187,6 +196,7 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
       size,
       sha256,
       slotDataOffset: facts.slotDataOffset,
+      manifestSha256: facts.manifestSha256,
       indexPath,
       issuedAt: signed.issuedAt,
       expiresAt: signed.expiresAt,

@@ -12,6 +12,7 @@ import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
 import { type AgentConfig, errText, type SlotName } from "./config.ts";
+import { emptySlotNow } from "./empty-slot.ts";
 import { UpdaterError } from "./errors.ts";
 import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
 import {
@@ -117,6 +118,11 @@ export interface AgentStatus {
     | null;
   lastGood: AgentState["lastGood"];
   progress: (InstallProgress & { percent: number }) | null;
+  /**
+   * The idle slot an install emptied and why (README.md, "Empty slot"); only
+   * while the boot state still shows it empty and unbootable.
+   */
+  emptySlot: AgentState["emptySlot"];
   rollbacks: AgentState["rollbacks"];
   badVersions: string[];
 }
@@ -532,6 +538,8 @@ export class Agent {
             expected: {
               version: latest.version,
               slotDataOffset: latest.slotDataOffset,
+              manifestSha256: v.manifestSha256,
+              bundleSize: latest.size,
               bundleSha256: latest.sha256,
             },
             ...(signal ? { signal } : {}),
@@ -680,6 +688,7 @@ export class Agent {
         progress: p
           ? { ...p, percent: Math.floor((p.verifiedChunks * 100) / Math.max(1, p.chunksTotal)) }
           : null,
+        emptySlot: emptySlotNow(st.emptySlot, c.boot),
         rollbacks: st.rollbacks,
         badVersions: st.badVersions,
       };

@@ -20,7 +20,9 @@ export type UpdaterErrorCode =
   | "UPDATE_ABORTED"
   | "HOST_DISK_NOT_FOUND"
   | "STATE_UNAVAILABLE"
-  | "LOCK_FAILED";
+  | "LOCK_FAILED"
+  /** A validly signed bundle that is not the one the signed channel index names. */
+  | "UPDATE_INDEX_MISMATCH";
 
 export class UpdaterError extends BaseError<UpdaterErrorCode> {}
 

@@ -22,6 +22,7 @@ export {
   type CheckResult,
   type SlotStatus,
 } from "./agent.ts";
+export { emptySlotNow, formatEmptySlot, readEmptySlot } from "./empty-slot.ts";
 export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 export {
   type HealthResult,
@@ -69,6 +70,7 @@ export { formatAfterBoot, formatCheck, formatStatus } from "./report.ts";
 export { type AgentCliOptions, agentOptions, createAgent, diskStateDir } from "./setup.ts";
 export {
   type AgentState,
+  type EmptySlot,
   type InstallProgress,
   initialAgentState,
   type PendingSlot,

@@ -16,11 +16,13 @@ import {
   markUnbootable,
 } from "../bootloader/index.ts";
 import {
+  BundleError,
   BundleReader,
   CHUNK_SIZE,
   chunkCount,
-  encodeManifest,
   type Manifest,
+  manifestDigest,
+  type VerifiedChunk,
 } from "../bundle/index.ts";
 import type { Clock, Timer } from "../clock.ts";
 import { isBaseError, ToolError } from "../errors.ts";
@@ -30,7 +32,7 @@ import { errText, type SlotName } from "./config.ts";
 import { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 import type { ByteRange } from "./machine.ts";
 import { decideUpdate, installBlocker, otherSlot } from "./policy.ts";
-import type { AgentState, InstallProgress } from "./state-file.ts";
+import type { AgentState, EmptySlot, InstallProgress } from "./state-file.ts";
 
 /** Where a bundle's bytes come from: a local file or a URL. */
 export interface BundleSource {
@@ -67,10 +69,25 @@ export interface StateHandle {
 
 export interface InstallRequest {
   source: BundleSource;
-  /** What the channel index promised (absent for `install FILE|URL`). */
-  expected?: { version: string; slotDataOffset: number; bundleSha256: string };
+  /**
+   * What the signed channel index commits to (absent for `install FILE|URL`):
+   * checked before the idle slot or the boot state changes (step 2), the
+   * whole file's size and sha256 in the same pass as the download (step 6).
+   */
+  expected?: IndexPromise;
   /** Stops the install (UPDATE_ABORTED); progress so far is kept for a resume. */
   signal?: AbortSignal;
+}
+
+/** The channel index's `latest` (src/repo README.md, "Index schema"). */
+export interface IndexPromise {
+  version: string;
+  slotDataOffset: number;
+  /** sha256 of the bundle's manifest.json: the release the index names. */
+  manifestSha256: string;
+  /** Size and sha256 of the whole bundle file. */
+  bundleSize: number;
+  bundleSha256: string;
 }
 
 export interface InstallContext {
@@ -114,6 +131,18 @@ interface Run {
   resumedFromChunk: number;
   bytesWritten: number;
   wholeHash?: Hash;
+  /** Size and sha256 of the bundle file as the reader consumes it (only with an index promise). */
+  file?: FileDigest;
+  /** The boot disk, open for writing from step 3 to the end of step 5. */
+  fh?: FileHandle;
+  /** The progress record the resume check found (step 3), same slot and image. */
+  prev?: InstallProgress;
+  /** The verified chunks to write, from chunk `resumedFromChunk` on (step 3). */
+  chunks?: AsyncGenerator<VerifiedChunk, void, undefined>;
+  /** The first of them, received and verified before the boot state changes (step 3). */
+  first?: IteratorResult<VerifiedChunk, void>;
+  /** Step 4 marked the target unbootable and empty: a failure from here on is recorded for it. */
+  emptied: boolean;
   result?: InstallResult;
 }
 
@@ -132,7 +161,7 @@ export async function installBundle(
   req: InstallRequest,
 ): Promise<InstallResult> {
   const target = otherSlot(ctx.booted);
-  const r: Run = { req, target, resumedFromChunk: 0, bytesWritten: 0 };
+  const r: Run = { req, target, resumedFromChunk: 0, bytesWritten: 0, emptied: false };
   const plan = installPlan(ctx);
   const log = ctx.log.child({ source: req.source.location, slot: target });
   try {
@@ -140,18 +169,46 @@ export async function installBundle(
       if (req.signal?.aborted) throw aborted(req.signal, step.name);
       log.info({ step: step.name }, `step ${i + 1}/${plan.length}: ${step.name}`);
       await step.run(r);
-      if (r.result) {
-        r.head?.destroy();
-        return r.result;
-      }
+      if (r.result) return r.result;
     }
-  } catch (err) {
-    r.head?.destroy();
-    if (req.signal?.aborted && !(isBaseError(err) && err.code === "UPDATE_ABORTED"))
-      throw aborted(req.signal, "install", err);
+  } catch (caught) {
+    const err =
+      req.signal?.aborted && !(isBaseError(caught) && caught.code === "UPDATE_ABORTED")
+        ? aborted(req.signal, "install", caught)
+        : caught;
+    if (r.emptied) await recordEmptyFailure(ctx, r, err);
     throw err;
+  } finally {
+    await r.chunks?.return(undefined).catch(() => {});
+    r.head?.destroy();
+    await closeDisk(r);
   }
   return r.result as InstallResult;
+}
+
+/** Why the target is still empty (README.md, "Empty slot"): the failure that stopped the install. */
+async function recordEmptyFailure(ctx: InstallContext, r: Run, err: unknown): Promise<void> {
+  const failure = {
+    at: ctx.clock.now().toISOString(),
+    code: isBaseError(err) ? err.code : "UNEXPECTED",
+    message: errText(err),
+  };
+  await ctx.state
+    .update((s) =>
+      s.emptySlot?.slot === r.target ? { ...s, emptySlot: { ...s.emptySlot, failure } } : s,
+    )
+    .catch((e: unknown) =>
+      ctx.log.warn(
+        { err: e },
+        `cannot record why slot ${r.target} is empty in the state file: ${errText(e)}`,
+      ),
+    );
+}
+
+async function closeDisk(r: Run): Promise<void> {
+  const fh = r.fh;
+  r.fh = undefined;
+  await fh?.close();
 }
 
 function installPlan(ctx: InstallContext): Step[] {
@@ -161,32 +218,31 @@ function installPlan(ctx: InstallContext): Step[] {
       name: "open-bundle",
       async run(r) {
         r.head = r.req.source.open(0, r.req.signal);
+        const file = r.req.expected ? new FileDigest() : undefined;
+        r.file = file;
         r.reader = new BundleReader(r.head, {
           trustedKeys: ctx.trustedKeys,
           name: r.req.source.location,
           // a BundleSource's streams allocate a buffer per read (HTTP body, file)
           releaseSourceBuffers: true,
+          ...(file ? { onBytes: (b: Uint8Array, at: number) => file.update(b, at) } : {}),
         });
         r.manifest = await r.reader.open();
         r.slotOffset = r.reader.layout.slotOffset;
-        r.manifestSha256 = sha256(encodeManifest(r.manifest));
+        r.manifestSha256 = manifestDigest(r.manifest);
         ctx.log.info(
           { version: r.manifest.version, signer: r.reader.signerKeyId },
           `bundle ${r.manifest.name} ${r.manifest.version} is signed by trusted key ${r.reader.signerKeyId}`,
         );
       },
     },
-    // 2. compatible, version, bad versions, the index's promise, the fallback
+    // 2. the index's promise, compatible, version, bad versions, the fallback, the size
     {
       name: "check-update",
       async run(r) {
         const m = r.manifest as Manifest;
         const e = r.req.expected;
-        if (e && (e.version !== m.version || e.slotDataOffset !== r.slotOffset))
-          refuse(
-            "UPDATE_VERIFY_FAILED",
-            `the bundle is ${m.version} with its slot image at byte ${r.slotOffset}; the channel index promised ${e.version} at byte ${e.slotDataOffset}`,
-          );
+        if (e) checkPromise(e, r);
         const boot = await ctx.boot.readState();
         const decision = decideUpdate({
           bootedVersion: boot.slots[ctx.booted].version,
@@ -215,13 +271,7 @@ function installPlan(ctx: InstallContext): Step[] {
         const blocker = installBlocker(boot, ctx.booted);
         if (blocker)
           refuse("UPDATE_REFUSED", `cannot install ${m.version} into slot ${r.target}: ${blocker}`);
-      },
-    },
-    // 3. the slot image must fit the inactive partition
-    {
-      name: "check-size",
-      async run(r) {
-        const m = r.manifest as Manifest;
+        // the slot image must fit the inactive partition
         const part = ctx.slots[r.target];
         const treeEnd = m.verity.hashOffset + m.verity.hashAreaSize;
         if (m.slotImage.size > part.size || treeEnd > part.size)
@@ -232,13 +282,47 @@ function installPlan(ctx: InstallContext): Step[] {
           );
       },
     },
-    // 4. GRUB must not boot the slot while it is half written: one boot-state write
+    // 3. where the write starts, and its first chunk received and verified: a bundle
+    //    that is bad before its first slot byte costs nothing, not even the fallback
+    {
+      name: "check-first-chunk",
+      async run(r) {
+        await firstChunk(ctx, r);
+      },
+    },
+    // 4. GRUB must not boot the slot while it is half written: one boot-state write,
+    //    which also empties it (its old image is about to be overwritten)
     {
       name: "mark-unbootable",
       async run(r) {
+        const m = r.manifest as Manifest;
         const boot = await ctx.boot.readState();
-        const next = markUnbootable(boot, r.target);
+        const was = boot.slots[r.target];
+        const unbooted = markUnbootable(boot, r.target);
+        const next: BootState = {
+          ...unbooted,
+          slots: {
+            ...unbooted.slots,
+            [r.target]: { ...unbooted.slots[r.target], rootHash: "", verity: "", version: "" },
+          },
+        };
         if (JSON.stringify(next) !== JSON.stringify(boot)) await ctx.boot.writeState(next);
+        r.emptied = true;
+        const prevRecord = ctx.state.current.emptySlot;
+        const record: EmptySlot = {
+          slot: r.target,
+          since:
+            prevRecord?.slot === r.target && was.rootHash === ""
+              ? prevRecord.since
+              : ctx.clock.now().toISOString(),
+          previousVersion:
+            prevRecord?.slot === r.target && was.rootHash === ""
+              ? prevRecord.previousVersion
+              : was.version,
+          version: m.version,
+          failure: null,
+        };
+        await ctx.state.update((s) => ({ ...s, emptySlot: record }));
       },
     },
     // 5. stream the slot image into the partition, each chunk verified before it is written
@@ -253,6 +337,28 @@ function installPlan(ctx: InstallContext): Step[] {
       name: "check-sha256",
       async run(r) {
         const m = r.manifest as Manifest;
+        const e = r.req.expected;
+        // the whole bundle file, hashed as the reader consumed it (no second read)
+        if (e && r.file) {
+          const size = r.file.size;
+          const file = r.file.digest();
+          if (size !== e.bundleSize || file !== e.bundleSha256)
+            throw await forgetProgress(
+              ctx,
+              new UpdaterError(
+                "UPDATE_INDEX_MISMATCH",
+                `${r.req.source.location} is ${size} bytes with sha256 ${file}; the signed channel index names ${e.bundleSize} bytes with sha256 ${e.bundleSha256}: not the file the index names; slot ${r.target} is not activated`,
+                {
+                  details: {
+                    size,
+                    sha256: file,
+                    expectedSize: e.bundleSize,
+                    expectedSha256: e.bundleSha256,
+                  },
+                },
+              ),
+            );
+        }
         // Streamed from chunk 0: the bundle reader checked the whole image's
         // sha256 before it let the last chunk out (no second pass here).
         if (!r.wholeHash) return;
@@ -342,10 +448,12 @@ function installPlan(ctx: InstallContext): Step[] {
           version: m.version,
         });
         await ctx.boot.writeState(next);
+        r.emptied = false;
         const at = ctx.clock.now().toISOString();
         await ctx.state.update((s) => ({
           ...s,
           progress: null,
+          emptySlot: null,
           pending: {
             slot: r.target,
             version: m.version,
@@ -369,48 +477,106 @@ function installPlan(ctx: InstallContext): Step[] {
   ];
 }
 
-/** Step 5 (README.md, "Resume"). */
+/**
+ * Step 3 (README.md, "Resume"): what a previous run wrote, then the chunk
+ * stream from the first chunk not in the slot, and that chunk received and
+ * verified. Reads the slot, writes nothing: a failure here leaves the slot's
+ * bytes and the boot state as they were.
+ */
+async function firstChunk(ctx: InstallContext, r: Run): Promise<void> {
+  const m = r.manifest as Manifest;
+  const reader = r.reader as BundleReader;
+  const part = ctx.slots[r.target];
+  const total = chunkCount(m.slotImage.size);
+  const slotOffset = r.slotOffset as number;
+  try {
+    r.fh = await open(ctx.diskPath, "r+");
+  } catch (cause) {
+    throw ioError(`open ${ctx.diskPath} for writing`, cause);
+  }
+  const fh = r.fh;
+  // 3a. what a previous run wrote: the state file's hint, re-checked against the partition
+  const prev = ctx.state.current.progress;
+  const sameImage =
+    prev !== null &&
+    prev.slot === r.target &&
+    prev.manifestSha256 === r.manifestSha256 &&
+    prev.chunksTotal === total;
+  if (sameImage) r.prev = prev;
+  const hinted = sameImage ? Math.min(prev.verifiedChunks, total) : 0;
+  // Only a resumed write hashes the whole image here (the chunks re-read
+  // from the slot, then the streamed ones); from chunk 0, the reader does.
+  const whole = hinted > 0 ? createHash("sha256") : undefined;
+  let from = 0;
+  while (from < hinted) {
+    const len = Math.min(CHUNK_SIZE, m.slotImage.size - from * CHUNK_SIZE);
+    const buf = Buffer.alloc(len);
+    await readFull(fh, buf, part.offset + from * CHUNK_SIZE, ctx.diskPath);
+    if (sha256(buf) !== m.slotImage.chunks[from]) {
+      ctx.log.warn(
+        { chunk: from },
+        `chunk ${from} in slot ${r.target} does not match; rewriting from there`,
+      );
+      break;
+    }
+    whole?.update(buf);
+    // the bundle file holds these bytes here: its digest goes on without reading them again
+    r.file?.update(buf, slotOffset + from * CHUNK_SIZE);
+    from += 1;
+  }
+  r.resumedFromChunk = from;
+  r.wholeHash = from > 0 ? whole : undefined;
+  if (from > 0)
+    ctx.log.info(
+      { version: m.version, chunk: from, of: total },
+      `resuming ${m.version} at chunk ${from} of ${total} (chunks before it verified in slot ${r.target})`,
+    );
+  // 3b. the rest of the bundle from the first chunk not verified; with every chunk
+  // in the slot already (a run stopped in steps 6-9), only the end-of-archive blocks
+  r.chunks =
+    from === 0
+      ? reader.slotChunks()
+      : reader.slotChunks({
+          fromChunk: from,
+          source: r.req.source.open(
+            slotOffset + Math.min(from * CHUNK_SIZE, m.slotImage.size),
+            r.req.signal,
+          ),
+        });
+  try {
+    r.first = await r.chunks.next();
+  } catch (err) {
+    if (r.req.signal?.aborted) throw aborted(r.req.signal, "check-first-chunk", err);
+    const untouched = `nothing written: slot ${r.target} and the boot state are as they were`;
+    if (err instanceof BundleError)
+      throw new BundleError(err.code, `${err.message}; ${untouched}`, {
+        cause: err,
+        details: { ...err.details, chunk: from },
+      });
+    if (isBaseError(err) && err.code.startsWith("REPO_"))
+      throw new UpdaterError(
+        "UPDATE_DOWNLOAD_FAILED",
+        `download of ${m.version} from ${r.req.source.location} failed in chunk ${from} of ${total}: ${err.message}; ${untouched}`,
+        { cause: err, details: { chunk: from, of: total } },
+      );
+    if (typeof (err as NodeJS.ErrnoException).code === "string" && !isBaseError(err))
+      throw ioError(`read ${r.req.source.location}`, err);
+    throw err;
+  }
+}
+
+/** Step 5 (README.md, "Install procedure"): the chunks from step 3 into the partition. */
 async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
   const m = r.manifest as Manifest;
   const reader = r.reader as BundleReader;
   const part = ctx.slots[r.target];
   const total = chunkCount(m.slotImage.size);
   const now = () => ctx.clock.now().toISOString();
-  let fh: FileHandle;
+  const fh = r.fh as FileHandle;
+  const chunks = r.chunks as AsyncGenerator<VerifiedChunk, void, undefined>;
+  const from = r.resumedFromChunk;
+  const prev = r.prev;
   try {
-    fh = await open(ctx.diskPath, "r+");
-  } catch (cause) {
-    throw ioError(`open ${ctx.diskPath} for writing`, cause);
-  }
-  try {
-    // 5a. what a previous run wrote: the state file's hint, re-checked against the partition
-    const prev = ctx.state.current.progress;
-    const sameImage =
-      prev !== null &&
-      prev.slot === r.target &&
-      prev.manifestSha256 === r.manifestSha256 &&
-      prev.chunksTotal === total;
-    const hinted = sameImage ? Math.min(prev.verifiedChunks, total) : 0;
-    // Only a resumed write hashes the whole image here (the chunks re-read
-    // from the slot, then the streamed ones); from chunk 0, the reader does.
-    const whole = hinted > 0 ? createHash("sha256") : undefined;
-    let from = 0;
-    while (from < hinted) {
-      const len = Math.min(CHUNK_SIZE, m.slotImage.size - from * CHUNK_SIZE);
-      const buf = Buffer.alloc(len);
-      await readFull(fh, buf, part.offset + from * CHUNK_SIZE, ctx.diskPath);
-      if (sha256(buf) !== m.slotImage.chunks[from]) {
-        ctx.log.warn(
-          { chunk: from },
-          `chunk ${from} in slot ${r.target} does not match; rewriting from there`,
-        );
-        break;
-      }
-      whole?.update(buf);
-      from += 1;
-    }
-    r.resumedFromChunk = from;
-    r.wholeHash = from > 0 ? whole : undefined;
     const progress: InstallProgress = {
       slot: r.target,
       version: m.version,
@@ -423,32 +589,17 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       chunkSize: CHUNK_SIZE,
       chunksTotal: total,
       verifiedChunks: from,
-      startedAt: sameImage ? prev.startedAt : now(),
+      startedAt: prev ? prev.startedAt : now(),
       updatedAt: now(),
     };
     await ctx.state.update((s) => ({ ...s, progress }));
-    if (from > 0)
+    if (from < total)
       ctx.log.info(
-        { version: m.version, chunk: from, of: total },
-        `resuming ${m.version} at chunk ${from} of ${total} (chunks before it verified in slot ${r.target})`,
+        { version: m.version, slot: r.target, bytes: m.slotImage.size },
+        `downloading ${m.version} into slot ${r.target} (${m.slotImage.size} bytes)`,
       );
-    // Every chunk is in the slot already (a run stopped after the write, in steps 6-9):
-    // nothing left to fetch; a Range request from past the slot image would fail.
-    if (from === total) return;
-    ctx.log.info(
-      { version: m.version, slot: r.target, bytes: m.slotImage.size },
-      `downloading ${m.version} into slot ${r.target} (${m.slotImage.size} bytes)`,
-    );
-    // 5b. the rest of the slot image, from the first chunk not verified. The
-    // write of chunk n runs while chunk n+1 is received and hashed: at most
-    // two chunks are held, and a chunk is written only after its hash matched.
-    const chunks =
-      from === 0
-        ? reader.slotChunks()
-        : reader.slotChunks({
-            fromChunk: from,
-            source: r.req.source.open((r.slotOffset as number) + from * CHUNK_SIZE, r.req.signal),
-          });
+    // The write of chunk n runs while chunk n+1 is received and hashed: at
+    // most two chunks are held, and a chunk is written only after its hash matched.
     let decile = Math.floor((from * 10) / Math.max(1, total));
     const recorder = new ProgressRecorder(ctx, progress, () => fh.datasync());
     const flusher = new FlushBehind(async () => {
@@ -471,21 +622,26 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
         );
       }
     };
+    const write = (c: VerifiedChunk) => {
+      r.wholeHash?.update(c.bytes);
+      writing = writeFull(fh, c.bytes, part.offset + c.index * CHUNK_SIZE, ctx.diskPath).then(
+        () => {
+          c.release();
+          r.bytesWritten += c.bytes.length;
+          flusher.wrote(c.bytes.length);
+          return written(c.index + 1);
+        },
+      );
+      // awaited before the next write or below; this keeps it from counting as unhandled meanwhile
+      writing.catch(() => {});
+    };
     try {
+      const first = r.first;
+      if (first && !first.done) write(first.value);
       for await (const c of chunks) {
         await writing;
         if (r.req.signal?.aborted) throw aborted(r.req.signal, "write-slot");
-        r.wholeHash?.update(c.bytes);
-        writing = writeFull(fh, c.bytes, part.offset + c.index * CHUNK_SIZE, ctx.diskPath).then(
-          () => {
-            c.release();
-            r.bytesWritten += c.bytes.length;
-            flusher.wrote(c.bytes.length);
-            return written(c.index + 1);
-          },
-        );
-        // awaited above or below; this keeps it from counting as unhandled meanwhile
-        writing.catch(() => {});
+        write(c);
       }
       await writing;
       await reader.finish();
@@ -520,7 +676,7 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
       await recorder.stop();
     }
   } finally {
-    await fh.close();
+    await closeDisk(r);
   }
 }
 
@@ -641,6 +797,55 @@ export class FlushBehind {
   /** Wait for a sync in flight (the disk is closed after). */
   async stop(): Promise<void> {
     await this.#inFlight;
+  }
+}
+
+/**
+ * Step 2: the bundle is the one the signed channel index names (README.md,
+ * "Install procedure"): its manifest (which holds the version, the image's
+ * sha256 and every chunk's hash) has the digest the index commits to, and
+ * its layout gives the size and slot data offset the index names. Anything
+ * else is another bundle (other bytes under the same name and version, an
+ * older one put at the path, another channel's): refused before a byte of
+ * the idle slot or the boot state changes.
+ */
+function checkPromise(e: IndexPromise, r: Run): void {
+  const m = r.manifest as Manifest;
+  const layout = (r.reader as BundleReader).layout;
+  const differ: string[] = [];
+  if (r.manifestSha256 !== e.manifestSha256)
+    differ.push(`manifest sha256 ${r.manifestSha256}, the index names ${e.manifestSha256}`);
+  if (m.version !== e.version) differ.push(`version ${m.version}, the index names ${e.version}`);
+  if (r.slotOffset !== e.slotDataOffset)
+    differ.push(`slot image at byte ${r.slotOffset}, the index names ${e.slotDataOffset}`);
+  if (layout.archiveSize !== e.bundleSize)
+    differ.push(`${layout.archiveSize} bytes, the index names ${e.bundleSize}`);
+  if (differ.length > 0)
+    refuse(
+      "UPDATE_INDEX_MISMATCH",
+      `${r.req.source.location} is not the bundle the signed channel index names (${m.name} ${m.version}: ${differ.join("; ")}); nothing written`,
+      {
+        version: m.version,
+        manifestSha256: r.manifestSha256,
+        expected: { version: e.version, manifestSha256: e.manifestSha256 },
+      },
+    );
+}
+
+/** Size and sha256 of the bundle file, fed in file order as the reader consumes it (step 6). */
+class FileDigest {
+  readonly #hash = createHash("sha256");
+  size = 0;
+
+  update(bytes: Uint8Array, offset: number): void {
+    if (offset !== this.size)
+      throw new Error(`FileDigest: bytes at offset ${offset}, expected ${this.size}`);
+    this.#hash.update(bytes);
+    this.size += bytes.length;
+  }
+
+  digest(): string {
+    return this.#hash.digest("hex");
   }
 }
 

@@ -1,5 +1,6 @@
 /** Text forms of the agent's results for the CLI (the JSON forms are the objects themselves). */
 import type { AfterBootResult, AgentStatus, CheckResult } from "./agent.ts";
+import { formatEmptySlot } from "./empty-slot.ts";
 
 export function formatStatus(s: AgentStatus): string {
   const slot = (x: AgentStatus["booted"]) =>
@@ -18,6 +19,7 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(
       `progress   ${s.progress.version} into slot ${s.progress.slot}: chunk ${s.progress.verifiedChunks} of ${s.progress.chunksTotal} (${s.progress.percent}%)`,
     );
+  if (s.emptySlot) lines.push(`empty      ${formatEmptySlot(s.emptySlot)}`);
   lines.push(
     `last check ${s.lastCheck ? `${s.lastCheck.at} ${s.lastCheck.outcome}${s.lastCheck.version ? ` (${s.lastCheck.version})` : ""}` : "never"}`,
   );

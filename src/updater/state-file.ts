@@ -46,6 +46,24 @@ export interface PendingSlot {
   installedAt: string;
 }
 
+/**
+ * The idle slot an install emptied (README.md, "Empty slot"): marked
+ * unbootable, its image cleared from the boot state, before its first byte
+ * was overwritten. Kept until an install activates it, so status can say why
+ * the host has no fallback.
+ */
+export interface EmptySlot {
+  slot: SlotName;
+  /** When an install first emptied it. */
+  since: string;
+  /** The version it held before ("" when it held none). */
+  previousVersion: string;
+  /** The version being written into it. */
+  version: string;
+  /** What stopped the install (null while one runs, or after a kill). */
+  failure: { at: string; code: string; message: string } | null;
+}
+
 export interface RollbackRecord {
   version: string;
   slot: SlotName;
@@ -58,6 +76,8 @@ export interface AgentState {
   /** Installed and activated; waits for its boot and health checks. */
   pending: PendingSlot | null;
   progress: InstallProgress | null;
+  /** The idle slot an install emptied and has not activated yet. */
+  emptySlot: EmptySlot | null;
   lastCheck: { at: string; outcome: string; version: string | null } | null;
   lastError: { at: string; code: string; message: string } | null;
   lastGood: { slot: SlotName; version: string; at: string } | null;
@@ -75,6 +95,7 @@ export function initialAgentState(): AgentState {
     schemaVersion: STATE_SCHEMA_VERSION,
     pending: null,
     progress: null,
+    emptySlot: null,
     lastCheck: null,
     lastError: null,
     lastGood: null,
@@ -254,6 +275,19 @@ export function validateState(v: unknown): string[] {
     verifiedChunks: INT,
     startedAt: STR,
     updatedAt: STR,
+  });
+  obj("emptySlot", {
+    slot: SLOT,
+    since: STR,
+    previousVersion: STR,
+    version: STR,
+    failure: (x) => {
+      if (x === null) return true;
+      const f = x as Record<string, unknown>;
+      return (
+        typeof x === "object" && !Array.isArray(x) && STR(f.at) && STR(f.code) && STR(f.message)
+      );
+    },
   });
   obj("lastCheck", { at: STR, outcome: STR, version: (x) => x === null || STR(x) });
   obj("lastError", { at: STR, code: STR, message: STR });

@@ -362,7 +362,7 @@ function landing(p: AgentProcess, temps: string[], flippedNow: boolean): string 
     case undefined:
     case "open-bundle":
     case "check-update":
-    case "check-size":
+    case "check-first-chunk":
     case "mark-unbootable":
       return "the download (before the first slot byte)";
     case "write-slot":

@@ -744,7 +744,7 @@ describe("channel index", () => {
     const now = new Date("2026-06-01T00:00:00Z");
     const signed0: IndexSigned = {
       type: "abforge-channel-index",
-      formatVersion: 1,
+      formatVersion: 2,
       channel: "stable",
       name: "demo",
       compatible: "demo-x86_64",
@@ -757,6 +757,7 @@ describe("channel index", () => {
         size: 123456,
         sha256: "ab".repeat(32),
         slotDataOffset: 4096,
+        manifestSha256: "cd".repeat(32),
         minUpdateFrom: "1.0.0",
       },
       rollout: { percent: 100 },

@@ -34,12 +34,7 @@ import { isBaseError } from "../../src/errors.ts";
 import { validateState } from "../../src/updater/index.ts";
 import { verifyVerity } from "../../src/verity/index.ts";
 import { ABFORGE } from "../helpers/cli.ts";
-import {
-  type ByteRange,
-  copyInto,
-  type DiskFixture,
-  type UpdateWorld,
-} from "../helpers/fixtures.ts";
+import type { ByteRange, DiskFixture } from "../helpers/fixtures.ts";
 
 // ---------------------------------------------------------------- figures
 
@@ -106,38 +101,8 @@ export async function diskHashes(d: DiskFixture): Promise<DiskHashes> {
 
 // ---------------------------------------------------------------- disks
 
-/**
- * The disk of a second update: A runs `1.0.0` (good), B still holds the
- * previous release (the world's `0.9.0` bundle's image, good), so an install
- * must first mark B unbootable. Needs a world made with version 0.9.0.
- */
-export async function secondUpdateDisk(w: UpdateWorld, name: string): Promise<DiskFixture> {
-  const d = await w.freshDisk(name);
-  const old = w.bundles["0.9.0"];
-  if (!old) throw new Error("the world has no 0.9.0 bundle");
-  await copyInto(old.slot.path, d.path, d.slots.B.offset);
-  const disk = await BootDisk.open(d.path);
-  try {
-    const s = await disk.readState();
-    const v = old.manifest.verity;
-    await disk.writeState({
-      ...s,
-      slots: {
-        ...s.slots,
-        B: {
-          tries: 0,
-          good: true,
-          rootHash: v.rootHash,
-          verity: `${v.dataBlocks}:${v.hashStartBlock}:${v.salt}`,
-          version: old.manifest.version,
-        },
-      },
-    });
-  } finally {
-    await disk.close();
-  }
-  return d;
-}
+/** The disk of a second update (test/helpers/fixtures.ts). */
+export { secondUpdateDisk } from "../helpers/fixtures.ts";
 
 // ---------------------------------------------------------------- guarantees
 

@@ -6,18 +6,19 @@
  * - the booted slot A is byte for byte the same, and every guarantee holds
  *   (helpers.ts `checkGuarantees`);
  * - when the fault shows before the first slot byte (tar header, manifest,
- *   signature, version, board, size), slot B and the ESP (the boot state)
- *   are byte for byte the same: nothing was written at all;
+ *   signature, version, board, size, the first chunk), slot B and the ESP
+ *   (the boot state) are byte for byte the same: nothing was written at all,
+ *   and B stays the good fallback;
  * - when it shows later (a bad chunk, a truncation or extra data after some
- *   chunks), B may hold verified chunks but is unbootable, and a good bundle
- *   installs afterwards.
+ *   chunks), B may hold verified chunks but is empty and unbootable, `slots
+ *   show` and `agent status` say so and why, and a good bundle installs
+ *   afterwards.
  * The URL cases are served by the real repository server.
  */
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pino } from "pino";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { markUnbootable } from "../../src/bootloader/index.ts";
 import { type RepoServer, serve } from "../../src/repo/index.ts";
 import { initialAgentState, StateStore } from "../../src/updater/index.ts";
 import {
@@ -107,14 +108,12 @@ interface Case {
   message: RegExp;
   /**
    * Where the fault shows:
-   * - "head": in the tar head, manifest, signature or the update policy
-   *   (install steps 1-3): no byte of B and no byte of the boot state change;
-   * - "chunk0": in the first chunk of the slot image (step 5, after step 4
-   *   marked B unbootable): no byte of B changes, the boot state only marks B
-   *   unbootable (A stays good and first);
-   * - "data": after some verified chunks were written: B is unbootable.
+   * - "head": in the tar head, manifest, signature, the update policy or the
+   *   first chunk (install steps 1-3, before step 4 changes the boot state):
+   *   no byte of B and no byte of the boot state change;
+   * - "data": after some verified chunks were written: B is empty and unbootable.
    */
-  stage: "head" | "chunk0" | "data";
+  stage: "head" | "data";
   /** Serve it over HTTP (`install URL`) instead of a local file. */
   url?: boolean;
   /** Versions recorded as bad in the agent's state file before the run. */
@@ -127,7 +126,6 @@ function cases(): Case[] {
   const size = p.slot.length;
   const end = p.bytes.length;
   const before = "head";
-  const chunk0 = "chunk0";
   const after = "data";
   const c: Case[] = [];
   // Truncated at several offsets.
@@ -136,7 +134,8 @@ function cases(): Case[] {
     ["in manifest.json", 512 + 1000, 58, /ends|truncat/i, before],
     ["in the signature", 1024 + M + 10, 58, /ends|truncat/i, before],
     ["in the slot.img header", 1536 + M + 200, 58, /ends|truncat/i, before],
-    ["before the first slot byte", s, 75, /chunk 0/, chunk0],
+    ["before the first slot byte", s, 58, /ends at byte \d+.*; nothing written: slot B/, before],
+    ["in the first chunk", s + 1000, 58, /ends at byte \d+.*; nothing written: slot B/, before],
     ["in chunk 2", s + MiB + 5000, 75, /chunk 1 /, after],
     ["before the end-of-archive", end - 1024, 75, /ends|truncat|end/i, after],
   ] as const)
@@ -160,9 +159,9 @@ function cases(): Case[] {
     {
       name: "one bit flipped in the slot image's first chunk",
       bytes: () => flip(p.bytes, s + 1000),
-      code: 76,
-      message: /chunk 0.*sha256|sha256.*chunk 0/i,
-      stage: chunk0,
+      code: 53,
+      message: /chunk 0 .*sha256.*; nothing written: slot B and the boot state are as they were/,
+      stage: before,
     },
     {
       name: "one bit flipped in the slot image's last chunk",
@@ -172,11 +171,11 @@ function cases(): Case[] {
       stage: after,
     },
     {
-      name: "one bit flipped in the slot image, over HTTP",
+      name: "one bit flipped in the slot image's first chunk, over HTTP",
       bytes: () => flip(p.bytes, s + 1000),
-      code: 76,
-      message: /chunk 0/i,
-      stage: chunk0,
+      code: 53,
+      message: /chunk 0 .*; nothing written: slot B/,
+      stage: before,
       url: true,
     },
     {
@@ -465,15 +464,35 @@ async function refuse(c: Case, i: number): Promise<void> {
   expect(r.stderr).not.toMatch(/unexpected error|\n\s+at /);
   const after = await diskHashes(d);
   expect(after.A, "booted slot A unchanged").toBe(before.A);
-  if (c.stage !== "data") expect(after.B, "nothing written to slot B").toBe(before.B);
-  if (c.stage === "head") expect(after.esp, "boot state untouched").toBe(before.esp);
   const g = await checkGuarantees({ disk: d, booted: "A", bootedSha256: before.A, stateDir });
   expect(g.violations).toEqual([]);
   expect(g.next).toBe("A");
-  if (c.stage === "chunk0") expect(g.boot).toEqual(markUnbootable(bootBefore, "B"));
-  if (c.stage !== "head") {
-    // B is unbootable now, and a good bundle installs over whatever was left.
-    expect(g.boot?.slots.B).toMatchObject({ good: false, tries: 0 });
+  if (c.stage === "head") {
+    expect(after.B, "nothing written to slot B").toBe(before.B);
+    expect(after.esp, "boot state untouched").toBe(before.esp);
+    expect(g.boot?.slots.B, "B is still the good fallback").toEqual(bootBefore.slots.B);
+  } else {
+    // B is empty and unbootable now, both commands say so and why, and a good bundle
+    // installs over whatever was left.
+    const empty = { good: false, tries: 0, rootHash: "", verity: "", version: "" };
+    expect(g.boot?.slots.B).toEqual(empty);
+    const shown = await runAbforge(["slots", "show", "--disk", d.path, "--json"]);
+    expect(JSON.parse(shown.stdout).slots.B).toMatchObject({ empty: true, good: false });
+    const st = await runAbforge([
+      "agent",
+      "status",
+      "--disk",
+      d.path,
+      "--state-dir",
+      stateDir,
+      "--json",
+    ]);
+    expect(JSON.parse(st.stdout).emptySlot).toMatchObject({
+      slot: "B",
+      previousVersion: "0.9.0",
+      version: "2.0.0",
+      failure: { message: line.replace(/^abforge: /, "") },
+    });
     const ok = await runAbforge([
       "agent",
       "install",

@@ -7,9 +7,12 @@
  * Refused, each with its own exit code and a message that says what: an
  * expired index, a replayed older index, a second index with the same serial,
  * another channel's index, an index edited after signing, an index signed by
- * an unknown key or by nobody, a bundle path leaving the repository, an index
- * whose bundle is another channel's, a server that sends endless bytes (index
- * or bundle), a server that never sends the index, a server that fails. For
+ * an unknown key or by nobody, a format 1 index (no commitment to the
+ * bundle's manifest), a bundle path leaving the repository, a validly signed
+ * bundle that is not the one the index names (another channel's, an older
+ * one put at the path, the same name and version with other bytes), a server
+ * that sends endless bytes (index or bundle), a server that never sends the
+ * index, a server that fails. For
  * each, slot A, slot B and the boot state are byte for byte unchanged (the
  * fault shows before the first slot byte) or, for a fault inside the slot
  * data, B is left unbootable.
@@ -27,7 +30,12 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { type KeyObject, keyId, publicKeyFromPrivate } from "../../src/bundle/index.ts";
 import { type IndexSigned, signedBytes, signIndex } from "../../src/repo/index.ts";
-import { makeUpdateWorld, type UpdateWorld } from "../helpers/fixtures.ts";
+import {
+  makeBundle,
+  makeSlotImage,
+  makeUpdateWorld,
+  type UpdateWorld,
+} from "../helpers/fixtures.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import {
   AgentProcess,
@@ -50,6 +58,9 @@ const STALL_MS = 300;
 let w: UpdateWorld;
 let bundle2: Buffer;
 let bundle3: Buffer;
+let bundle09: Buffer;
+/** Another build of 2.0.0: same name and version, other bytes, signed by the same key. */
+let other2: Buffer;
 let slotOffset2: number;
 let server: ScriptedServer;
 let configPath: string;
@@ -185,6 +196,12 @@ interface IndexOptions {
   edit?: (signed: IndexSigned) => void;
 }
 
+/** sha256 of a bundle's manifest.json entry (the index's commitment). */
+function manifestSha256(bundle: Buffer): string {
+  const m = Number.parseInt(bundle.subarray(124, 135).toString("ascii"), 8);
+  return sha256(bundle.subarray(512, 512 + m));
+}
+
 function makeIndex(o: IndexOptions = {}): Buffer {
   const bytes = o.bundle ?? bundle2;
   const version = o.version ?? "2.0.0";
@@ -193,7 +210,7 @@ function makeIndex(o: IndexOptions = {}): Buffer {
   const expires = o.expired ? now - 86_400_000 : now + 86_400_000;
   const signed: IndexSigned = {
     type: "abforge-channel-index",
-    formatVersion: 1,
+    formatVersion: 2,
     channel: o.channel ?? "stable",
     name: "demo",
     compatible: w.compatible,
@@ -206,6 +223,7 @@ function makeIndex(o: IndexOptions = {}): Buffer {
       size: o.size ?? bytes.length,
       sha256: sha256(bytes),
       slotDataOffset: slotOffset2,
+      manifestSha256: manifestSha256(bytes),
       minUpdateFrom: "0.0.0",
     },
     rollout: { percent: o.percent ?? 100 },
@@ -235,6 +253,15 @@ beforeAll(async () => {
   bundle2 = p2.bytes;
   slotOffset2 = p2.slotOffset;
   bundle3 = (await bundleParts((w.bundles["3.0.0"] as { path: string }).path)).bytes;
+  bundle09 = (await bundleParts((w.bundles["0.9.0"] as { path: string }).path)).bytes;
+  const img = await makeSlotImage(join(w.dir, "other-2.0.0.img"), {
+    version: "2.0.0",
+    compatible: w.compatible,
+    trustedKeys: [w.key.publicKey],
+  });
+  other2 = await readFile(
+    (await makeBundle(join(w.dir, "other-2.0.0.bundle"), img, w.key.privateKey)).path,
+  );
   server = new ScriptedServer();
   await server.listen();
   configPath = join(w.dir, "agent.yaml");
@@ -411,17 +438,34 @@ describe("abforge agent check against hostile repositories", () => {
     );
   });
 
-  it("refuses another channel's bundle behind this channel's index", async () => {
+  it("refuses a validly signed bundle that is not the one the index names", async () => {
     server.reset();
-    // The stable index promises 2.0.0; the server answers with beta's 3.0.0 bundle.
+    // The stable index names 2.0.0 (its manifest's digest); the server answers with
+    // beta's 3.0.0, the older 0.9.0, or another build of 2.0.0, all signed by the key.
     server.index = serveIndex(makeIndex());
+    const named = /is not the bundle the signed channel index names .*manifest sha256/;
     server.bundle = serveBundle(bundle3);
+    await expectRefused("another channel's bundle at the path", await world(), 83, named);
+    server.bundle = serveBundle(bundle09);
+    await expectRefused("an older bundle put at the path", await world(), 83, named);
+    server.bundle = serveBundle(other2);
     await expectRefused(
-      "an index whose bundle URL serves another channel's bundle",
+      "the same name and version with other bytes",
       await world(),
-      76,
-      /promised 2\.0\.0/,
+      83,
+      /\(demo 2\.0\.0: manifest sha256 [0-9a-f]{64}, the index names [0-9a-f]{64}/,
     );
+  });
+
+  it("refuses a format 1 index, which does not commit to the bundle's manifest", async () => {
+    server.reset();
+    const index = JSON.parse(makeIndex().toString()) as { signed: IndexSigned };
+    index.signed.formatVersion = 1;
+    delete index.signed.latest.manifestSha256;
+    server.index = serveIndex(signRaw(index.signed, w.key.privateKey));
+    server.bundle = serveBundle(bundle2);
+    await expectRefused("a format 1 index", await world(), 60, /format 1, which does not commit/);
+    expect(server.requests.filter((r) => r.path.startsWith("/bundles/"))).toEqual([]);
   });
 
   it("refuses an index that is not JSON, and a failing server", async () => {
@@ -479,6 +523,22 @@ describe("abforge agent check against hostile repositories", () => {
       75,
       /asked for bytes from \d+, the server sent from 4096/,
       "data",
+    );
+  });
+
+  it("a download that fails inside the first chunk changes nothing (B stays the fallback)", async () => {
+    server.reset();
+    server.index = serveIndex(makeIndex());
+    // 1000 bytes of the slot image, then silence (a stall); the retry is answered 404
+    server.bundle = (req, res, n) => {
+      if (n === 1) sendThenStall(req, res, bundle2, slotOffset2 + 1000);
+      else res.writeHead(404).end();
+    };
+    await expectRefused(
+      "a download that fails in chunk 0",
+      await world(),
+      75,
+      /failed in chunk 0 of 3: .*HTTP 404.*; nothing written: slot B and the boot state are as they were/,
     );
   });
 

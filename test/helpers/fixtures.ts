@@ -24,6 +24,7 @@ import { copyFile, mkdir, open, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
 import {
+  BootDisk,
   bootStateToEnv,
   encodeEnv,
   formatSlotVerity,
@@ -329,4 +330,41 @@ export async function makeUpdateWorld(
       return { ...disk, path };
     },
   };
+}
+
+/**
+ * The disk of a second update: A runs `1.0.0` (good), B still holds the
+ * previous release (`old`, default the world's `0.9.0` bundle, its image
+ * good), so an install must first mark B unbootable: the fallback it could
+ * lose.
+ */
+export async function secondUpdateDisk(
+  w: UpdateWorld,
+  name: string,
+  old: BundleFixture | undefined = w.bundles["0.9.0"],
+): Promise<DiskFixture> {
+  if (!old) throw new Error("the world has no 0.9.0 bundle: pass the previous release");
+  const d = await w.freshDisk(name);
+  await copyInto(old.slot.path, d.path, d.slots.B.offset);
+  const disk = await BootDisk.open(d.path);
+  try {
+    const s = await disk.readState();
+    const v = old.manifest.verity;
+    await disk.writeState({
+      ...s,
+      slots: {
+        ...s.slots,
+        B: {
+          tries: 0,
+          good: true,
+          rootHash: v.rootHash,
+          verity: formatSlotVerity(v),
+          version: old.manifest.version,
+        },
+      },
+    });
+  } finally {
+    await disk.close();
+  }
+  return d;
 }

@@ -66,6 +66,8 @@ describe("abforge slots", () => {
         },
         B: { version: "", rootHash: "", verity: "", good: false, triesLeft: 0, empty: true },
       },
+      // B was never filled: no install emptied it (the agent's state has no record)
+      emptySlot: null,
     });
     const t = await abforge(["slots", "show", "--disk", path]);
     expect(t.code).toBe(0);

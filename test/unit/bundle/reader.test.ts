@@ -482,7 +482,64 @@ describe("resuming", () => {
     }
     const r = new BundleReader(streamOf(bundle), { trustedKeys: trusted });
     await r.open();
-    expect(() => r.slotImage({ fromChunk: 3 })).toThrow(RangeError);
+    expect(() => r.slotImage({ fromChunk: 4 })).toThrow(RangeError);
+  });
+
+  it("from the chunk count: nothing emitted, the source starts after the slot image, finish() checks the rest", async () => {
+    const r = new BundleReader(streamOf(bundle.subarray(0, slotOffset + 1000)), {
+      trustedKeys: trusted,
+    });
+    await r.open();
+    const tail = bundle.subarray(r.layout.slotOffset + slotBytes.length);
+    const parts: Buffer[] = [];
+    for await (const c of r.slotImage({ fromChunk: 3, source: streamOf(tail) })) parts.push(c);
+    await r.finish();
+    expect(parts).toEqual([]);
+    // data after the end of the archive is still found there
+    const r2 = new BundleReader(streamOf(bundle), { trustedKeys: trusted });
+    await r2.open();
+    const extra = Buffer.concat([tail, Buffer.alloc(512, 0x41)]);
+    for await (const _ of r2.slotChunks({ fromChunk: 3, source: streamOf(extra) })) {
+      // nothing to consume
+    }
+    expectCode(await r2.finish().catch((e) => e), "BUNDLE_MALFORMED");
+  });
+
+  it("onBytes sees every byte it consumes in file order, across a resume source too", async () => {
+    const seen: { at: number; bytes: Buffer }[] = [];
+    const onBytes = (b: Uint8Array, at: number) => seen.push({ at, bytes: Buffer.from(b) });
+    // one stream: the whole file, contiguous, nothing more and nothing twice
+    const r = new BundleReader(streamOf(bundle, 7777), { trustedKeys: trusted, onBytes });
+    await r.open();
+    // open() consumed exactly the head: up to the slot image's first byte
+    expect(Buffer.concat(seen.map((s) => s.bytes)).equals(bundle.subarray(0, slotOffset))).toBe(
+      true,
+    );
+    for await (const c of r.slotChunks()) c.release();
+    await r.finish();
+    let at = 0;
+    for (const s of seen) {
+      expect(s.at).toBe(at);
+      at += s.bytes.length;
+    }
+    expect(Buffer.concat(seen.map((s) => s.bytes)).equals(bundle)).toBe(true);
+    // a resume: the head, then the second stream's bytes at their offsets in the file
+    seen.length = 0;
+    const r2 = new BundleReader(streamOf(bundle.subarray(0, slotOffset + 9000)), {
+      trustedKeys: trusted,
+      onBytes,
+    });
+    await r2.open();
+    const from = slotOffset + 2 * CHUNK_SIZE;
+    for await (const c of r2.slotChunks({ fromChunk: 2, source: streamOf(bundle.subarray(from)) }))
+      c.release();
+    await r2.finish();
+    expect(seen.filter((s) => s.at < slotOffset).reduce((n, s) => n + s.bytes.length, 0)).toBe(
+      slotOffset,
+    );
+    const rest = seen.filter((s) => s.at >= slotOffset);
+    expect(rest[0]?.at).toBe(from);
+    expect(Buffer.concat(rest.map((s) => s.bytes)).equals(bundle.subarray(from))).toBe(true);
   });
 
   it("still verifies each chunk of the second stream", async () => {

@@ -23,7 +23,7 @@ const strangerKey = generateKeyPairSync("ed25519");
 function signed(over: Partial<IndexSigned> = {}): IndexSigned {
   return {
     type: "abforge-channel-index",
-    formatVersion: 1,
+    formatVersion: 2,
     channel: "stable",
     name: "demo",
     compatible: "demo-x86_64",
@@ -36,6 +36,7 @@ function signed(over: Partial<IndexSigned> = {}): IndexSigned {
       size: 123456,
       sha256: "ab".repeat(32),
       slotDataOffset: 2048,
+      manifestSha256: "cd".repeat(32),
       minUpdateFrom: "1.0.0",
     },
     rollout: { percent: 100 },
@@ -192,6 +193,50 @@ describe("verifyIndex", () => {
     expect(v.signed.latest.version).toBe("2.0.0");
     expect(v.digest).toBe(indexDigest(signed()));
     expect(v.keyId).toMatch(/^[0-9a-f]+$/);
+  });
+
+  it("returns the manifest digest the index commits to", () => {
+    expect(verifyIndex(bytes(signed()), opts).manifestSha256).toBe("cd".repeat(32));
+  });
+
+  it("refuses a format 1 index, which does not commit to the bundle's manifest (README.md, Format versions)", () => {
+    const { manifestSha256: _, ...latest } = signed().latest;
+    const v1 = signed({ formatVersion: 1, latest });
+    // decodeIndex reads it (a publish continues the serial), the agent refuses it
+    expect(decodeIndex(bytes(v1)).signed.formatVersion).toBe(1);
+    let err: unknown;
+    try {
+      verifyIndex(bytes(v1), opts);
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(RepoError);
+    expect((err as RepoError).code).toBe("REPO_BAD_INDEX");
+    expect((err as RepoError).details.reason).toBe("old-format");
+    expect((err as RepoError).message).toMatch(/format 1.*does not commit.*publish it again/);
+    // only after the signature: an unsigned old index is untrusted, not "old"
+    expect(code(() => verifyIndex(bytes(v1, [strangerKey.privateKey]), opts))).toBe(
+      "REPO_UNTRUSTED",
+    );
+  });
+
+  it("format 2 requires manifestSha256; format 1 may not carry it", () => {
+    const { manifestSha256: _, ...latest } = signed().latest;
+    expect(() => signIndex(signed({ latest }), oldKey.privateKey)).toThrow(
+      /latest\.manifestSha256: missing/,
+    );
+    expect(() => signIndex(signed({ formatVersion: 1 }), oldKey.privateKey)).toThrow(
+      /latest\.manifestSha256: unknown field/,
+    );
+    expect(() =>
+      signIndex(
+        signed({ latest: { ...signed().latest, manifestSha256: "XY" } }),
+        oldKey.privateKey,
+      ),
+    ).toThrow(/latest\.manifestSha256/);
+    expect(() =>
+      signIndex(signed({ formatVersion: 3 as unknown as 2 }), oldKey.privateKey),
+    ).toThrow(/formatVersion: must be 1 or 2, got 3/);
   });
 
   it("refuses an expired index (REPO_INDEX_EXPIRED), also at the exact instant", () => {

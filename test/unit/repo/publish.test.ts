@@ -2,8 +2,17 @@
 import { createHash } from "node:crypto";
 import { readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
+import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
-import { decodeIndex, publish, RepoError, verifyIndex } from "../../../src/repo/index.ts";
+import { readBundleHead } from "../../../src/bundle/index.ts";
+import {
+  decodeIndex,
+  encodeIndex,
+  publish,
+  RepoError,
+  signIndex,
+  verifyIndex,
+} from "../../../src/repo/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { makeBundle, makeKey } from "./fixtures.ts";
 
@@ -77,6 +86,12 @@ describe("publish", () => {
       },
       rollout: { percent: 25 },
     });
+    // format 2: the index commits to the bundle's manifest.json, byte for byte
+    expect(v.signed.formatVersion).toBe(2);
+    const head = await readBundleHead(Readable.from([copied]));
+    const manifestSha256 = createHash("sha256").update(head.manifestBytes).digest("hex");
+    expect(v.signed.latest.manifestSha256).toBe(manifestSha256);
+    expect(r.manifestSha256).toBe(manifestSha256);
     // the slot data offset points at the slot image's bytes inside the bundle
     const off = v.signed.latest.slotDataOffset;
     expect(off % 4096).toBe(0);
@@ -102,6 +117,22 @@ describe("publish", () => {
       "demo-1.0.0.bundle",
       "demo-1.1.0.bundle",
     ]);
+  });
+
+  it("continues the serial of a format 1 index an older publisher wrote, in format 2", async () => {
+    const { key, repoDir, bundle } = await setup("format1");
+    const common = { repoDir, channel: "stable", key: key.privateKey, now };
+    await publish({ ...common, bundlePath: await bundle("1.0.0") });
+    const indexPath = join(repoDir, "channels/stable.json");
+    const { signed } = decodeIndex(await readFile(indexPath));
+    const { manifestSha256: _, ...latest } = signed.latest;
+    const v1 = signIndex({ ...signed, formatVersion: 1, serial: 4, latest }, key.privateKey);
+    await writeFile(indexPath, encodeIndex(v1));
+    const r = await publish({ ...common, bundlePath: await bundle("1.1.0") });
+    expect(r.serial).toBe(5);
+    const next = decodeIndex(await readFile(indexPath)).signed;
+    expect(next.formatVersion).toBe(2);
+    expect(next.latest.manifestSha256).toBe(r.manifestSha256);
   });
 
   it("refuses a bundle not signed by the key", async () => {

@@ -1,8 +1,10 @@
 // abforge agent, run as an operator runs it (the real binary) on a disk image with --disk.
 import { spawn } from "node:child_process";
+import { createReadStream } from "node:fs";
 import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { readBundleHead } from "../../../src/bundle/index.ts";
 import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
 import { ABFORGE, abforge } from "../../helpers/cli.ts";
 import {
@@ -83,6 +85,38 @@ describe("abforge agent --disk", () => {
     r = await abforge(["agent", "status", "--disk", d.path]);
     expect(r.stdout).toMatch(/^booted\s+slot B\s+2\.0\.0\s+good$/m);
     expect(r.stdout).toContain(`state      ${d.path}.abforge-state/state.json`);
+  });
+
+  it("an install that stops after the idle slot was emptied: slots show and status say so and why", async () => {
+    const d = await w.freshDisk("cli-emptied");
+    const head = await readBundleHead(createReadStream(bundle("2.0.0")));
+    const bytes = Buffer.from(await readFile(bundle("2.0.0")));
+    const at = head.layout.slotOffset + 1024 * 1024 + 100; // in chunk 1: chunk 0 is written first
+    bytes[at] = (bytes[at] as number) ^ 1;
+    const bad = join(w.dir, "bad-chunk-1.bundle");
+    await writeFile(bad, bytes);
+    let r = await abforge(["agent", "install", bad, "--disk", d.path]);
+    expect(r.code).toBe(76);
+    r = await abforge(["slots", "show", "--disk", d.path, "--json"]);
+    expect(r.code, r.stderr).toBe(0);
+    const shown = JSON.parse(r.stdout);
+    expect(shown.slots.B).toMatchObject({ empty: true, good: false, triesLeft: 0 });
+    expect(shown.emptySlot).toMatchObject({
+      slot: "B",
+      version: "2.0.0",
+      failure: { code: "UPDATE_VERIFY_FAILED" },
+    });
+    r = await abforge(["slots", "show", "--disk", d.path]);
+    expect(r.stdout).toMatch(
+      /^empty: slot B since \S+ \(not bootable\): the install of 2\.0\.0 stopped at \S+: UPDATE_VERIFY_FAILED: .*chunk 1 /m,
+    );
+    r = await abforge(["agent", "status", "--disk", d.path]);
+    expect(r.stdout).toMatch(/^empty {6}slot B since .*UPDATE_VERIFY_FAILED/m);
+    // a good install fills it: neither shows a reason any more
+    r = await abforge(["agent", "install", bundle("2.0.0"), "--disk", d.path]);
+    expect(r.code, r.stderr).toBe(0);
+    r = await abforge(["slots", "show", "--disk", d.path, "--json"]);
+    expect(JSON.parse(r.stdout).emptySlot).toBeNull();
   });
 
   it("a refusal is one line and its own exit code", async () => {

@@ -2,11 +2,11 @@
 // on a real GPT disk image with a FAT32 ESP, real squashfs + verity slot images, real bundles.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { copyFile, open } from "node:fs/promises";
+import { copyFile, open, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { readBundleHead } from "../../../src/bundle/index.ts";
-import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
+import { formatStatus, initialAgentState, StateStore } from "../../../src/updater/index.ts";
 import {
   type BundleFixture,
   type DiskFixture,
@@ -14,6 +14,7 @@ import {
   makeSlotImage,
   makeUpdateWorld,
   readRange,
+  secondUpdateDisk as secondUpdate,
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
@@ -65,6 +66,9 @@ async function snapshot(d: DiskFixture) {
   };
 }
 
+/** A: 1.0.0 (good); B: the previous release 0.9.0 (good), the fallback an install could lose. */
+const secondUpdateDisk = (name: string) => secondUpdate(w, name, extra.older);
+
 /** A copy of a bundle with one byte flipped at `offset`. */
 async function tampered(src: string, name: string, offset: number): Promise<string> {
   const path = join(w.dir, name);
@@ -109,7 +113,7 @@ describe("install from a local bundle file", () => {
     expect(t.lines.filter((l) => typeof l.step === "string").map((l) => l.step)).toEqual([
       "open-bundle",
       "check-update",
-      "check-size",
+      "check-first-chunk",
       "mark-unbootable",
       "write-slot",
       "check-sha256",
@@ -245,8 +249,46 @@ describe("refusals leave both slots and the boot state as they were", () => {
     expect(await snapshot(d)).toEqual(before);
   });
 
-  it("a corrupted chunk is never written; the slot stays unbootable and the booted one stays first", async () => {
-    const d = await w.freshDisk("refuse-bad-chunk");
+  it("a bad first chunk costs nothing: the fallback's bytes and the boot state stay as they were", async () => {
+    const d = await secondUpdateDisk("refuse-bad-first-chunk");
+    const b = w.bundles["2.0.0"] as BundleFixture;
+    const head = await readBundleHead(createReadStream(b.path));
+    const bad = await tampered(b.path, "bad-first-chunk.bundle", head.layout.slotOffset + 100);
+    const before = await snapshot(d);
+    expect(before.boot.slots.B).toMatchObject({ version: "0.9.0", good: true });
+    const t = await testAgent(d.path);
+    const err = await t.agent.install(bad).catch((e: unknown) => e);
+    expect(err).toMatchObject({ code: "BUNDLE_BAD_HASH" });
+    expect((err as Error).message).toMatch(
+      /chunk 0 .*; nothing written: slot B and the boot state are as they were$/,
+    );
+    expect(await snapshot(d)).toEqual(before);
+    expect(t.agent.state).toMatchObject({ progress: null, emptySlot: null });
+    expect(t.lines.filter((l) => typeof l.step === "string").map((l) => l.step)).toEqual([
+      "open-bundle",
+      "check-update",
+      "check-first-chunk",
+    ]);
+  });
+
+  it("a bundle that ends before its first slot byte costs nothing either", async () => {
+    const d = await secondUpdateDisk("refuse-truncated-head");
+    const b = w.bundles["2.0.0"] as BundleFixture;
+    const head = await readBundleHead(createReadStream(b.path));
+    const short = join(w.dir, "ends-at-slot.bundle");
+    const fh = await open(b.path, "r");
+    const bytes = Buffer.alloc(head.layout.slotOffset + 1000);
+    await fh.read(bytes, 0, bytes.length, 0);
+    await fh.close();
+    await writeFile(short, bytes);
+    const before = await snapshot(d);
+    const t = await testAgent(d.path);
+    await expect(t.agent.install(short)).rejects.toMatchObject({ code: "BUNDLE_TRUNCATED" });
+    expect(await snapshot(d)).toEqual(before);
+  });
+
+  it("a corrupted later chunk is never written; the slot stays empty and unbootable, and status says why", async () => {
+    const d = await secondUpdateDisk("refuse-bad-chunk");
     const b = w.bundles["2.0.0"] as BundleFixture;
     const head = await readBundleHead(createReadStream(b.path));
     const bad = await tampered(b.path, "bad-chunk.bundle", head.layout.slotOffset + MiB + 100);
@@ -257,11 +299,32 @@ describe("refusals leave both slots and the boot state as they were", () => {
     const chunk0 = await readRange(d.path, { offset: d.slots.B.offset, size: MiB });
     expect(digest(chunk0)).toBe(b.manifest.slotImage.chunks[0]);
     const chunk1 = await readRange(d.path, { offset: d.slots.B.offset + MiB, size: MiB });
-    expect(chunk1.every((x) => x === 0)).toBe(true);
+    expect(digest(chunk1)).toBe(
+      digest(await readRange(extra.older.slot.path, { offset: MiB, size: MiB })),
+    );
     expect(digest(await readRange(d.path, d.slots.A))).toBe(before.A);
+    // the boot state no longer names 0.9.0 for B: its bytes are not that image any more
     const boot = await readBoot(d.path);
     expect(boot.order).toEqual(["A", "B"]);
     expect(boot.slots.A).toEqual(before.boot.slots.A);
-    expect(boot.slots.B).toMatchObject({ good: false, tries: 0 });
+    expect(boot.slots.B).toEqual({ good: false, tries: 0, rootHash: "", verity: "", version: "" });
+    // why it is empty, kept for status
+    const s = await (await testAgent(d.path, { readOnly: true })).agent.status();
+    expect(s.emptySlot).toMatchObject({
+      slot: "B",
+      previousVersion: "0.9.0",
+      version: "2.0.0",
+      failure: { code: "UPDATE_VERIFY_FAILED" },
+    });
+    expect(formatStatus(s)).toMatch(
+      /^empty {6}slot B since \S+ \(held 0\.9\.0; not bootable\): the install of 2\.0\.0 stopped at \S+: UPDATE_VERIFY_FAILED: .*chunk 1/m,
+    );
+    expect(formatStatus(s)).toMatch(/^other {6}slot B {2}\(empty\) {2}not good, 0 tries left$/m);
+    // a good bundle installs over it, and the record goes
+    await t.agent.install(b.path);
+    expect(t.agent.state.emptySlot).toBeNull();
+    expect(
+      (await (await testAgent(d.path, { readOnly: true })).agent.status()).emptySlot,
+    ).toBeNull();
   });
 });

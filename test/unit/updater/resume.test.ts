@@ -205,6 +205,26 @@ describe("resume after an interrupted download", () => {
     ).toBe(bundle().manifest.slotImage.sha256);
   });
 
+  it("a run stopped after the last chunk fetches only the end of the archive, and the file's digest still holds", async () => {
+    const d = await w.freshDisk("resume-tail");
+    await interruptedCheck(d.path, 5);
+    const state = await new StateStore(`${d.path}.abforge-state`).load();
+    expect(state.progress).toMatchObject({ verifiedChunks: 5, chunksTotal: 5 });
+    const before = bundleRequests().length;
+    const t = await testAgent(d.path, { config: config() });
+    const written: number[] = [];
+    t.agent.onChunk = (done) => written.push(done);
+    expect(await t.agent.check()).toMatchObject({ outcome: "installed", version: "2.0.0" });
+    expect(written).toEqual([]);
+    // the head again, then the bytes after the slot image (padding, end-of-archive) only:
+    // the whole file's sha256 = head + the chunks re-read from the slot + that tail
+    expect(
+      bundleRequests()
+        .slice(before)
+        .map((r) => r.range),
+    ).toEqual([undefined, `bytes=${slotOffset + bundle().slot.size}-`]);
+  });
+
   it("a local bundle file resumes by seeking", async () => {
     const d = await w.freshDisk("resume-file");
     const t1 = await testAgent(d.path, { config: { reboot: "manual" } });

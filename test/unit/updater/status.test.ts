@@ -1,9 +1,14 @@
 // `agent status` (src/updater/README.md, "State file" and "Status"): it shows what is true
 // now, from the state file and the boot state, and changes neither.
-import { readdir, readFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
 import { beforeAll, describe, expect, it } from "vitest";
 import { markGood } from "../../../src/bootloader/index.ts";
-import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
+import {
+  type EmptySlot,
+  initialAgentState,
+  readEmptySlot,
+  StateStore,
+} from "../../../src/updater/index.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { readBoot, testAgent, writeBoot } from "./harness.ts";
@@ -66,5 +71,32 @@ describe("agent status", () => {
       supersededAt: "2026-01-01T11:00:00.000Z",
     });
     expect(await readdir(store.dir)).toEqual(["state.json"]);
+  });
+
+  it("the empty-slot record shows only while the boot state agrees; slots show reads it without failing", async () => {
+    const d = await w.freshDisk("status-empty");
+    const dir = `${d.path}.abforge-state`;
+    const emptySlot: EmptySlot = {
+      slot: "B",
+      since: "2026-01-01T10:00:00.000Z",
+      previousVersion: "0.9.0",
+      version: "2.0.0",
+      failure: { at: "2026-01-01T10:01:00.000Z", code: "UPDATE_VERIFY_FAILED", message: "bad" },
+    };
+    await new StateStore(dir).save({ ...initialAgentState(), emptySlot });
+    const boot = await readBoot(d.path); // B: empty, not good, 0 tries
+    expect(await readEmptySlot(dir, boot)).toEqual(emptySlot);
+    expect((await status(d.path)).emptySlot).toEqual(emptySlot);
+    // filled by another hand since (the boot state names an image for B): no record
+    const filled = { ...boot, slots: { ...boot.slots, B: { ...boot.slots.A, good: false } } };
+    expect(await readEmptySlot(dir, filled)).toBeNull();
+    // no state file, a corrupt one, one of a newer schema: no reason, no failure
+    expect(await readEmptySlot(`${dir}-none`, boot)).toBeNull();
+    await mkdir(`${dir}-bad`, { recursive: true });
+    await writeFile(`${dir}-bad/state.json`, "{ not json");
+    expect(await readEmptySlot(`${dir}-bad`, boot)).toBeNull();
+    await mkdir(`${dir}-newer`, { recursive: true });
+    await writeFile(`${dir}-newer/state.json`, JSON.stringify({ schemaVersion: 99 }));
+    expect(await readEmptySlot(`${dir}-newer`, boot)).toBeNull();
   });
 });
