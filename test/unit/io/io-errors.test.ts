@@ -13,6 +13,7 @@ import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
 import { acquireLock } from "../../../src/updater/lock.ts";
 import { formatVerity } from "../../../src/verity/index.ts";
 import { abforge } from "../../helpers/cli.ts";
+import { makeUpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { fill, tmpfs } from "../../helpers/tmpfs.ts";
 
@@ -127,9 +128,8 @@ describe("a state directory the agent cannot use", () => {
 
   it("the CLI exits with the state directory's own code and one line, no stack", async () => {
     const dir = tmpfs(64, { readOnly: true });
-    const disk = join(tempDir(), "disk.img");
-    writeFileSync(disk, "");
-    const r = await abforge(["agent", "mark-good", "--disk", disk, "--state-dir", dir]);
+    const w = await makeUpdateWorld(tempDir(), { versions: [] });
+    const r = await abforge(["agent", "mark-good", "--disk", w.disk.path, "--state-dir", dir]);
     expect(r.code, r.stderr).toBe(88);
     expect(r.stderr).toMatch(/cannot write the state file .*EROFS/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
