@@ -33,6 +33,20 @@ export function isBaseError(err: unknown): err is BaseError {
   return err instanceof BaseError;
 }
 
+/**
+ * A programming error (TypeError, ReferenceError, RangeError, SyntaxError):
+ * never recoded as an expected failure such as a failed download, so it
+ * surfaces as a bug with its stack.
+ */
+export function isBug(err: unknown): boolean {
+  return (
+    err instanceof TypeError ||
+    err instanceof ReferenceError ||
+    err instanceof RangeError ||
+    err instanceof SyntaxError
+  );
+}
+
 /** Errors of the shared plumbing: external tools and plain file I/O. */
 export type ToolErrorCode = "TOOL_MISSING" | "TOOL_FAILED" | "IO_ERROR" | "DISK_FULL";
 export class ToolError extends BaseError<ToolErrorCode> {}

@@ -7,6 +7,7 @@
 import { Readable } from "node:stream";
 import got, { type Request } from "got";
 import { type Clock, systemClock, type Timer } from "../clock.ts";
+import { isBug } from "../errors.ts";
 import { type Logger, logger } from "../log.ts";
 import { RepoError } from "./errors.ts";
 
@@ -282,6 +283,8 @@ export function openRange(url: string | URL, o: OpenRangeOptions): Readable {
         out.push(null);
         return;
       } catch (err) {
+        // a bug in an attempt is not a network failure: no retry, no recoding
+        if (isBug(err)) return void out.destroy(err as Error);
         const f =
           err instanceof AttemptFailed
             ? err

@@ -15,7 +15,7 @@ import {
   manifestDigest,
   publicKeyFromPrivate,
 } from "../bundle/index.ts";
-import { ToolError } from "../errors.ts";
+import { fsyncDir, ioError, ioStep } from "../fileio.ts";
 import { CHANNEL_NAME, CHANNEL_NAME_RULE } from "../image/index.ts";
 import {
   type ChannelIndex,
@@ -108,7 +108,7 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
   const bundlesDir = join(o.repoDir, "bundles");
   const channelsDir = join(o.repoDir, "channels");
   const indexPath = join(channelsDir, `${o.channel}.json`);
-  await fsStep(`create ${bundlesDir} and ${channelsDir}`, async () => {
+  await ioStep(`create ${bundlesDir} and ${channelsDir}`, async () => {
     await mkdir(bundlesDir, { recursive: true });
     await mkdir(channelsDir, { recursive: true });
   });
@@ -256,7 +256,7 @@ async function readCurrentIndex(indexPath: string): Promise<ChannelIndex | undef
     bytes = await readFile(indexPath);
   } catch (cause) {
     if ((cause as NodeJS.ErrnoException).code === "ENOENT") return undefined;
-    throw fsError(`read ${indexPath}`, cause);
+    throw ioError(`read ${indexPath}`, cause);
   }
   try {
     return decodeIndex(bytes);
@@ -270,7 +270,7 @@ async function readCurrentIndex(indexPath: string): Promise<ChannelIndex | undef
 }
 
 async function copyHashed(from: string, to: string): Promise<{ size: number; sha256: string }> {
-  return fsStep(`copy ${from} to ${to}`, async () => {
+  return ioStep(`copy ${from} to ${to}`, async () => {
     const hash = createHash("sha256");
     let size = 0;
     const out = await open(to, "wx");
@@ -303,9 +303,9 @@ async function placeBundle(tmp: string, final: string, sha256: string): Promise<
     await unlink(tmp);
     return true;
   } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code !== "EEXIST") throw fsError(`link ${final}`, cause);
+    if ((cause as NodeJS.ErrnoException).code !== "EEXIST") throw ioError(`link ${final}`, cause);
   }
-  const existing = await fsStep(`hash ${final}`, () => sha256File(final));
+  const existing = await ioStep(`hash ${final}`, () => sha256File(final));
   await unlink(tmp).catch(() => {});
   if (existing !== sha256)
     throw new RepoError(
@@ -321,7 +321,7 @@ async function writeAtomically(path: string, bytes: Uint8Array, io: PublishIo): 
   const base = path.slice(dir.length + 1);
   const tmp = join(dir, `.${base}.${randomBytes(6).toString("hex")}.tmp`);
   try {
-    await fsStep(`write ${tmp}`, async () => {
+    await ioStep(`write ${tmp}`, async () => {
       const fh = await open(tmp, "wx");
       try {
         await fh.writeFile(bytes);
@@ -330,39 +330,10 @@ async function writeAtomically(path: string, bytes: Uint8Array, io: PublishIo): 
         await fh.close();
       }
     });
-    await fsStep(`rename ${tmp} to ${path}`, () => io.rename(tmp, path));
+    await ioStep(`rename ${tmp} to ${path}`, () => io.rename(tmp, path));
   } catch (err) {
     await unlink(tmp).catch(() => {});
     throw err;
   }
   await fsyncDir(dir);
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  await fsStep(`fsync ${dir}`, async () => {
-    const fh = await open(dir, "r");
-    try {
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-  });
-}
-
-async function fsStep<T>(what: string, fn: () => Promise<T>): Promise<T> {
-  try {
-    return await fn();
-  } catch (cause) {
-    throw fsError(what, cause);
-  }
-}
-
-function fsError(what: string, cause: unknown): Error {
-  const code = (cause as NodeJS.ErrnoException).code;
-  if (code === "ENOSPC")
-    return new ToolError("DISK_FULL", `publish: ${what}: no space left on device`, { cause });
-  return new RepoError("REPO_PUBLISH_FAILED", `publish: ${what}: ${(cause as Error).message}`, {
-    cause,
-    details: { code },
-  });
 }

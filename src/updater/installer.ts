@@ -25,7 +25,8 @@ import {
   type VerifiedChunk,
 } from "../bundle/index.ts";
 import type { Clock, Timer } from "../clock.ts";
-import { isBaseError, ToolError } from "../errors.ts";
+import { isBaseError, isBug } from "../errors.ts";
+import { ioError, ioStep, isSystemError, readAt, writeAt } from "../fileio.ts";
 import type { Logger } from "../log.ts";
 import { verifyVerity } from "../verity/index.ts";
 import { errText, type SlotName } from "./config.ts";
@@ -559,8 +560,7 @@ async function firstChunk(ctx: InstallContext, r: Run): Promise<void> {
         `download of ${m.version} from ${r.req.source.location} failed in chunk ${from} of ${total}: ${err.message}; ${untouched}`,
         { cause: err, details: { chunk: from, of: total } },
       );
-    if (typeof (err as NodeJS.ErrnoException).code === "string" && !isBaseError(err))
-      throw ioError(`read ${r.req.source.location}`, err);
+    if (isSystemError(err)) throw ioError(`read ${r.req.source.location}`, err);
     throw err;
   }
 }
@@ -664,8 +664,16 @@ async function writeSlot(ctx: InstallContext, r: Run): Promise<void> {
           `${m.version} from ${r.req.source.location}: ${err.message}; nothing of that chunk was written`,
           { cause: err, details: { chunk: progress.verifiedChunks } },
         );
-      if (isBaseError(err) && err.code.startsWith("UPDATE_")) throw err;
-      if (isBaseError(err) && (err.code === "IO_ERROR" || err.code === "DISK_FULL")) throw err;
+      // One failure, one code: a typed error keeps its own (a full disk, an
+      // unwritable state directory...), a system error from the bundle file is
+      // an I/O error, a bug surfaces as a bug; only a failed transfer (the
+      // repository's errors, a stream that ended early) is a download failure.
+      const transfer =
+        isBaseError(err) && (err.code.startsWith("REPO_") || err.code === "BUNDLE_TRUNCATED");
+      if (!transfer) {
+        if (isBug(err) || isBaseError(err)) throw err;
+        if (isSystemError(err)) throw ioError(`read ${r.req.source.location}`, err);
+      }
       throw new UpdaterError(
         "UPDATE_DOWNLOAD_FAILED",
         `download of ${m.version} from ${r.req.source.location} stopped at chunk ${progress.verifiedChunks} of ${total}: ${errText(err)}; the next attempt resumes there`,
@@ -880,45 +888,11 @@ async function readFull(
   position: number,
   path: string,
 ): Promise<void> {
-  let done = 0;
-  try {
-    while (done < buf.length) {
-      const { bytesRead } = await fh.read(buf, done, buf.length - done, position + done);
-      if (bytesRead === 0) break;
-      done += bytesRead;
-    }
-  } catch (cause) {
-    throw ioError(`read ${path} at byte ${position + done}`, cause);
-  }
+  const done = await ioStep(`read ${path} at byte ${position}`, () => readAt(fh, buf, position));
   buf.fill(0, done);
 }
 
 /** `buf` at `position`: one positional write, repeated only after a short write. */
-async function writeFull(
-  fh: FileHandle,
-  buf: Buffer,
-  position: number,
-  path: string,
-): Promise<void> {
-  let done = 0;
-  try {
-    while (done < buf.length) {
-      const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done);
-      done += bytesWritten;
-    }
-  } catch (cause) {
-    throw ioError(`write ${path} at byte ${position + done}`, cause);
-  }
-}
-
-function ioError(what: string, cause: unknown): ToolError {
-  const code = (cause as NodeJS.ErrnoException).code;
-  return new ToolError(
-    code === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
-    `cannot ${what}: ${errText(cause)}`,
-    {
-      cause,
-      details: { errno: code },
-    },
-  );
+function writeFull(fh: FileHandle, buf: Buffer, position: number, path: string): Promise<void> {
+  return ioStep(`write ${path} at byte ${position}`, () => writeAt(fh, buf, position));
 }

@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { Readable } from "node:stream";
 import { describe, expect, it } from "vitest";
 import { readBundleHead } from "../../../src/bundle/index.ts";
+import { ToolError } from "../../../src/errors.ts";
 import {
   decodeIndex,
   encodeIndex,
@@ -33,11 +34,11 @@ async function setup(name: string) {
   return { base, key, repoDir, bundle };
 }
 
-async function refusal(p: Promise<unknown>): Promise<RepoError> {
+async function refusal(p: Promise<unknown>): Promise<RepoError | ToolError> {
   try {
     await p;
   } catch (err) {
-    if (err instanceof RepoError) return err;
+    if (err instanceof RepoError || err instanceof ToolError) return err;
     throw err;
   }
   throw new Error("publish was not refused");
@@ -219,7 +220,7 @@ describe("publish", () => {
         },
       }),
     );
-    expect(e.code).toBe("REPO_PUBLISH_FAILED");
+    expect(e.code).toBe("IO_ERROR");
     expect(renames[0]).toMatch(/channels\/\.stable\.json\.[0-9a-f]+\.tmp$/);
     expect(renames[1]).toBe(indexPath);
     // the new bundle is in place (unreferenced), the index is byte for byte the old one
