@@ -8,6 +8,7 @@
  */
 import semver from "semver";
 import {
+  DEFAULT_GOOD_TRIES,
   formatSlotVerity,
   isSlotName,
   MAX_TRIES,
@@ -21,7 +22,15 @@ import { BootloaderError } from "./errors.ts";
 
 export type { SlotName, SlotVerity };
 // The slot names, the tries' range and the `X_verity` text form are the image contract's.
-export { formatSlotVerity, isSlotName, MAX_TRIES, otherSlot, parseSlotVerity, SLOT_NAMES };
+export {
+  DEFAULT_GOOD_TRIES,
+  formatSlotVerity,
+  isSlotName,
+  MAX_TRIES,
+  otherSlot,
+  parseSlotVerity,
+  SLOT_NAMES,
+};
 
 export interface SlotState {
   /** Tries left (0-9); GRUB takes one before each boot of a slot that is not good. */
@@ -61,9 +70,6 @@ export interface SlotImage {
 export function isEmptySlot(s: SlotState): boolean {
   return s.rootHash === "";
 }
-
-/** Default of `good_tries` (spec `update.goodSlotTries`), also for a block written before it existed. */
-export const DEFAULT_GOOD_TRIES = 3;
 
 /**
  * A good slot that GRUB booted `goodTries` times in a row without a

@@ -127,6 +127,7 @@ export async function secondUpdateDisk(w: UpdateWorld, name: string): Promise<Di
         B: {
           tries: 0,
           good: true,
+          boots: 0,
           rootHash: v.rootHash,
           verity: `${v.dataBlocks}:${v.hashStartBlock}:${v.salt}`,
           version: old.manifest.version,

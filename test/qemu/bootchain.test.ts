@@ -207,6 +207,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   it("falls through to the other slot when GRUB cannot load the kernel", async () => {
     // B says it holds an image, but its partition is all zeros: `linux` fails.
     const copy = await variant("nokernel", {
+      ...state,
       order: ["B", "A"],
       slots: { ...state.slots, B: { ...state.slots.A, good: false, tries: 1, version: "2.0.0" } },
     });
@@ -235,12 +236,14 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     const copy = await variant(
       "noinitrd",
       {
+        ...state,
         order: ["B", "A"],
         slots: {
           ...state.slots,
           B: {
             tries: 3,
             good: false,
+            boots: 0,
             rootHash: b.verity.rootHash,
             verity: formatSlotVerity(b.verity),
             version: "2.0.0",
@@ -274,12 +277,14 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     const copy = await variant(
       "broken",
       {
+        ...state,
         order: ["B", "A"],
         slots: {
           ...state.slots,
           B: {
             tries: 1,
             good: false,
+            boots: 0,
             rootHash: b.verity.rootHash,
             verity: formatSlotVerity(b.verity),
             version: "2.0.0",
