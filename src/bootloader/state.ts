@@ -283,12 +283,10 @@ export function activateSlot(
   const other = otherSlot(slot);
   checkTries(o.tries, `activate slot ${slot}`);
   requireGoodFallback(s, other, `activate slot ${slot}`);
-  const next = withSlot(
-    s,
+  const next = withSlot(s, slot, { tries: o.tries, good: false, boots: 0, ...pickImage(o) }, [
     slot,
-    { tries: o.tries, good: false, boots: 0, ...pickImage(o) },
-    [slot, other],
-  );
+    other,
+  ]);
   if (isEmptySlot(next.slots[slot])) {
     throw new BootloaderError("BOOT_REFUSED", `cannot activate slot ${slot}: no root hash given`, {
       details: { slot },

@@ -71,6 +71,7 @@ export {
   type AgentState,
   type InstallProgress,
   initialAgentState,
+  type FallbackRecord,
   type PendingSlot,
   type RollbackRecord,
   STATE_SCHEMA_VERSION,

@@ -20,11 +20,15 @@ describe("grubConfig", () => {
       expect(good).toContain(`elif [ "$${slot}_boots" -lt "$good_tries" ]; then`);
       for (let n = 0; n <= 8; n++)
         expect(good).toMatch(
-          new RegExp(`if \\[ "\\$${slot}_boots" = ${n} \\]; then\\n\\s+set ${slot}_boots=${n + 1}\\n`),
+          new RegExp(
+            `if \\[ "\\$${slot}_boots" = ${n} \\]; then\\n\\s+set ${slot}_boots=${n + 1}\\n`,
+          ),
         );
       expect(good).not.toContain(`set ${slot}_boots=10`);
       expect(good).toMatch(
-        new RegExp(`fi\\n\\s+save_env --file "\\$abforge_env" ${slot}_boots\\n\\s+set abforge_boot=1\\n`),
+        new RegExp(
+          `fi\\n\\s+save_env --file "\\$abforge_env" ${slot}_boots\\n\\s+set abforge_boot=1\\n`,
+        ),
       );
       expect(f.indexOf(`save_env --file "$abforge_env" ${slot}_boots`)).toBeLessThan(
         f.indexOf("linux "),
@@ -37,9 +41,13 @@ describe("grubConfig", () => {
     expect(f).toMatch(
       /\n\s+else\n\s+echo "abforge: slot B was booted \$B_boots times without a confirmation; passing it over"\n\s+fi\n/,
     );
-    expect(f).toMatch(/if \[ "\$B_good" = 1 \]; then\n\s+if \[ "\$abforge_last" = 1 \]; then\n\s+set abforge_boot=1\n/);
+    expect(f).toMatch(
+      /if \[ "\$B_good" = 1 \]; then\n\s+if \[ "\$abforge_last" = 1 \]; then\n\s+set abforge_boot=1\n/,
+    );
     // in the last pass a slot that is not good is not tried again
-    expect(f).toMatch(/elif \[ "\$abforge_last" = 1 \]; then\n\s+set abforge_boot=0\n\s+elif \[ "\$B_tries" = 1 \]/);
+    expect(f).toMatch(
+      /elif \[ "\$abforge_last" = 1 \]; then\n\s+set abforge_boot=0\n\s+elif \[ "\$B_tries" = 1 \]/,
+    );
     expect(cfg).toMatch(
       /fi\n\n# 5\.[^\n]*\n[^\n]*\nset abforge_last=1\nif \[ "\$order" = "B A" \]; then\n\s+abforge_try_B\n\s+abforge_try_A\nelse\n\s+abforge_try_A\n\s+abforge_try_B\nfi\n/,
     );
@@ -95,7 +103,7 @@ describe("grubConfig", () => {
     );
     // a block without the newer variables: 3 unconfirmed boots, none counted yet
     expect(cfg).toContain("set good_tries=3\n");
-    expect(cfg).toContain("set A_boots=0\nset A_roothash=\"\"");
+    expect(cfg).toContain('set A_boots=0\nset A_roothash=""');
   });
 
   it("refuses a command line that GRUB script would misread", () => {

@@ -71,7 +71,11 @@ describe("variables", () => {
 
   it("round-trips through the env block, and two full slots fit in the first 512 bytes", () => {
     const s = {
-      ...state(["B", "A"], { good: true, boots: 9 }, { tries: 3, version: "10.20.30-rc.1+build.7" }),
+      ...state(
+        ["B", "A"],
+        { good: true, boots: 9 },
+        { tries: 3, version: "10.20.30-rc.1+build.7" },
+      ),
       goodTries: 9,
     };
     const block = encodeEnv(bootStateToEnv(s));
@@ -101,7 +105,10 @@ describe("variables", () => {
       ["B_boots", "-1"],
     ] as const) {
       const vars = new Map(base).set(name, value);
-      expect(codeOf(() => bootStateFromEnv(vars)), `${name}=${value}`).toBe("BOOT_STATE_INVALID");
+      expect(
+        codeOf(() => bootStateFromEnv(vars)),
+        `${name}=${value}`,
+      ).toBe("BOOT_STATE_INVALID");
     }
     expect(codeOf(() => initialBootState(imageA, 10))).toBe("BOOT_STATE_INVALID");
   });
@@ -236,7 +243,10 @@ describe("nextBootSlot (GRUB's rule)", () => {
     expect(fallback.slot).toBe("A");
     expect(fallback.state.slots.B.boots).toBe(3);
     // A confirmed; then A breaks too: both passed over, the first good one boots uncounted
-    s = { ...fallback.state, slots: { ...fallback.state.slots, A: slot({ good: true, boots: 3 }) } };
+    s = {
+      ...fallback.state,
+      slots: { ...fallback.state.slots, A: slot({ good: true, boots: 3 }) },
+    };
     expect(grubBoot(s)).toEqual({ slot: "B", state: s });
   });
 });
@@ -302,7 +312,9 @@ describe("transitions", () => {
     expect(markUnbootable(broken, "B").slots.B.boots).toBe(0);
     expect(activateSlot(broken, "B", { ...imageB, tries: 2 }).slots.B.boots).toBe(0);
     expect(setNext(broken, "B").slots.B).toMatchObject({ good: true, boots: 0 });
-    expect(markGood({ ...broken, slots: { ...broken.slots, A: slot({ boots: 2 }) } }, "A").slots.A.boots).toBe(0);
+    expect(
+      markGood({ ...broken, slots: { ...broken.slots, A: slot({ boots: 2 }) } }, "A").slots.A.boots,
+    ).toBe(0);
   });
 
   it("setNext reorders a bootable slot, or puts it on trial with tries", () => {
