@@ -7,6 +7,7 @@ import {
   BootloaderError,
   type BootState,
   isSlotName,
+  isUnconfirmed,
   markGood,
   nextBootSlot,
   openBootTarget,
@@ -25,12 +26,28 @@ function slotArgument(value: string): SlotName {
   return v;
 }
 
+/** A good slot GRUB passes over: booted goodTries times in a row without a confirmation. */
+function fallbackOf(s: BootState) {
+  const x = s.order.find((x) => isUnconfirmed(s, x) && nextBootSlot(s) !== x);
+  if (x === undefined) return null;
+  const other = s.order.find((y) => y !== x)!;
+  return {
+    slot: x,
+    version: s.slots[x].version,
+    unconfirmedBoots: s.slots[x].boots,
+    bootsInstead: other,
+    reason: `slot ${x} (${s.slots[x].version}) was booted ${s.slots[x].boots} times in a row without a confirmation; the bootloader boots slot ${other} while that one is good`,
+  };
+}
+
 function report(path: string, s: BootState, booted: SlotName | null) {
   return {
     disk: path,
     order: s.order,
     next: nextBootSlot(s),
     booted,
+    goodTries: s.goodTries,
+    fallback: fallbackOf(s),
     slots: Object.fromEntries(
       s.order.map((x) => {
         const slot = s.slots[x];
@@ -42,6 +59,7 @@ function report(path: string, s: BootState, booted: SlotName | null) {
             verity: slot.verity,
             good: slot.good,
             triesLeft: slot.tries,
+            unconfirmedBoots: slot.boots,
             empty: slot.rootHash === "",
           },
         ];
@@ -51,13 +69,14 @@ function report(path: string, s: BootState, booted: SlotName | null) {
 }
 
 function text(r: ReturnType<typeof report>): string {
-  const rows = [["slot", "version", "good", "tries", "root hash"]];
+  const rows = [["slot", "version", "good", "tries", "boots", "root hash"]];
   for (const x of ["A", "B"] as const) {
     const s = r.slots[x]!;
+    const boots = s.good ? `${s.unconfirmedBoots}/${r.goodTries}` : "-";
     rows.push(
       s.empty
-        ? [x, "(empty)", "-", String(s.triesLeft), "-"]
-        : [x, s.version, s.good ? "yes" : "no", String(s.triesLeft), s.rootHash],
+        ? [x, "(empty)", "-", String(s.triesLeft), "-", "-"]
+        : [x, s.version, s.good ? "yes" : "no", String(s.triesLeft), boots, s.rootHash],
     );
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
@@ -72,6 +91,7 @@ function text(r: ReturnType<typeof report>): string {
     `order: ${r.order.join(" ")}`,
     `next boot: ${r.next ?? "none (no bootable slot)"}`,
     ...(r.booted ? [`booted: ${r.booted}`] : []),
+    ...(r.fallback ? [`fallback: ${r.fallback.reason}`] : []),
     "",
     ...table,
   ].join("\n");

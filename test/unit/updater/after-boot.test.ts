@@ -4,7 +4,11 @@
 import { readFile } from "node:fs/promises";
 import { beforeAll, describe, expect, it } from "vitest";
 import { grubBoot, markGood } from "../../../src/bootloader/index.ts";
-import type { AgentConfig, HealthCheckConfig } from "../../../src/updater/index.ts";
+import {
+  type AgentConfig,
+  formatStatus,
+  type HealthCheckConfig,
+} from "../../../src/updater/index.ts";
 import { FakeClock } from "../../helpers/clock.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
@@ -256,6 +260,12 @@ describe("after boot", () => {
       },
     ]);
     expect(status.other).toMatchObject({ slot: "B", good: true, boots: 3 });
+    const text = formatStatus(status);
+    expect(text).toMatch(
+      /^fallback {3}\S+ slot B \(2\.0\.0\) to slot A: slot B \(2\.0\.0\) was booted 3 times/m,
+    );
+    expect(text).toMatch(/^other {6}slot B {2}2\.0\.0 {2}good, 3 of 3 boots unconfirmed$/m);
+    expect(text).toMatch(/^order {6}A B$/m);
     // the next boot is A's, confirmed; the fallback is not recorded again
     expect(await powerOn(d.path)).toBe("A");
     const again = await testAgent(d.path, { overrides: { bootedSlot: cmdline } });
