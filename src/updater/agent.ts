@@ -9,9 +9,9 @@ import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
+import { type AfterBootResult, afterBoot } from "./after-boot.ts";
 import { type AgentConfig, errText, type SlotName } from "./config.ts";
 import { UpdaterError } from "./errors.ts";
-import { type AfterBootResult, afterBoot } from "./after-boot.ts";
 import type { HealthRunner } from "./health.ts";
 import {
   type BootStore,

@@ -69,9 +69,9 @@ export { formatAfterBoot, formatCheck, formatStatus } from "./report.ts";
 export { type AgentCliOptions, agentOptions, createAgent, diskStateDir } from "./setup.ts";
 export {
   type AgentState,
+  type FallbackRecord,
   type InstallProgress,
   initialAgentState,
-  type FallbackRecord,
   type PendingSlot,
   type RollbackRecord,
   STATE_SCHEMA_VERSION,
