@@ -5,14 +5,22 @@
  * GRUB does not give up on it (src/bootloader `X_boots`). The agent calls
  * this holding its lock, with the boot disk open.
  */
-import { type BootState, confirmBoot, markGood } from "../bootloader/index.ts";
+import {
+  type BootState,
+  confirmBoot,
+  markGood,
+  parseSlotVerity,
+  type SlotState,
+} from "../bootloader/index.ts";
 import type { Clock } from "../clock.ts";
+import { isBaseError } from "../errors.ts";
 import type { Logger } from "../log.ts";
-import type { AgentConfig, SlotName } from "./config.ts";
+import { VerityError, verifyVerity } from "../verity/index.ts";
+import { type AgentConfig, errText, type SlotName } from "./config.ts";
 import { UpdaterError } from "./errors.ts";
 import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
 import type { BootStore, StateHandle } from "./installer.ts";
-import type { Rebooter } from "./machine.ts";
+import type { ByteRange, Rebooter } from "./machine.ts";
 import { decideAfterBoot } from "./policy.ts";
 
 export type AfterBootResult =
@@ -64,6 +72,9 @@ export interface AfterBootContext {
   disk: BootStore;
   boot: BootState;
   booted: SlotName;
+  /** The boot disk (file or device) and where each slot lies on it. */
+  diskPath: string;
+  slots: Record<SlotName, ByteRange>;
 }
 
 type Unhealthy = Extract<AfterBootResult, { action: "unhealthy" }>;
@@ -126,11 +137,13 @@ export async function afterBoot(d: AfterBootDeps, c: AfterBootContext): Promise<
       };
     }
     case "fallback": {
+      const finding = await verityFinding(c.diskPath, c.slots[dec.slot], c.boot.slots[dec.slot]);
+      const reason = `${dec.reason}; ${finding}`;
       const record = {
         slot: dec.slot,
         version: dec.version,
         rootHash: c.boot.slots[dec.slot].rootHash,
-        reason: dec.reason,
+        reason,
         booted,
         at: now(),
       };
@@ -141,7 +154,7 @@ export async function afterBoot(d: AfterBootDeps, c: AfterBootContext): Promise<
       }));
       d.log.warn(
         { event: "fallback", slot: dec.slot, version: dec.version, booted },
-        `fallback: ${dec.reason}`,
+        `fallback: ${reason}`,
       );
       // The running slot goes first, which also closes the event: the next
       // boot sees the order GRUB follows, not a slot it passed over.
@@ -152,7 +165,7 @@ export async function afterBoot(d: AfterBootDeps, c: AfterBootContext): Promise<
         booted,
         failedSlot: dec.slot,
         version: dec.version,
-        reason: dec.reason,
+        reason,
         confirmed,
       };
     }
@@ -223,6 +236,42 @@ async function confirm(
   );
   return true;
 }
+
+/**
+ * What the broken slot's bytes say: its dm-verity tree checked against the
+ * root hash in the boot state, as the initramfs would (one read of the slot,
+ * on this thread). A mismatch is corruption at rest; an image that verifies
+ * broke elsewhere (kernel, init, the agent). Failures to check are reported,
+ * not thrown, except a bug.
+ */
+async function verityFinding(diskPath: string, range: ByteRange, s: SlotState): Promise<string> {
+  const v = parseSlotVerity(s.verity);
+  if (!v) return "its verity parameters are not in the boot state, so its image was not checked";
+  try {
+    await verifyVerity({
+      dataPath: diskPath,
+      dataOffset: range.offset,
+      dataBlocks: v.dataBlocks,
+      hashPath: diskPath,
+      // X_verity's hash start block is the one after the superblock (src/image).
+      hashOffset: range.offset + (v.hashStartBlock - 1) * VERITY_BLOCK,
+      dataBlockSize: VERITY_BLOCK,
+      hashBlockSize: VERITY_BLOCK,
+      salt: Buffer.from(v.salt, "hex"),
+      rootHash: s.rootHash,
+      threads: 1,
+    });
+    return "its image verifies against its root hash (dm-verity): it is not corrupted at rest, so its kernel, its init or the agent failed";
+  } catch (err) {
+    if (err instanceof VerityError && err.code === "VERITY_MISMATCH")
+      return `dm-verity: its image does not match its root hash, it is corrupted at rest (${err.message})`;
+    if (isBaseError(err)) return `its image could not be checked: ${errText(err)}`;
+    throw err;
+  }
+}
+
+/** The slot's dm-verity block size: 4096, data and hash (src/image, `X_verity`). */
+const VERITY_BLOCK = 4096;
 
 async function healthChecks(d: AfterBootDeps): Promise<HealthResult[]> {
   const checks = await runHealthChecks(d.config.healthChecks, d.health);

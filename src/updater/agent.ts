@@ -303,7 +303,7 @@ export class Agent {
             state: this.#state,
             recordError: (err) => this.#recordError(err),
           },
-          c,
+          { ...c, diskPath: this.#o.diskPath },
         ),
       ),
     );

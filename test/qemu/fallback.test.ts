@@ -127,6 +127,10 @@ describe("a good slot that stops booting", () => {
         reason: expect.stringMatching(/booted 3 times in a row without a confirmation/),
       }),
     ]);
+    // the agent read B back through its verity tree: the reason names the corruption
+    expect(parsed.fallbacks[0]!.reason).toMatch(
+      /dm-verity: its image does not match its root hash, it is corrupted at rest/,
+    );
     expect(parsed.badVersions).toEqual([]);
     console.info(`fallback: banner of A after ${bannerMs} ms`);
   });

@@ -1,9 +1,9 @@
 // After boot (src/updater/README.md, "After boot", the decision table): health checks,
 // mark good once, reboot without marking, rollback recorded and never reinstalled.
 // GRUB's boot rule is played by src/bootloader grubBoot on the disk image's boot state.
-import { readFile } from "node:fs/promises";
+import { open, readFile } from "node:fs/promises";
 import { beforeAll, describe, expect, it } from "vitest";
-import { grubBoot, markGood } from "../../../src/bootloader/index.ts";
+import { grubBoot, markGood, withBootDisk } from "../../../src/bootloader/index.ts";
 import {
   type AgentConfig,
   formatStatus,
@@ -240,6 +240,10 @@ describe("after boot", () => {
       confirmed: true,
       reason: expect.stringMatching(/booted 3 times in a row without a confirmation/),
     });
+    // its bytes are intact: it broke elsewhere
+    expect(r).toMatchObject({
+      reason: expect.stringMatching(/its image verifies against its root hash \(dm-verity\)/),
+    });
     expect(t.lines.some((l) => /^fallback: slot B \(2\.0\.0\)/.test(l.msg) && l.level === 40)).toBe(
       true,
     );
@@ -273,5 +277,29 @@ describe("after boot", () => {
     expect(again.agent.state.fallbacks).toHaveLength(1);
     // not a bad version: the same release may be written into B again
     expect(again.agent.state.badVersions).toEqual([]);
+  });
+
+  it("a fallback from a slot corrupted at rest says so: dm-verity finds the block", async () => {
+    const d = await goodB("fallback-corrupt");
+    const { offset } = await withBootDisk(d.path, async (b) => b.slotRange("B"));
+    const fh = await open(d.path, "r+");
+    const byte = Buffer.alloc(1);
+    await fh.read(byte, 0, 1, offset + 8192);
+    byte[0] = byte[0]! ^ 0xff;
+    await fh.write(byte, 0, 1, offset + 8192);
+    await fh.close();
+    for (let n = 0; n < 4; n++) await powerOn(d.path);
+    const t = await testAgent(d.path, {
+      overrides: { bootedSlot: { bootedSlot: async () => "A" } },
+    });
+    const r = await t.agent.afterBoot();
+    expect(r).toMatchObject({
+      action: "fallback",
+      failedSlot: "B",
+      reason: expect.stringMatching(
+        /dm-verity: its image does not match its root hash, it is corrupted at rest \(.*block 2\b/,
+      ),
+    });
+    expect(t.agent.state.fallbacks[0]?.reason).toBe((r as { reason: string }).reason);
   });
 });
