@@ -189,7 +189,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
 
     vm = await Vm.start({ disk: copy, serialLog: join(dir, "tries.log") });
     await vm.waitFor(BANNER, { timeoutMs: 300_000 });
-    expect(vm.console).toMatch(/abforge: booting slot A version 1\.0\.0 \(good=0 tries=0\)/);
+    expect(vm.console).toMatch(/abforge: booting slot A version 1\.0\.0 \(good=0 tries=0 boots=0\)/);
     await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
     expect(await slotState(copy, "A")).toMatchObject({ good: false, tries: 0 });
 
