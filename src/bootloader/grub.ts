@@ -100,12 +100,17 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     // The kernel is loaded but the initrd (or boot) failed. GRUB 2.06 does not
     // recover from that: the next kernel it boots hangs before its first line.
     // A slot on trial gives up its tries and the machine restarts into a fresh
-    // GRUB, which goes on to the next slot; a good slot can only fall through.
+    // GRUB, which goes on to the next slot. A good slot restarts too: this boot
+    // is counted, and after good_tries of them GRUB passes it over. In the last
+    // pass nothing is counted any more: it can only fall through.
     `        echo "abforge: slot ${slot}: cannot load its initrd"`,
     `        if [ "$${slot}_good" != 1 ]; then`,
     `          set ${slot}_tries=0`,
     `          save_env --file "$abforge_env" ${slot}_tries`,
     `          echo "abforge: slot ${slot}: giving up its tries, restarting"`,
+    "          reboot",
+    '        elif [ "$abforge_last" != 1 ]; then',
+    `          echo "abforge: slot ${slot}: restarting (this boot is counted as unconfirmed)"`,
     "          reboot",
     "        fi",
     "      fi",

@@ -82,10 +82,10 @@ describe("grubConfig", () => {
     expect(f).toContain('if [ -z "$B_roothash" ]; then\n      echo "abforge: slot B is empty"');
   });
 
-  it("restarts when the kernel loaded but the initrd did not, after a slot on trial gives up its tries", () => {
+  it("restarts when the kernel loaded but the initrd did not: a slot on trial gives up its tries, a good one's boot stays counted (not in the last pass)", () => {
     const f = slotFunction("A");
     expect(f).toContain(
-      'echo "abforge: slot A: cannot load its initrd"\n        if [ "$A_good" != 1 ]; then\n          set A_tries=0\n          save_env --file "$abforge_env" A_tries\n          echo "abforge: slot A: giving up its tries, restarting"\n          reboot\n        fi',
+      'echo "abforge: slot A: cannot load its initrd"\n        if [ "$A_good" != 1 ]; then\n          set A_tries=0\n          save_env --file "$abforge_env" A_tries\n          echo "abforge: slot A: giving up its tries, restarting"\n          reboot\n        elif [ "$abforge_last" != 1 ]; then\n          echo "abforge: slot A: restarting (this boot is counted as unconfirmed)"\n          reboot\n        fi',
     );
   });
 
