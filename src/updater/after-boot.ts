@@ -210,6 +210,9 @@ async function confirm(
   const slot = c.booted;
   const x = c.boot.slots[slot];
   if (!x.good) return false;
+  // No boot to confirm: this one was confirmed already (an agent restarted
+  // without a reboot); the health checks do not run again for it.
+  if (x.boots === 0 && (!first || c.boot.order[0] === slot)) return true;
   if (d.config.confirm === "healthy") {
     d.log.info(
       { slot, version: x.version },

@@ -219,6 +219,13 @@ describe("after boot", () => {
     const well = await testAgent(d.path, { config: { confirm: "healthy", healthChecks: [ok] } });
     expect(await well.agent.afterBoot()).toMatchObject({ action: "nothing", confirmed: true });
     expect((await readBoot(d.path)).slots.B).toMatchObject({ good: true, boots: 0 });
+    // an agent restarted without a reboot: that boot is confirmed, no checks run again
+    const restarted = await testAgent(d.path, {
+      config: { confirm: "healthy", healthChecks: [broken] },
+    });
+    expect(await restarted.agent.afterBoot()).toMatchObject({ action: "nothing", confirmed: true });
+    expect(restarted.reboots).toHaveLength(0);
+    expect(restarted.lines.some((l) => /^health check/.test(l.msg))).toBe(false);
   });
 
   it("a good slot that stops coming up: after goodTries unconfirmed boots GRUB boots the other good slot; the fallback is recorded once and the running slot goes first", async () => {
