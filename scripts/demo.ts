@@ -117,6 +117,8 @@ try {
     say(`booted slot ${booted}`);
   }
   await vm.waitFor(/rollback/i, { timeoutMs: BOOT_MS });
+  // The agent then confirms 2.0.0's boot and puts slot B first (order B A).
+  await vm.waitFor(/confirmed: slot B \(2\.0\.0\) is up; it boots first/, { timeoutMs: BOOT_MS });
   say(
     "3.0.0 never passed its health check; its tries ran out and GRUB went back to 2.0.0. Boot state:",
   );

@@ -15,7 +15,7 @@ import { run } from "../exec.ts";
 import { CMDLINE_KEYS as K } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BootloaderError } from "./errors.ts";
-import { MAX_TRIES, type SlotName } from "./state.ts";
+import { DEFAULT_GOOD_TRIES, MAX_TRIES, type SlotName } from "./state.ts";
 
 /** GPT partition number of each slot on an abforge disk (disk layout contract). */
 export const SLOT_PARTITIONS: Record<SlotName, number> = { A: 2, B: 3 };
@@ -62,12 +62,31 @@ function slotFunction(slot: SlotName, cmdline: string): string {
       `    if save_env --file "$abforge_env" ${slot}_tries; then set abforge_boot=1; fi`,
     );
   }
+  const increments: string[] = [];
+  for (let n = 0; n < MAX_TRIES; n++) {
+    increments.push(
+      `${n === 0 ? "      if" : "      elif"} [ "$${slot}_boots" = ${n} ]; then`,
+      `        set ${slot}_boots=${n + 1}`,
+    );
+  }
   const dev = `($abforge_disk,gpt${part})`;
   return [
     `function abforge_try_${slot} {`,
     "  set abforge_boot=0",
     `  if [ "$${slot}_good" = 1 ]; then`,
-    "    set abforge_boot=1",
+    '    if [ "$abforge_last" = 1 ]; then',
+    "      set abforge_boot=1",
+    `    elif [ "$${slot}_boots" -lt "$good_tries" ]; then`,
+    ...increments,
+    "      fi",
+    // A good slot boots even when the count cannot be saved: better than none.
+    `      save_env --file "$abforge_env" ${slot}_boots`,
+    "      set abforge_boot=1",
+    "    else",
+    `      echo "abforge: slot ${slot} was booted $${slot}_boots times without a confirmation; passing it over"`,
+    "    fi",
+    '  elif [ "$abforge_last" = 1 ]; then',
+    "    set abforge_boot=0",
     ...decrements,
     "  else",
     `    echo "abforge: skipping slot ${slot} (not good, no tries left)"`,
@@ -76,7 +95,7 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     `    if [ -z "$${slot}_roothash" ]; then`,
     `      echo "abforge: slot ${slot} is empty"`,
     "    else",
-    `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries)"`,
+    `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries boots=$${slot}_boots)"`,
     `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
     `        if initrd ${dev}/boot/initrd.img; then`,
     "          boot",
@@ -84,12 +103,17 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     // The kernel is loaded but the initrd (or boot) failed. GRUB 2.06 does not
     // recover from that: the next kernel it boots hangs before its first line.
     // A slot on trial gives up its tries and the machine restarts into a fresh
-    // GRUB, which goes on to the next slot; a good slot can only fall through.
+    // GRUB, which goes on to the next slot. A good slot restarts too: this boot
+    // is counted, and after good_tries of them GRUB passes it over. In the last
+    // pass nothing is counted any more: it can only fall through.
     `        echo "abforge: slot ${slot}: cannot load its initrd"`,
     `        if [ "$${slot}_good" != 1 ]; then`,
     `          set ${slot}_tries=0`,
     `          save_env --file "$abforge_env" ${slot}_tries`,
     `          echo "abforge: slot ${slot}: giving up its tries, restarting"`,
+    "          reboot",
+    '        elif [ "$abforge_last" != 1 ]; then',
+    `          echo "abforge: slot ${slot}: restarting (this boot is counted as unconfirmed)"`,
     "          reboot",
     "        fi",
     "      fi",
@@ -114,9 +138,10 @@ export function grubConfig(o: GrubConfigOptions): string {
       { details: { cmdline: o.cmdline } },
     );
   }
-  const vars = ["order"];
+  const vars = ["order", "good_tries"];
   for (const s of ["A", "B"] as const) {
-    for (const v of ["tries", "good", "roothash", "verity", "version"]) vars.push(`${s}_${v}`);
+    for (const v of ["tries", "good", "boots", "roothash", "verity", "version"])
+      vars.push(`${s}_${v}`);
   }
   return `# abforge grub.cfg: the boot rule of src/build/README.md, "GRUB".
 set timeout=0
@@ -138,15 +163,20 @@ set abforge_env="($abforge_esp)/GRUBENV"
 
 # 2. The boot state, with safe defaults for anything missing.
 set order="A B"
+set good_tries=${DEFAULT_GOOD_TRIES}
 ${vars
-  .slice(1)
-  .map((v) => `set ${v}=${v.endsWith("_tries") || v.endsWith("_good") ? "0" : '""'}`)
+  .slice(2)
+  .map((v) => `set ${v}=${/_(tries|good|boots)$/.test(v) ? "0" : '""'}`)
   .join("\n")}
 load_env --file "$abforge_env" ${vars.join(" ")}
 
-# 3. Per slot: good: boot; tries > 0: tries - 1, save_env, boot; else skip.
-#    GRUB has no arithmetic: the decrement is unrolled. A kernel or initrd
-#    that does not load falls through to the next slot.
+# 3. Per slot: good and fewer than good_tries unconfirmed boots: boots + 1,
+#    save_env, boot (the agent sets boots back to 0 once the slot is up);
+#    good with good_tries unconfirmed boots: pass it over; tries > 0:
+#    tries - 1, save_env, boot; else skip. GRUB has no arithmetic: the
+#    increment and the decrement are unrolled, so each counter stays one
+#    digit. A kernel or initrd that does not load falls through to the next
+#    slot. In the last pass (step 5) a good slot boots whatever its count.
 ${slotFunction("A", cmdline)}
 
 ${slotFunction("B", cmdline)}
@@ -160,7 +190,18 @@ else
   abforge_try_B
 fi
 
-# 5. Nothing booted.
+# 5. Nothing booted: a good slot that was passed over boots after all,
+#    without counting (better an unconfirmed slot than none).
+set abforge_last=1
+if [ "$order" = "B A" ]; then
+  abforge_try_B
+  abforge_try_A
+else
+  abforge_try_A
+  abforge_try_B
+fi
+
+# 6. Nothing booted.
 echo "abforge: no bootable slot"
 halt
 `;

@@ -8,6 +8,7 @@
  */
 import semver from "semver";
 import {
+  DEFAULT_GOOD_TRIES,
   formatSlotVerity,
   isSlotName,
   MAX_TRIES,
@@ -21,13 +22,27 @@ import { BootloaderError } from "./errors.ts";
 
 export type { SlotName, SlotVerity };
 // The slot names, the tries' range and the `X_verity` text form are the image contract's.
-export { formatSlotVerity, isSlotName, MAX_TRIES, otherSlot, parseSlotVerity, SLOT_NAMES };
+export {
+  DEFAULT_GOOD_TRIES,
+  formatSlotVerity,
+  isSlotName,
+  MAX_TRIES,
+  otherSlot,
+  parseSlotVerity,
+  SLOT_NAMES,
+};
 
 export interface SlotState {
   /** Tries left (0-9); GRUB takes one before each boot of a slot that is not good. */
   tries: number;
-  /** The slot booted and passed its health checks; GRUB boots it without counting. */
+  /** The slot booted and passed its health checks; GRUB boots it without counting tries. */
   good: boolean;
+  /**
+   * Boots of this good slot in a row that the agent has not confirmed (0-9).
+   * GRUB adds one before each boot of a good slot, the agent sets it back to
+   * 0 once it is up; at `goodTries` GRUB falls back to the other good slot.
+   */
+  boots: number;
   /** dm-verity root hash (hex); "" when the slot is empty. */
   rootHash: string;
   /** `<dataBlocks>:<hashStartBlock>:<saltHex>`; "" when the slot is empty. */
@@ -39,6 +54,8 @@ export interface SlotState {
 export interface BootState {
   /** Slot order; GRUB tries the first one first. */
   order: [SlotName, SlotName];
+  /** Unconfirmed boots of a good slot before GRUB falls back to the other good slot (1-9). */
+  goodTries: number;
   slots: Record<SlotName, SlotState>;
 }
 
@@ -52,6 +69,16 @@ export interface SlotImage {
 /** A slot is empty when it has no root hash (nothing was ever installed). */
 export function isEmptySlot(s: SlotState): boolean {
   return s.rootHash === "";
+}
+
+/**
+ * A good slot that GRUB booted `goodTries` times in a row without a
+ * confirmation: GRUB passes it over while the other slot is good (README.md,
+ * "Boot rule", step 2).
+ */
+export function isUnconfirmed(s: BootState, slot: SlotName): boolean {
+  const x = s.slots[slot];
+  return x.good && x.boots >= s.goodTries;
 }
 
 /** A semantic version as written, without a "v" prefix or surrounding spaces. */
@@ -89,6 +116,15 @@ export function bootStateFromEnv(vars: ReadonlyMap<string, string>): BootState {
     'must be "A B" or "B A"',
   );
   const order: [SlotName, SlotName] = orderValue === "B A" ? ["B", "A"] : ["A", "B"];
+  // good_tries and X_boots came later: a block without them (an older disk)
+  // reads as the defaults GRUB's script assumes too.
+  const goodTriesValue = vars.get("good_tries");
+  check(
+    "good_tries",
+    goodTriesValue,
+    /^[1-9]$/.test(goodTriesValue ?? ""),
+    "must be one digit 1-9",
+  );
 
   const slots = {} as Record<SlotName, SlotState>;
   for (const x of SLOT_NAMES) {
@@ -96,6 +132,8 @@ export function bootStateFromEnv(vars: ReadonlyMap<string, string>): BootState {
     check(`${x}_tries`, tries, /^[0-9]$/.test(tries ?? ""), "must be one digit 0-9");
     const good = get(`${x}_good`);
     check(`${x}_good`, good, good === "0" || good === "1", "must be 0 or 1");
+    const boots = vars.get(`${x}_boots`);
+    check(`${x}_boots`, boots, /^[0-9]$/.test(boots ?? ""), "must be one digit 0-9");
     const rootHash = get(`${x}_roothash`);
     check(
       `${x}_roothash`,
@@ -120,6 +158,7 @@ export function bootStateFromEnv(vars: ReadonlyMap<string, string>): BootState {
     const slot: SlotState = {
       tries: Number(tries ?? 0),
       good: good === "1",
+      boots: Number(boots ?? 0),
       rootHash: rootHash ?? "",
       verity: verity ?? "",
       version: version ?? "",
@@ -149,20 +188,24 @@ export function bootStateFromEnv(vars: ReadonlyMap<string, string>): BootState {
       details: { problems },
     });
   }
-  return { order, slots };
+  return { order, goodTries: Number(goodTriesValue ?? DEFAULT_GOOD_TRIES), slots };
 }
 
 /**
- * The variables for a state, in a fixed order: `order`, then per slot
- * tries, good, roothash, verity, version. Throws BOOT_STATE_INVALID for a
+ * The variables for a state, in a fixed order: `order`, `good_tries`, then
+ * per slot tries, good, boots, roothash, verity, version. Throws BOOT_STATE_INVALID for a
  * state that `bootStateFromEnv` would not read back.
  */
 export function bootStateToEnv(s: BootState): Map<string, string> {
-  const vars = new Map<string, string>([["order", s.order.join(" ")]]);
+  const vars = new Map<string, string>([
+    ["order", s.order.join(" ")],
+    ["good_tries", String(s.goodTries)],
+  ]);
   for (const x of SLOT_NAMES) {
     const slot = s.slots[x];
     vars.set(`${x}_tries`, String(slot.tries));
     vars.set(`${x}_good`, slot.good ? "1" : "0");
+    vars.set(`${x}_boots`, String(slot.boots));
     vars.set(`${x}_roothash`, slot.rootHash);
     vars.set(`${x}_verity`, slot.verity);
     vars.set(`${x}_version`, slot.version);
@@ -172,35 +215,43 @@ export function bootStateToEnv(s: BootState): Map<string, string> {
 }
 
 /**
- * The slot GRUB boots now (README.md, "Boot rule", steps 1-3), without
- * counting the try: the first slot in `order` that is good or has tries
- * left; null when none is.
+ * The slot GRUB boots now (README.md, "Boot rule", steps 1-6), without
+ * counting: the first slot in `order` that is good and confirmed (fewer than
+ * `goodTries` unconfirmed boots) or has tries left; else the first good slot
+ * whatever its count; null when there is none.
  */
 export function nextBootSlot(s: BootState): SlotName | null {
   for (const x of s.order) {
     const slot = s.slots[x];
-    if (slot.good || slot.tries > 0) return x;
+    if ((slot.good && !isUnconfirmed(s, x)) || (!slot.good && slot.tries > 0)) return x;
   }
-  return null;
+  return s.order.find((x) => s.slots[x].good) ?? null;
 }
 
 /**
- * What GRUB does at boot (README.md, "Boot rule"): picks `nextBootSlot` and,
- * when that slot is not good, takes one try and saves the state. For tests
- * and simulations; GRUB's script is the real thing.
+ * What GRUB does at boot (README.md, "Boot rule"): picks `nextBootSlot` and
+ * counts the boot — a try taken from a slot that is not good, an unconfirmed
+ * boot added to a good one (not past `goodTries`). For tests and
+ * simulations; GRUB's script is the real thing.
  */
 export function grubBoot(s: BootState): { slot: SlotName | null; state: BootState } {
   const slot = nextBootSlot(s);
-  if (slot === null || s.slots[slot].good) return { slot, state: s };
-  return { slot, state: withSlot(s, slot, { tries: s.slots[slot].tries - 1 }) };
+  if (slot === null) return { slot, state: s };
+  const x = s.slots[slot];
+  if (x.good)
+    return isUnconfirmed(s, slot)
+      ? { slot, state: s }
+      : { slot, state: withSlot(s, slot, { boots: x.boots + 1 }) };
+  return { slot, state: withSlot(s, slot, { tries: x.tries - 1 }) };
 }
 
 /** A: good, booted by default; B: empty. The state of a freshly built disk. */
-export function initialBootState(a: SlotImage): BootState {
+export function initialBootState(a: SlotImage, goodTries = DEFAULT_GOOD_TRIES): BootState {
   const s: BootState = {
     order: ["A", "B"],
+    goodTries,
     slots: {
-      A: { tries: 0, good: true, ...pickImage(a) },
+      A: { tries: 0, good: true, boots: 0, ...pickImage(a) },
       B: emptySlot(),
     },
   };
@@ -216,7 +267,7 @@ export function initialBootState(a: SlotImage): BootState {
 export function markUnbootable(s: BootState, slot: SlotName): BootState {
   const other = otherSlot(slot);
   requireGoodFallback(s, other, `mark slot ${slot} unbootable`);
-  return withSlot(s, slot, { good: false, tries: 0 }, [other, slot]);
+  return withSlot(s, slot, { good: false, tries: 0, boots: 0 }, [other, slot]);
 }
 
 /**
@@ -232,7 +283,10 @@ export function activateSlot(
   const other = otherSlot(slot);
   checkTries(o.tries, `activate slot ${slot}`);
   requireGoodFallback(s, other, `activate slot ${slot}`);
-  const next = withSlot(s, slot, { tries: o.tries, good: false, ...pickImage(o) }, [slot, other]);
+  const next = withSlot(s, slot, { tries: o.tries, good: false, boots: 0, ...pickImage(o) }, [
+    slot,
+    other,
+  ]);
   if (isEmptySlot(next.slots[slot])) {
     throw new BootloaderError("BOOT_REFUSED", `cannot activate slot ${slot}: no root hash given`, {
       details: { slot },
@@ -249,7 +303,25 @@ export function markGood(s: BootState, slot: SlotName): BootState {
       details: { slot },
     });
   }
-  return withSlot(s, slot, { good: true, tries: 0 });
+  return withSlot(s, slot, { good: true, tries: 0, boots: 0 });
+}
+
+/**
+ * The agent's confirmation that good `slot` came up (README.md, "Boot
+ * rule"): its unconfirmed boots back to 0. With `first`, the slot also goes
+ * first in the order — after a rollback or a fallback, the running good slot
+ * is the one to boot. Refused for a slot that is not good.
+ */
+export function confirmBoot(s: BootState, slot: SlotName, o: { first?: boolean } = {}): BootState {
+  if (!s.slots[slot].good) {
+    throw new BootloaderError(
+      "BOOT_REFUSED",
+      `cannot confirm the boot of slot ${slot}: it is not good (mark it good instead)`,
+      { details: { slot } },
+    );
+  }
+  const order: [SlotName, SlotName] = o.first ? [slot, otherSlot(slot)] : s.order;
+  return withSlot(s, slot, { boots: 0 }, order);
 }
 
 /**
@@ -274,15 +346,16 @@ export function setNext(s: BootState, slot: SlotName, tries?: number): BootState
         { details: { slot } },
       );
     }
-    return withSlot(s, slot, {}, [slot, other]);
+    // The operator asks for this slot again: a fresh count of unconfirmed boots.
+    return withSlot(s, slot, { boots: 0 }, [slot, other]);
   }
   checkTries(tries, `boot slot ${slot} next`);
   requireGoodFallback(s, other, `boot slot ${slot} next on trial`);
-  return withSlot(s, slot, { good: false, tries }, [slot, other]);
+  return withSlot(s, slot, { good: false, tries, boots: 0 }, [slot, other]);
 }
 
 function emptySlot(): SlotState {
-  return { tries: 0, good: false, rootHash: "", verity: "", version: "" };
+  return { tries: 0, good: false, boots: 0, rootHash: "", verity: "", version: "" };
 }
 
 function pickImage(o: SlotImage): SlotImage {
@@ -297,6 +370,7 @@ function withSlot(
 ): BootState {
   return {
     order: [order[0], order[1]],
+    goodTries: s.goodTries,
     slots: { ...s.slots, [slot]: { ...s.slots[slot], ...change } },
   };
 }

@@ -85,6 +85,7 @@ export function agentConfigOf(spec: ImageSpec, trustedKeys: string[]): AgentConf
     trustedKeys,
     tries: u.tries,
     reboot: "auto",
+    confirm: u.confirm,
     healthChecks: u.healthChecks.map((c, i) => ({
       name: c.name ?? `check-${i + 1}`,
       command: ["/bin/sh", "-c", c.command],

@@ -212,11 +212,14 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
       async () => {
         const efi = join(work, "BOOTX64.EFI");
         await buildGrubEfi(efi, grubConfig({ cmdline: spec.kernel.cmdline }));
-        const state = initialBootState({
-          rootHash: slot.verity.rootHash,
-          verity: formatSlotVerity(slot.verity),
-          version: spec.version,
-        });
+        const state = initialBootState(
+          {
+            rootHash: slot.verity.rootHash,
+            verity: formatSlotVerity(slot.verity),
+            version: spec.version,
+          },
+          spec.update.goodSlotTries,
+        );
         await buildEsp({
           outPath: espPath,
           sizeBytes: spec.disk.espSizeBytes,

@@ -20,11 +20,15 @@ import {
   CMDLINE_PREFIX,
   COMPATIBLE_NAME,
   COMPATIBLE_NAME_RULE,
+  type ConfirmPolicy,
+  DEFAULT_GOOD_TRIES,
   MAX_TRIES,
 } from "../image/index.ts";
 import { BuildError } from "./errors.ts";
 
 export type Compression = "gzip" | "xz";
+
+const CONFIRM_RE = /^(started|healthy)$/;
 
 /** Where a value was written: file (as the caller named it), 1-based line and column. */
 export interface SpecOrigin {
@@ -117,6 +121,10 @@ export interface ImageSpec {
     channel: string;
     repo: string;
     tries: number;
+    /** Unconfirmed boots of a good slot before GRUB falls back to the other good slot (1-9). */
+    goodSlotTries: number;
+    /** When the agent confirms a boot of a good slot: once it started, or once the health checks pass. */
+    confirm: ConfirmPolicy;
     /**
      * Absolute paths of public keys the image trusts besides the build's own
      * signing key (which the pipeline adds); may be empty.
@@ -673,7 +681,16 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
   const u = c.map(
     get(root, "update"),
     "update",
-    ["channel", "repo", "tries", "keys", "healthChecks", "pollIntervalMs"],
+    [
+      "channel",
+      "repo",
+      "tries",
+      "goodSlotTries",
+      "confirm",
+      "keys",
+      "healthChecks",
+      "pollIntervalMs",
+    ],
     ["repo"],
     at,
   );
@@ -693,6 +710,17 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
   const triesNode = get(u, "tries");
   // Tries left live in a one-digit GRUB env variable (contracts: X_tries 0-9).
   const tries = triesNode ? c.integer(triesNode, "update.tries", 1, MAX_TRIES) : 3;
+  // So does the count of a good slot's unconfirmed boots (X_boots, good_tries).
+  const goodTriesNode = get(u, "goodSlotTries");
+  const goodSlotTries = goodTriesNode
+    ? c.integer(goodTriesNode, "update.goodSlotTries", 1, MAX_TRIES)
+    : DEFAULT_GOOD_TRIES;
+  const confirmNode = get(u, "confirm");
+  const confirm = confirmNode
+    ? (c.string(confirmNode, "update.confirm", CONFIRM_RE, '"started" or "healthy"') as
+        | ConfirmPolicy
+        | undefined)
+    : "started";
   const keysNode = get(u, "keys");
   const keyNames = keysNode ? c.strings(keysNode, "update.keys") : [];
   const keys = keyNames?.map((kname, i) => {
@@ -741,6 +769,8 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
       channel: channel!,
       repo: repo!,
       tries: tries!,
+      goodSlotTries: goodSlotTries!,
+      confirm: confirm!,
       keys: keys!,
       healthChecks,
       pollIntervalMs: pollIntervalMs!,

@@ -7,6 +7,7 @@ import {
   BootloaderError,
   type BootState,
   isSlotName,
+  isUnconfirmed,
   markGood,
   nextBootSlot,
   openBootTarget,
@@ -27,6 +28,20 @@ function slotArgument(value: string): SlotName {
   return v;
 }
 
+/** A good slot GRUB passes over: booted goodTries times in a row without a confirmation. */
+function fallbackOf(s: BootState) {
+  const x = s.order.find((x) => isUnconfirmed(s, x) && nextBootSlot(s) !== x);
+  if (x === undefined) return null;
+  const other = s.order.find((y) => y !== x)!;
+  return {
+    slot: x,
+    version: s.slots[x].version,
+    unconfirmedBoots: s.slots[x].boots,
+    bootsInstead: other,
+    reason: `slot ${x} (${s.slots[x].version}) was booted ${s.slots[x].boots} times in a row without a confirmation; the bootloader boots slot ${other} while that one is good`,
+  };
+}
+
 function report(
   path: string,
   s: BootState,
@@ -39,6 +54,8 @@ function report(
     order: s.order,
     next: nextBootSlot(s),
     booted,
+    goodTries: s.goodTries,
+    fallback: fallbackOf(s),
     slots: Object.fromEntries(
       s.order.map((x) => {
         const slot = s.slots[x];
@@ -50,6 +67,7 @@ function report(
             verity: slot.verity,
             good: slot.good,
             triesLeft: slot.tries,
+            unconfirmedBoots: slot.boots,
             empty: slot.rootHash === "",
           },
         ];
@@ -60,13 +78,14 @@ function report(
 }
 
 function text(r: ReturnType<typeof report>): string {
-  const rows = [["slot", "version", "good", "tries", "root hash"]];
+  const rows = [["slot", "version", "good", "tries", "boots", "root hash"]];
   for (const x of ["A", "B"] as const) {
     const s = r.slots[x]!;
+    const boots = s.good ? `${s.unconfirmedBoots}/${r.goodTries}` : "-";
     rows.push(
       s.empty
-        ? [x, "(empty)", "-", String(s.triesLeft), "-"]
-        : [x, s.version, s.good ? "yes" : "no", String(s.triesLeft), s.rootHash],
+        ? [x, "(empty)", "-", String(s.triesLeft), "-", "-"]
+        : [x, s.version, s.good ? "yes" : "no", String(s.triesLeft), boots, s.rootHash],
     );
   }
   const widths = rows[0]!.map((_, i) => Math.max(...rows.map((row) => row[i]!.length)));
@@ -81,6 +100,7 @@ function text(r: ReturnType<typeof report>): string {
     `order: ${r.order.join(" ")}`,
     `next boot: ${r.next ?? "none (no bootable slot)"}`,
     ...(r.booted ? [`booted: ${r.booted}`] : []),
+    ...(r.fallback ? [`fallback: ${r.fallback.reason}`] : []),
     "",
     ...table,
     ...(r.emptySlot ? ["", `empty: ${formatEmptySlot(r.emptySlot)}`] : []),

@@ -32,6 +32,13 @@ function yaml(): typeof Yaml {
 
 export type RebootPolicy = "auto" | "manual";
 
+/**
+ * When the agent confirms a boot of a good slot (src/bootloader `X_boots`):
+ * `started` — as soon as it runs; `healthy` — once the health checks pass.
+ */
+export type ConfirmPolicy = "started" | "healthy";
+export const CONFIRM_POLICIES: readonly ConfirmPolicy[] = ["started", "healthy"];
+
 export interface HealthCheckConfig {
   /** For logs; default `check-<n>`. */
   name: string;
@@ -59,6 +66,8 @@ export interface AgentConfig {
   reboot: RebootPolicy;
   rebootCommand: string[];
   healthChecks: HealthCheckConfig[];
+  /** When a boot of a good slot counts as confirmed (GRUB falls back after too many unconfirmed ones). */
+  confirm: ConfirmPolicy;
   stateDir: string;
   /** Boot disk (file or block device); null = discover it. */
   disk: string | null;
@@ -87,6 +96,7 @@ export function defaultConfig(): AgentConfig {
     reboot: "auto",
     rebootCommand: ["reboot"],
     healthChecks: [],
+    confirm: "started",
     stateDir: DEFAULT_STATE_DIR,
     disk: null,
     compatible: null,
@@ -170,6 +180,11 @@ export function parseConfig(text: string, source: string): AgentConfig {
           if (value !== "auto" && value !== "manual")
             bad(`must be "auto" or "manual", got ${show(value)}`);
           else config.reboot = value;
+          break;
+        case "confirm":
+          if (!CONFIRM_POLICIES.includes(value as ConfirmPolicy))
+            bad(`must be "started" or "healthy", got ${show(value)}`);
+          else config.confirm = value as ConfirmPolicy;
           break;
         case "rebootCommand": {
           const argv = commandOf(value);

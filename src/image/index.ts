@@ -5,6 +5,8 @@
  */
 export {
   type AgentConfig,
+  CONFIRM_POLICIES,
+  type ConfirmPolicy,
   DEFAULT_CONFIG_PATH,
   DEFAULT_STATE_DIR,
   defaultConfig,
@@ -29,6 +31,7 @@ export { ImageError, type ImageErrorCode } from "./errors.ts";
 export {
   AGENT_CONFIG_PATH,
   AGENT_DIR,
+  DEFAULT_GOOD_TRIES,
   ESP_PARTITION_NAME,
   isSlotName,
   KEYS_DIR,

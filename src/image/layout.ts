@@ -17,6 +17,11 @@ export function otherSlot(slot: SlotName): SlotName {
 
 /** GRUB's script counts tries down one digit at a time: a slot gets 1-9 tries. */
 export const MAX_TRIES = 9;
+/**
+ * Unconfirmed boots of a good slot before GRUB falls back to the other good
+ * slot (spec `update.goodSlotTries`, boot state `good_tries`), by default.
+ */
+export const DEFAULT_GOOD_TRIES = 3;
 
 // GPT partition names, in the order of the disk: 1 ESP, 2 slot A, 3 slot B, 4 state.
 export const ESP_PARTITION_NAME = "esp";

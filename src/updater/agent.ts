@@ -4,17 +4,18 @@
  * policy.ts with the installer, over the machine's interfaces (machine.ts).
  */
 import type { KeyObject } from "node:crypto";
-import { type BootState, markGood } from "../bootloader/index.ts";
+import type { BootState } from "../bootloader/index.ts";
 import { keyId } from "../bundle/index.ts";
 import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
 import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
+import { type AfterBootResult, afterBoot } from "./after-boot.ts";
 import { type AgentConfig, errText, type SlotName } from "./config.ts";
 import { emptySlotNow } from "./empty-slot.ts";
 import { UpdaterError } from "./errors.ts";
-import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
+import type { HealthRunner } from "./health.ts";
 import {
   type BootStore,
   type BundleSource,
@@ -33,7 +34,7 @@ import type {
   Rebooter,
 } from "./machine.ts";
 import { locateSlots } from "./machine.ts";
-import { backoffMs, decideAfterBoot, decideUpdate, otherSlot, pollDelayMs } from "./policy.ts";
+import { backoffMs, decideUpdate, otherSlot, pollDelayMs } from "./policy.ts";
 import {
   type AgentState,
   type InstallProgress,
@@ -45,6 +46,8 @@ import {
 export interface BootDiskHandle extends BootStore {
   close(): Promise<void>;
 }
+
+export type { AfterBootResult };
 
 export interface AgentOptions {
   config: AgentConfig;
@@ -73,19 +76,6 @@ export interface TrustedKey {
   source: string;
 }
 
-export type AfterBootResult =
-  | { action: "nothing"; booted: SlotName; reason: string }
-  | { action: "marked-good"; booted: SlotName; version: string; checks: HealthResult[] }
-  | {
-      action: "unhealthy";
-      booted: SlotName;
-      version: string;
-      checks: HealthResult[];
-      rebooting: boolean;
-    }
-  | { action: "rollback"; booted: SlotName; failedSlot: SlotName; version: string; reason: string }
-  | { action: "await-reboot"; booted: SlotName; slot: SlotName; version: string; reason: string };
-
 export type CheckResult =
   | { outcome: "up-to-date"; version: string }
   | { outcome: "skipped"; version: string; reason: string }
@@ -101,6 +91,8 @@ export interface SlotStatus {
   version: string;
   good: boolean;
   tries: number;
+  /** Boots of this good slot in a row not yet confirmed (the bootloader gives up at `boot.goodTries`). */
+  boots: number;
   rootHash: string;
 }
 
@@ -124,6 +116,8 @@ export interface AgentStatus {
    */
   emptySlot: AgentState["emptySlot"];
   rollbacks: AgentState["rollbacks"];
+  /** Good slots that stopped booting, and the bootloader booted the other one. */
+  fallbacks: AgentState["fallbacks"];
   badVersions: string[];
 }
 
@@ -313,9 +307,9 @@ export class Agent {
   }
 
   /**
-   * After boot (README.md, "After boot", the decision table): mark the new
-   * slot good when its health checks pass, reboot when they fail, record a
-   * rollback when the bootloader fell back.
+   * After boot (README.md, "After boot", the decision table; after-boot.ts):
+   * mark the new slot good when its health checks pass, reboot when they
+   * fail, record a rollback or a fallback, confirm the boot of a good slot.
    */
   afterBoot(): Promise<AfterBootResult> {
     return this.#locked(() => this.#afterBoot());
@@ -323,106 +317,20 @@ export class Agent {
 
   #afterBoot(): Promise<AfterBootResult> {
     return this.#recording(() =>
-      this.#withContext(async (c) => {
-        const d = decideAfterBoot({
-          booted: c.booted,
-          boot: c.boot,
-          pending: this.state.pending,
-          badVersions: this.state.badVersions,
-        });
-        const now = () => this.#o.clock.now().toISOString();
-        switch (d.action) {
-          case "nothing":
-            if (d.clearPending) await this.#state.update((s) => ({ ...s, pending: null }));
-            this.#log.info({ slot: c.booted }, d.reason);
-            return { action: "nothing", booted: c.booted, reason: d.reason };
-          case "await-reboot":
-            this.#log.info({ slot: d.slot, version: d.version }, d.reason);
-            return {
-              action: "await-reboot",
-              booted: c.booted,
-              slot: d.slot,
-              version: d.version,
-              reason: d.reason,
-            };
-          case "rollback": {
-            const record = { version: d.version, slot: d.slot, reason: d.reason, at: now() };
-            await this.#state.update((s) => ({
-              ...s,
-              pending: null,
-              rollbacks: [...s.rollbacks, record],
-              badVersions: s.badVersions.includes(d.version)
-                ? s.badVersions
-                : [...s.badVersions, d.version],
-            }));
-            this.#log.warn(
-              { version: d.version, slot: d.slot, booted: c.booted },
-              `rollback: ${d.reason}; ${d.version} is recorded as bad and never installed again`,
-            );
-            return {
-              action: "rollback",
-              booted: c.booted,
-              failedSlot: d.slot,
-              version: d.version,
-              reason: d.reason,
-            };
-          }
-          case "check-health": {
-            this.#log.info(
-              { slot: d.slot, version: d.version },
-              `${d.reason}; running ${this.#o.config.healthChecks.length} health check(s)`,
-            );
-            const checks = await runHealthChecks(this.#o.config.healthChecks, this.#o.health);
-            for (const r of checks) {
-              if (r.ok)
-                this.#log.info(
-                  { check: r.name, durationMs: r.durationMs },
-                  `health check ${r.name} passed`,
-                );
-              else
-                this.#log.error(
-                  { check: r.name, exitCode: r.exitCode, timedOut: r.timedOut, output: r.output },
-                  `health check ${r.name} failed (${r.timedOut ? "timed out" : (r.error ?? `exit ${r.exitCode}`)})`,
-                );
-            }
-            const failed = checks.filter((r) => !r.ok);
-            if (failed.length === 0) {
-              // Read again right before the one write: the state the transition applies to.
-              const boot = await c.disk.readState();
-              await c.disk.writeState(markGood(boot, d.slot));
-              await this.#state.update((s) => ({
-                ...s,
-                pending: null,
-                lastGood: { slot: d.slot, version: d.version, at: now() },
-              }));
-              this.#log.info(
-                { slot: d.slot, version: d.version },
-                `marked good: slot ${d.slot} (${d.version})`,
-              );
-              return { action: "marked-good", booted: c.booted, version: d.version, checks };
-            }
-            const err = new UpdaterError(
-              "HEALTH_CHECK_FAILED",
-              `slot ${d.slot} (${d.version}): health check(s) ${failed.map((f) => f.name).join(", ")} failed; not marking it good`,
-              { details: { slot: d.slot, version: d.version, failed: failed.map((f) => f.name) } },
-            );
-            await this.#recordError(err);
-            const rebooting = this.#o.config.reboot === "auto";
-            if (rebooting) {
-              this.#log.warn(
-                { slot: d.slot },
-                `rebooting: ${err.message}; the bootloader counts the try`,
-              );
-              await this.#o.rebooter.reboot(err.message);
-            } else
-              this.#log.warn(
-                { slot: d.slot },
-                `${err.message}; reboot policy is manual: reboot to let the bootloader count the try`,
-              );
-            return { action: "unhealthy", booted: c.booted, version: d.version, checks, rebooting };
-          }
-        }
-      }),
+      this.#withContext((c) =>
+        afterBoot(
+          {
+            config: this.#o.config,
+            log: this.#log,
+            clock: this.#o.clock,
+            health: this.#o.health,
+            rebooter: this.#o.rebooter,
+            state: this.#state,
+            recordError: (err) => this.#recordError(err),
+          },
+          { ...c, diskPath: this.#o.diskPath },
+        ),
+      ),
     );
   }
 
@@ -690,6 +598,7 @@ export class Agent {
           : null,
         emptySlot: emptySlotNow(st.emptySlot, c.boot),
         rollbacks: st.rollbacks,
+        fallbacks: st.fallbacks,
         badVersions: st.badVersions,
       };
     });

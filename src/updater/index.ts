@@ -71,6 +71,7 @@ export { type AgentCliOptions, agentOptions, createAgent, diskStateDir } from ".
 export {
   type AgentState,
   type EmptySlot,
+  type FallbackRecord,
   type InstallProgress,
   initialAgentState,
   type PendingSlot,

@@ -12,11 +12,15 @@ import type { PendingSlot } from "./state-file.ts";
 export interface BootSlotFacts {
   tries: number;
   good: boolean;
+  /** Boots of this good slot in a row that no agent confirmed. */
+  boots: number;
   rootHash: string;
   version: string;
 }
 export interface BootFacts {
   order: readonly [SlotName, SlotName];
+  /** Unconfirmed boots after which GRUB passes a good slot over. */
+  goodTries: number;
   slots: Record<SlotName, BootSlotFacts>;
 }
 
@@ -106,6 +110,7 @@ export function installBlocker(boot: BootFacts, booted: SlotName): string | null
 
 export type AfterBootDecision =
   | { action: "nothing"; reason: string; clearPending: boolean }
+  | { action: "fallback"; slot: SlotName; version: string; reason: string; clearPending: boolean }
   | { action: "check-health"; slot: SlotName; version: string; reason: string }
   | { action: "rollback"; slot: SlotName; version: string; reason: string }
   | { action: "await-reboot"; slot: SlotName; version: string; reason: string };
@@ -123,6 +128,24 @@ export function decideAfterBoot(o: {
 }): AfterBootDecision {
   const { booted, boot, pending } = o;
   const b = boot.slots[booted];
+  // row 0: a good slot is first in the order, yet the other good one booted:
+  // GRUB passed it over (too many unconfirmed boots) or could not load it.
+  const first = boot.order[0];
+  const f = boot.slots[first];
+  if (first !== booted && b.good && f.good) {
+    const unconfirmed = f.boots >= boot.goodTries;
+    return {
+      action: "fallback",
+      slot: first,
+      version: f.version,
+      reason: unconfirmed
+        ? `slot ${first} (${f.version}) was booted ${f.boots} times in a row without a confirmation ` +
+          "(its kernel, its root file system (dm-verity) or its init failed, or the agent did not start); " +
+          `the bootloader fell back to slot ${booted} (${b.version})`
+        : `the bootloader could not load slot ${first}'s (${f.version}) kernel or initrd and fell back to slot ${booted} (${b.version})`,
+      clearPending: pending !== null && pending.slot === first,
+    };
+  }
   if (pending === null) {
     // row 1b: no record (the state file was lost), yet the other slot holds a
     // newer version that was tried and failed: GRUB fell back from it.

@@ -4,7 +4,7 @@ import { formatEmptySlot } from "./empty-slot.ts";
 
 export function formatStatus(s: AgentStatus): string {
   const slot = (x: AgentStatus["booted"]) =>
-    `slot ${x.slot}  ${x.version || "(empty)"}  ${x.good ? "good" : `not good, ${x.tries} tries left`}`;
+    `slot ${x.slot}  ${x.version || "(empty)"}  ${x.good ? `good${x.boots > 0 ? `, ${x.boots} of ${s.boot.goodTries} boots unconfirmed` : ""}` : `not good, ${x.tries} tries left`}`;
   const lines = [
     `disk       ${s.disk}`,
     `booted     ${slot(s.booted)}`,
@@ -31,6 +31,8 @@ export function formatStatus(s: AgentStatus): string {
     );
   for (const r of s.rollbacks)
     lines.push(`rollback   ${r.at} ${r.version} (slot ${r.slot}): ${r.reason}`);
+  for (const f of s.fallbacks)
+    lines.push(`fallback   ${f.at} slot ${f.slot} (${f.version}) to slot ${f.booted}: ${f.reason}`);
   lines.push(`bad        ${s.badVersions.length > 0 ? s.badVersions.join(", ") : "none"}`);
   lines.push(`state      ${s.stateFile}`);
   return lines.join("\n");
@@ -62,6 +64,8 @@ export function formatAfterBoot(r: AfterBootResult): string {
         .join(", ")} failed${r.rebooting ? "; rebooting" : ""}`;
     case "rollback":
       return `rollback recorded: ${r.reason}`;
+    case "fallback":
+      return `fallback recorded: ${r.reason}`;
     case "await-reboot":
       return r.reason;
   }

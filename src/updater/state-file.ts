@@ -71,6 +71,19 @@ export interface RollbackRecord {
   at: string;
 }
 
+/** A good slot that stopped booting, and GRUB booted the other good one (README.md, "After boot"). */
+export interface FallbackRecord {
+  /** The slot that broke. */
+  slot: SlotName;
+  version: string;
+  rootHash: string;
+  /** Why, as far as the agent can tell. */
+  reason: string;
+  /** The slot that runs instead. */
+  booted: SlotName;
+  at: string;
+}
+
 export interface AgentState {
   schemaVersion: number;
   /** Installed and activated; waits for its boot and health checks. */
@@ -82,6 +95,7 @@ export interface AgentState {
   lastError: { at: string; code: string; message: string } | null;
   lastGood: { slot: SlotName; version: string; at: string } | null;
   rollbacks: RollbackRecord[];
+  fallbacks: FallbackRecord[];
   /** Versions that failed to come up; never installed again. */
   badVersions: string[];
   /** Highest channel index serial seen, and the digest of that index (replay protection). */
@@ -100,6 +114,7 @@ export function initialAgentState(): AgentState {
     lastError: null,
     lastGood: null,
     rollbacks: [],
+    fallbacks: [],
     badVersions: [],
     index: null,
     rolloutId: null,
@@ -293,7 +308,7 @@ export function validateState(v: unknown): string[] {
   obj("lastError", { at: STR, code: STR, message: STR });
   obj("lastGood", { slot: SLOT, version: STR, at: STR });
   obj("index", { serial: INT, sha256: HEX });
-  for (const name of ["rollbacks", "badVersions"]) {
+  for (const name of ["rollbacks", "fallbacks", "badVersions"]) {
     if (s[name] !== undefined && !Array.isArray(s[name])) p.push(`${name}: not a list`);
   }
   if (s.rolloutId !== undefined && s.rolloutId !== null && !STR(s.rolloutId))
@@ -305,6 +320,21 @@ export function validateState(v: unknown): string[] {
       const o = r as Record<string, unknown> | null;
       if (!o || !STR(o.version) || !SLOT(o.slot) || !STR(o.reason) || !STR(o.at))
         p.push(`rollbacks[${i}]: invalid`);
+    });
+  }
+  if (Array.isArray(s.fallbacks)) {
+    s.fallbacks.forEach((r, i) => {
+      const o = r as Record<string, unknown> | null;
+      if (
+        !o ||
+        !SLOT(o.slot) ||
+        !STR(o.version) ||
+        !STR(o.rootHash) ||
+        !STR(o.reason) ||
+        !SLOT(o.booted) ||
+        !STR(o.at)
+      )
+        p.push(`fallbacks[${i}]: invalid`);
     });
   }
   return p;

@@ -339,11 +339,16 @@ describe("GRUB environment block and boot state", () => {
     const slot = (v: string) => ({
       tries: 0,
       good: true,
+      boots: 0,
       rootHash: "ab".repeat(32),
       verity: `123456:31:${"cd".repeat(32)}`,
       version: v,
     });
-    const state: BootState = { order: ["A", "B"], slots: { A: slot("1.0.0"), B: slot("2.0.0") } };
+    const state: BootState = {
+      order: ["A", "B"],
+      goodTries: 3,
+      slots: { A: slot("1.0.0"), B: slot("2.0.0") },
+    };
     const vars0 = bootStateToEnv(state);
     const block0 = Buffer.from(encodeEnv(vars0));
     const content = [...vars0].map(([k, v]) => `${k}=${v}\n`).join("").length + 25;

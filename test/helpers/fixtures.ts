@@ -357,6 +357,7 @@ export async function secondUpdateDisk(
         B: {
           tries: 0,
           good: true,
+          boots: 0,
           rootHash: v.rootHash,
           verity: formatSlotVerity(v),
           version: old.manifest.version,

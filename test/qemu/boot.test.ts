@@ -164,6 +164,7 @@ describe("booting the demo image", () => {
   it("falls back from an empty slot set next without hanging", async () => {
     const disk = freshDisk("v1");
     await editBootState(disk, (s) => ({
+      ...s,
       order: ["B", "A"],
       slots: { ...s.slots, B: { ...s.slots.B, tries: 2, good: false } },
     }));

@@ -194,7 +194,9 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
 
     vm = await Vm.start({ disk: copy, serialLog: join(dir, "tries.log") });
     await vm.waitFor(BANNER, { timeoutMs: 300_000 });
-    expect(vm.console).toMatch(/abforge: booting slot A version 1\.0\.0 \(good=0 tries=0\)/);
+    expect(vm.console).toMatch(
+      /abforge: booting slot A version 1\.0\.0 \(good=0 tries=0 boots=0\)/,
+    );
     await vm.waitFor(PROMPT, { timeoutMs: 60_000 });
     expect(await slotState(copy, "A")).toMatchObject({ good: false, tries: 0 });
 
@@ -212,6 +214,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   it("falls through to the other slot when GRUB cannot load the kernel", async () => {
     // B says it holds an image, but its partition is all zeros: `linux` fails.
     const copy = await variant("nokernel", {
+      ...state,
       order: ["B", "A"],
       slots: { ...state.slots, B: { ...state.slots.A, good: false, tries: 1, version: "2.0.0" } },
     });
@@ -240,12 +243,14 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     const copy = await variant(
       "noinitrd",
       {
+        ...state,
         order: ["B", "A"],
         slots: {
           ...state.slots,
           B: {
             tries: 3,
             good: false,
+            boots: 0,
             rootHash: b.verity.rootHash,
             verity: formatSlotVerity(b.verity),
             version: "2.0.0",
@@ -260,6 +265,53 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     expect(m[1]).toBe("A");
     expect(vm.console).toMatch(/abforge: skipping slot B \(not good, no tries left\)/);
     expect(await slotState(copy, "B")).toMatchObject({ good: false, tries: 0 });
+  });
+
+  it("a good slot whose initrd does not load restarts, counted, until GRUB passes it over and boots the other good slot", async () => {
+    const noInitrd = join(dir, "good-noinitrd-rootfs");
+    execFileSync("cp", ["-a", root, noInitrd]);
+    rmSync(join(noInitrd, "boot/initrd.img"));
+    const sq = await buildSquashfs({
+      sourceDir: noInitrd,
+      outPath: join(dir, "good-noinitrd.squashfs"),
+      compression: "gzip",
+    });
+    const b = await buildSlotImage({
+      squashfsPath: sq.path,
+      outPath: join(dir, "good-noinitrd-slot.img"),
+    });
+    const copy = await variant(
+      "good-noinitrd",
+      {
+        ...state,
+        order: ["B", "A"],
+        slots: {
+          ...state.slots,
+          B: {
+            tries: 0,
+            good: true,
+            boots: 0,
+            rootHash: b.verity.rootHash,
+            verity: formatSlotVerity(b.verity),
+            version: "2.0.0",
+          },
+        },
+      },
+      b.path,
+    );
+    vm = await Vm.start({ disk: copy, serialLog: join(dir, "good-noinitrd.log") });
+    const m = await vm.waitFor(BANNER, { timeoutMs: 300_000 });
+    expect(m[1]).toBe("A");
+    // three restarts (no hang in a GRUB that loaded a kernel), then B is passed over
+    expect(
+      vm.console.match(/abforge: slot B: restarting \(this boot is counted as unconfirmed\)/g),
+    ).toHaveLength(3);
+    expect(vm.console).toContain(
+      "abforge: slot B was booted 3 times without a confirmation; passing it over",
+    );
+    // this disk has no agent: nothing confirmed A's boot either
+    expect(await slotState(copy, "B")).toMatchObject({ good: true, boots: 3 });
+    expect(await slotState(copy, "A")).toMatchObject({ good: true, boots: 1 });
   });
 
   it("panics out of a failing /init, resets, and falls back once the try is spent", async () => {
@@ -279,12 +331,14 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     const copy = await variant(
       "broken",
       {
+        ...state,
         order: ["B", "A"],
         slots: {
           ...state.slots,
           B: {
             tries: 1,
             good: false,
+            boots: 0,
             rootHash: b.verity.rootHash,
             verity: formatSlotVerity(b.verity),
             version: "2.0.0",

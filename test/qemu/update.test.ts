@@ -90,7 +90,10 @@ describe("updates end to end", () => {
     }
     expect(b).toEqual({ slot: "B", version: "2.0.0" });
     await vm.waitFor(/rollback/i, { timeoutMs: BOOT_MS });
+    await vm.waitFor(/confirmed: slot B \(2\.0\.0\) is up; it boots first/, { timeoutMs: BOOT_MS });
     s = await bootState(disk);
+    // the running good slot is first again: `slots show` says `order: B A`
+    expect(s.order).toEqual(["B", "A"]);
     expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
     expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
 

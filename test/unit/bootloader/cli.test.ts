@@ -38,6 +38,13 @@ interface SlotsJson {
     string,
     { version: string; rootHash: string; good: boolean; triesLeft: number; empty: boolean }
   >;
+  goodTries: number;
+  fallback: {
+    slot: string;
+    version: string;
+    unconfirmedBoots: number;
+    bootsInstead: string;
+  } | null;
 }
 
 async function show(path: string): Promise<SlotsJson> {
@@ -55,6 +62,8 @@ describe("abforge slots", () => {
       order: ["A", "B"],
       next: "A",
       booted: null,
+      goodTries: 3,
+      fallback: null,
       slots: {
         A: {
           version: "1.0.0",
@@ -62,9 +71,18 @@ describe("abforge slots", () => {
           verity: VERITY,
           good: true,
           triesLeft: 0,
+          unconfirmedBoots: 0,
           empty: false,
         },
-        B: { version: "", rootHash: "", verity: "", good: false, triesLeft: 0, empty: true },
+        B: {
+          version: "",
+          rootHash: "",
+          verity: "",
+          good: false,
+          triesLeft: 0,
+          unconfirmedBoots: 0,
+          empty: true,
+        },
       },
       // B was never filled: no install emptied it (the agent's state has no record)
       emptySlot: null,
@@ -72,8 +90,29 @@ describe("abforge slots", () => {
     const t = await abforge(["slots", "show", "--disk", path]);
     expect(t.code).toBe(0);
     expect(t.stdout).toMatch(/^next boot: A$/m);
-    expect(t.stdout).toMatch(new RegExp(`^A\\s+1\\.0\\.0\\s+yes\\s+0\\s+${HASH_A}$`, "m"));
+    expect(t.stdout).not.toMatch(/^fallback:/m);
+    expect(t.stdout).toMatch(new RegExp(`^A\\s+1\\.0\\.0\\s+yes\\s+0\\s+0/3\\s+${HASH_A}$`, "m"));
     expect(t.stdout).toMatch(/^B\s+\(empty\)/m);
+  });
+
+  it("show: a good slot GRUB passes over (goodTries unconfirmed boots) is named as the fallback", async () => {
+    const path = await disk("fallback.img");
+    await withBootDisk(path, async (d) => {
+      const both = markGood(activateSlot(await d.readState(), "B", { ...imageB, tries: 1 }), "B");
+      await d.writeState({ ...both, slots: { ...both.slots, B: { ...both.slots.B, boots: 3 } } });
+    });
+    const j = await show(path);
+    expect(j).toMatchObject({
+      order: ["B", "A"],
+      next: "A",
+      goodTries: 3,
+      fallback: { slot: "B", version: "2.0.0", unconfirmedBoots: 3, bootsInstead: "A" },
+    });
+    const t = await abforge(["slots", "show", "--disk", path]);
+    expect(t.stdout).toMatch(
+      /^fallback: slot B \(2\.0\.0\) was booted 3 times in a row without a confirmation; the bootloader boots slot A while that one is good$/m,
+    );
+    expect(t.stdout).toMatch(new RegExp(`^B\\s+2\\.0\\.0\\s+yes\\s+0\\s+3/3\\s+${HASH_B}$`, "m"));
   });
 
   it("set-next refuses an empty slot and a trial without a good fallback (BOOT_REFUSED)", async () => {

@@ -12,9 +12,45 @@ function slotFunction(slot: "A" | "B"): string {
 }
 
 describe("grubConfig", () => {
-  it("boots a good slot without touching its tries", () => {
-    const f = slotFunction("A");
-    expect(f).toMatch(/if \[ "\$A_good" = 1 \]; then\n\s+set abforge_boot=1\n\s+elif/);
+  it("boots a good slot without touching its tries, counting the boot in X_boots (0-8 -> 1-9, saved first)", () => {
+    for (const slot of ["A", "B"] as const) {
+      const f = slotFunction(slot);
+      const good = f.slice(f.indexOf(`if [ "$${slot}_good" = 1 ]; then`), f.indexOf("\n  elif"));
+      expect(good).not.toContain(`${slot}_tries`);
+      expect(good).toContain(`elif [ "$${slot}_boots" -lt "$good_tries" ]; then`);
+      for (let n = 0; n <= 8; n++)
+        expect(good).toMatch(
+          new RegExp(
+            `if \\[ "\\$${slot}_boots" = ${n} \\]; then\\n\\s+set ${slot}_boots=${n + 1}\\n`,
+          ),
+        );
+      expect(good).not.toContain(`set ${slot}_boots=10`);
+      expect(good).toMatch(
+        new RegExp(
+          `fi\\n\\s+save_env --file "\\$abforge_env" ${slot}_boots\\n\\s+set abforge_boot=1\\n`,
+        ),
+      );
+      expect(f.indexOf(`save_env --file "$abforge_env" ${slot}_boots`)).toBeLessThan(
+        f.indexOf("linux "),
+      );
+    }
+  });
+
+  it("passes over a good slot with good_tries unconfirmed boots, and boots any good slot in the last pass", () => {
+    const f = slotFunction("B");
+    expect(f).toMatch(
+      /\n\s+else\n\s+echo "abforge: slot B was booted \$B_boots times without a confirmation; passing it over"\n\s+fi\n/,
+    );
+    expect(f).toMatch(
+      /if \[ "\$B_good" = 1 \]; then\n\s+if \[ "\$abforge_last" = 1 \]; then\n\s+set abforge_boot=1\n/,
+    );
+    // in the last pass a slot that is not good is not tried again
+    expect(f).toMatch(
+      /elif \[ "\$abforge_last" = 1 \]; then\n\s+set abforge_boot=0\n\s+elif \[ "\$B_tries" = 1 \]/,
+    );
+    expect(cfg).toMatch(
+      /fi\n\n# 5\.[^\n]*\n[^\n]*\nset abforge_last=1\nif \[ "\$order" = "B A" \]; then\n\s+abforge_try_B\n\s+abforge_try_A\nelse\n\s+abforge_try_A\n\s+abforge_try_B\nfi\n/,
+    );
   });
 
   it("unrolls the decrement of tries 1..9, saving before booting and booting only when saved", () => {
@@ -46,10 +82,10 @@ describe("grubConfig", () => {
     expect(f).toContain('if [ -z "$B_roothash" ]; then\n      echo "abforge: slot B is empty"');
   });
 
-  it("restarts when the kernel loaded but the initrd did not, after a slot on trial gives up its tries", () => {
+  it("restarts when the kernel loaded but the initrd did not: a slot on trial gives up its tries, a good one's boot stays counted (not in the last pass)", () => {
     const f = slotFunction("A");
     expect(f).toContain(
-      'echo "abforge: slot A: cannot load its initrd"\n        if [ "$A_good" != 1 ]; then\n          set A_tries=0\n          save_env --file "$abforge_env" A_tries\n          echo "abforge: slot A: giving up its tries, restarting"\n          reboot\n        fi',
+      'echo "abforge: slot A: cannot load its initrd"\n        if [ "$A_good" != 1 ]; then\n          set A_tries=0\n          save_env --file "$abforge_env" A_tries\n          echo "abforge: slot A: giving up its tries, restarting"\n          reboot\n        elif [ "$abforge_last" != 1 ]; then\n          echo "abforge: slot A: restarting (this boot is counted as unconfirmed)"\n          reboot\n        fi',
     );
   });
 
@@ -63,8 +99,11 @@ describe("grubConfig", () => {
   it("loads only the boot-state variables from /GRUBENV on the ESP it was started from", () => {
     expect(cfg).toContain(`regexp --set=1:abforge_esp '^\\((.*)\\)' "$cmdpath"`);
     expect(cfg).toContain(
-      'load_env --file "$abforge_env" order A_tries A_good A_roothash A_verity A_version B_tries B_good B_roothash B_verity B_version',
+      'load_env --file "$abforge_env" order good_tries A_tries A_good A_boots A_roothash A_verity A_version B_tries B_good B_boots B_roothash B_verity B_version',
     );
+    // a block without the newer variables: 3 unconfirmed boots, none counted yet
+    expect(cfg).toContain("set good_tries=3\n");
+    expect(cfg).toContain('set A_boots=0\nset A_roothash=""');
   });
 
   it("refuses a command line that GRUB script would misread", () => {

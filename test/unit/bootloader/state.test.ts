@@ -7,6 +7,7 @@ import {
   type BootState,
   bootStateFromEnv,
   bootStateToEnv,
+  confirmBoot,
   decodeEnv,
   encodeEnv,
   envContentLength,
@@ -36,7 +37,7 @@ function codeOf(fn: () => unknown): string | undefined {
 }
 
 function slot(over: Partial<SlotState> = {}): SlotState {
-  return { tries: 0, good: false, ...imageA, ...over };
+  return { tries: 0, good: false, boots: 0, ...imageA, ...over };
 }
 
 function state(
@@ -44,7 +45,7 @@ function state(
   a: Partial<SlotState>,
   b: Partial<SlotState>,
 ): BootState {
-  return { order, slots: { A: slot(a), B: slot({ ...imageB, ...b }) } };
+  return { order, goodTries: 3, slots: { A: slot(a), B: slot({ ...imageB, ...b }) } };
 }
 
 describe("variables", () => {
@@ -52,13 +53,16 @@ describe("variables", () => {
     const vars = bootStateToEnv(initialBootState(imageA));
     expect([...vars]).toEqual([
       ["order", "A B"],
+      ["good_tries", "3"],
       ["A_tries", "0"],
       ["A_good", "1"],
+      ["A_boots", "0"],
       ["A_roothash", HASH_A],
       ["A_verity", VERITY],
       ["A_version", "1.0.0"],
       ["B_tries", "0"],
       ["B_good", "0"],
+      ["B_boots", "0"],
       ["B_roothash", ""],
       ["B_verity", ""],
       ["B_version", ""],
@@ -66,7 +70,14 @@ describe("variables", () => {
   });
 
   it("round-trips through the env block, and two full slots fit in the first 512 bytes", () => {
-    const s = state(["B", "A"], { good: true }, { tries: 3, version: "10.20.30-rc.1+build.7" });
+    const s = {
+      ...state(
+        ["B", "A"],
+        { good: true, boots: 9 },
+        { tries: 3, version: "10.20.30-rc.1+build.7" },
+      ),
+      goodTries: 9,
+    };
     const block = encodeEnv(bootStateToEnv(s));
     expect(bootStateFromEnv(decodeEnv(block))).toEqual(s);
     const lines = [...bootStateToEnv(s)].map(([name, value]) => ({
@@ -75,6 +86,31 @@ describe("variables", () => {
       value,
     }));
     expect(envContentLength(lines)).toBeLessThanOrEqual(512);
+  });
+
+  it("reads a block written before good_tries and X_boots as goodTries 3 and no unconfirmed boots", () => {
+    const vars = bootStateToEnv(initialBootState(imageA, 5));
+    for (const v of ["good_tries", "A_boots", "B_boots"]) vars.delete(v);
+    const s = bootStateFromEnv(vars);
+    expect(s.goodTries).toBe(3);
+    expect([s.slots.A.boots, s.slots.B.boots]).toEqual([0, 0]);
+  });
+
+  it("keeps the counters one digit: good_tries 1-9, X_boots 0-9", () => {
+    const base = bootStateToEnv(initialBootState(imageA));
+    for (const [name, value] of [
+      ["good_tries", "0"],
+      ["good_tries", "10"],
+      ["A_boots", "10"],
+      ["B_boots", "-1"],
+    ] as const) {
+      const vars = new Map(base).set(name, value);
+      expect(
+        codeOf(() => bootStateFromEnv(vars)),
+        `${name}=${value}`,
+      ).toBe("BOOT_STATE_INVALID");
+    }
+    expect(codeOf(() => initialBootState(imageA, 10))).toBe("BOOT_STATE_INVALID");
   });
 
   it("ignores other variables", () => {
@@ -163,6 +199,25 @@ describe("nextBootSlot (GRUB's rule)", () => {
     },
   );
 
+  // [order, A good, A boots, B good, B boots, B tries] -> slot (goodTries 3)
+  const unconfirmed: [[SlotName, SlotName], boolean, number, boolean, number, number, SlotName][] =
+    [
+      [["B", "A"], true, 0, true, 2, 0, "B"],
+      [["B", "A"], true, 0, true, 3, 0, "A"],
+      [["B", "A"], true, 3, true, 3, 0, "B"],
+      [["B", "A"], false, 0, true, 3, 0, "B"],
+      [["A", "B"], true, 3, false, 0, 2, "B"],
+      [["A", "B"], true, 9, true, 0, 0, "B"],
+    ];
+  it.each(unconfirmed)(
+    "order %j, A good=%s boots=%i, B good=%s boots=%i tries=%i -> %s",
+    (order, ag, ab, bg, bb, bt, want) => {
+      expect(
+        nextBootSlot(state(order, { good: ag, boots: ab }, { good: bg, boots: bb, tries: bt })),
+      ).toBe(want);
+    },
+  );
+
   it("grubBoot counts a try only for a slot that is not good", () => {
     const trial = state(["B", "A"], { good: true }, { tries: 2 });
     const first = grubBoot(trial);
@@ -170,7 +225,29 @@ describe("nextBootSlot (GRUB's rule)", () => {
     expect(first.state.slots.B.tries).toBe(1);
     const second = grubBoot(first.state);
     expect(second.state.slots.B.tries).toBe(0);
-    expect(grubBoot(second.state)).toEqual({ slot: "A", state: second.state });
+    const third = grubBoot(second.state);
+    expect(third.slot).toBe("A");
+    expect(third.state.slots.A.boots).toBe(1);
+    expect(third.state.slots.B).toEqual(second.state.slots.B);
+  });
+
+  it("a good slot never confirmed is booted goodTries times, then the other good slot; the count stops there", () => {
+    let s = state(["B", "A"], { good: true }, { good: true });
+    for (let n = 1; n <= 3; n++) {
+      const r = grubBoot(s);
+      expect(r.slot).toBe("B");
+      expect(r.state.slots.B.boots).toBe(n);
+      s = r.state;
+    }
+    const fallback = grubBoot(s);
+    expect(fallback.slot).toBe("A");
+    expect(fallback.state.slots.B.boots).toBe(3);
+    // A confirmed; then A breaks too: both passed over, the first good one boots uncounted
+    s = {
+      ...fallback.state,
+      slots: { ...fallback.state.slots, A: slot({ good: true, boots: 3 }) },
+    };
+    expect(grubBoot(s)).toEqual({ slot: "B", state: s });
   });
 });
 
@@ -184,12 +261,13 @@ describe("transitions", () => {
     const active = activateSlot(prepared, "B", { ...imageB, tries: 3 });
     expect(active).toEqual({
       order: ["B", "A"],
-      slots: { A: initial.slots.A, B: { tries: 3, good: false, ...imageB } },
+      goodTries: 3,
+      slots: { A: initial.slots.A, B: { tries: 3, good: false, boots: 0, ...imageB } },
     });
     expect(nextBootSlot(active)).toBe("B");
     const booted = grubBoot(active).state;
     const good = markGood(booted, "B");
-    expect(good.slots.B).toEqual({ tries: 0, good: true, ...imageB });
+    expect(good.slots.B).toEqual({ tries: 0, good: true, boots: 0, ...imageB });
     expect(good.slots.A).toEqual(initial.slots.A);
     expect(nextBootSlot(good)).toBe("B");
     // the input states are never changed
@@ -219,6 +297,24 @@ describe("transitions", () => {
 
   it("markGood refuses an empty slot", () => {
     expect(codeOf(() => markGood(initial, "B"))).toBe("BOOT_REFUSED");
+  });
+
+  it("confirmBoot sets a good slot's unconfirmed boots back to 0, and with first puts it first", () => {
+    const s = state(["B", "A"], { good: true, boots: 1 }, { good: true, boots: 3 });
+    expect(confirmBoot(s, "A")).toEqual({ ...s, slots: { ...s.slots, A: slot({ good: true }) } });
+    expect(confirmBoot(s, "A", { first: true }).order).toEqual(["A", "B"]);
+    expect(confirmBoot(s, "A", { first: true }).slots.B).toEqual(s.slots.B);
+    expect(codeOf(() => confirmBoot(initial, "B"))).toBe("BOOT_REFUSED");
+  });
+
+  it("a new image, an unbooted slot and the operator's set-next start a fresh count", () => {
+    const broken = state(["A", "B"], { good: true }, { good: true, boots: 3 });
+    expect(markUnbootable(broken, "B").slots.B.boots).toBe(0);
+    expect(activateSlot(broken, "B", { ...imageB, tries: 2 }).slots.B.boots).toBe(0);
+    expect(setNext(broken, "B").slots.B).toMatchObject({ good: true, boots: 0 });
+    expect(
+      markGood({ ...broken, slots: { ...broken.slots, A: slot({ boots: 2 }) } }, "A").slots.A.boots,
+    ).toBe(0);
   });
 
   it("setNext reorders a bootable slot, or puts it on trial with tries", () => {
@@ -256,6 +352,11 @@ describe("transitions", () => {
         tries: fc.option(fc.integer({ min: 1, max: 9 }), { nil: undefined }),
       }),
       fc.record({ k: fc.constant("boot" as const) }),
+      fc.record({
+        k: fc.constant("confirm" as const),
+        slot: fc.constantFrom<SlotName>("A", "B"),
+        first: fc.boolean(),
+      }),
     );
     fc.assert(
       fc.property(fc.array(op, { maxLength: 30 }), (ops) => {
@@ -266,6 +367,7 @@ describe("transitions", () => {
             else if (o.k === "activate") s = activateSlot(s, o.slot, { ...imageB, tries: o.tries });
             else if (o.k === "good") s = markGood(s, o.slot);
             else if (o.k === "next") s = setNext(s, o.slot, o.tries);
+            else if (o.k === "confirm") s = confirmBoot(s, o.slot, { first: o.first });
             else s = grubBoot(s).state;
           } catch (err) {
             expect((err as { code: string }).code).toBe("BOOT_REFUSED");
@@ -273,6 +375,7 @@ describe("transitions", () => {
           // a good slot remains, and GRUB always has something to boot
           expect(s.slots.A.good || s.slots.B.good).toBe(true);
           expect(nextBootSlot(s)).not.toBeNull();
+          // bootStateToEnv refuses a counter of two digits
           expect(bootStateFromEnv(bootStateToEnv(s))).toEqual(s);
         }
       }),

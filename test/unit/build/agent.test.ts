@@ -27,6 +27,8 @@ update:
   channel: beta.1
   repo: "http://updates.example/abforge/"
   tries: 2
+  goodSlotTries: 4
+  confirm: healthy
   pollIntervalMs: 60000
   healthChecks:
     - { name: net, command: "ping -c1 10.0.2.2 && echo 'ok: yes'", timeoutMs: 5000 }
@@ -36,6 +38,8 @@ update:
 describe("agentFiles", () => {
   it("spec -> written agent.yaml -> the agent's parse gives what the spec said", () => {
     const spec = parseSpec(SPEC, "/specs/demo.yaml");
+    // goodSlotTries goes into the boot state (good_tries), not the agent's config
+    expect(spec.update).toMatchObject({ goodSlotTries: 4, confirm: "healthy" });
     const key = generateKeyPairSync("ed25519").publicKey;
     const files = agentFiles({ spec, trustedKeys: [key] });
     const byPath = new Map(files.map((f) => [f.path, f]));
@@ -50,6 +54,7 @@ describe("agentFiles", () => {
       pollJitterMs: 6000,
       trustedKeys: [keyPath],
       tries: 2,
+      confirm: "healthy",
       healthChecks: [
         {
           name: "net",

@@ -103,6 +103,8 @@ describe("a valid spec", () => {
       channel: "stable",
       repo: "http://updates.example/",
       tries: 3,
+      goodSlotTries: 3,
+      confirm: "started",
       keys: [join(dir, "signing.pub")],
       healthChecks: [{ name: "ok", command: "true", timeoutMs: 5000 }],
       pollIntervalMs: 30000,
@@ -138,7 +140,14 @@ update: { repo: "https://r/" }
     const spec = parseSpec(text, "/specs/min.yaml");
     expect(spec.rootfs.compression).toBe("xz");
     expect(spec.kernel).toEqual({ path: "/k", cmdline: "", modules: [] });
-    expect(spec.update).toMatchObject({ channel: "stable", tries: 3, keys: [], healthChecks: [] });
+    expect(spec.update).toMatchObject({
+      channel: "stable",
+      tries: 3,
+      goodSlotTries: 3,
+      confirm: "started",
+      keys: [],
+      healthChecks: [],
+    });
     expect(spec.disk.slotSizeBytes).toBe(1024 * MIB);
   });
 
@@ -228,6 +237,20 @@ describe("invalid specs: every error names file, line and field", () => {
     ],
     ["tries out of range", /tries: 3/, "tries: 12", "update.tries", /between 1 and 9/],
     ["tries as a string", /tries: 3/, 'tries: "3"', "update.tries", /must be an integer/],
+    [
+      "goodSlotTries of two digits",
+      /tries: 3/,
+      "tries: 3\n  goodSlotTries: 10",
+      "update.goodSlotTries",
+      /between 1 and 9/,
+    ],
+    [
+      "confirm not a policy",
+      /tries: 3/,
+      "tries: 3\n  confirm: booted",
+      "update.confirm",
+      /"booted" is not "started" or "healthy"/,
+    ],
     ["repo not http", /repo: .*/, "repo: ftp://x/", "update.repo", /not an http/],
     [
       "allowDevices not boolean",

@@ -33,6 +33,7 @@ describe("agent config", () => {
         "trustedKeys: [/etc/abforge/keys/a.pub, /etc/abforge/keys/b.pub]",
         "tries: 2",
         "reboot: manual",
+        "confirm: healthy",
         "rebootCommand: [/sbin/reboot, -f]",
         "healthChecks:",
         "  - { name: net, command: 'ping -c1 10.0.2.2', timeoutMs: 5000 }",
@@ -51,6 +52,7 @@ describe("agent config", () => {
       pollJitterMs: 3000,
       tries: 2,
       reboot: "manual",
+      confirm: "healthy",
       rebootCommand: ["/sbin/reboot", "-f"],
       disk: "/dev/vda",
       slots: { A: { partitionLabel: "root-a" }, B: { partitionIndex: 3 } },
@@ -61,6 +63,13 @@ describe("agent config", () => {
       { name: "net", command: ["/bin/sh", "-c", "ping -c1 10.0.2.2"], timeoutMs: 5000 },
       { name: "check-2", command: ["/bin/true"], timeoutMs: 100 },
     ]);
+  });
+
+  it("confirm is started or healthy", () => {
+    expect(parseConfig("", "agent.yaml").confirm).toBe("started");
+    expect(configError("confirm: later").message).toContain(
+      'agent.yaml:1: confirm: must be "started" or "healthy", got "later"',
+    );
   });
 
   it("an empty file is the defaults", () => {

@@ -103,6 +103,7 @@ describe("install from a local bundle file", () => {
     expect(boot.slots.B).toEqual({
       tries: 3,
       good: false,
+      boots: 0,
       rootHash: v.rootHash,
       verity: `${v.dataBlocks}:${v.hashStartBlock}:${v.salt}`,
       version: "2.0.0",

@@ -54,6 +54,7 @@ describe("decideUpdate", () => {
 const slot = (tries: number, good: boolean, version: string, rootHash = `hash-${version}`) => ({
   tries,
   good,
+  boots: 0,
   version,
   rootHash,
 });
@@ -63,6 +64,7 @@ const boot = (
   order: ["A", "B"] | ["B", "A"] = ["B", "A"],
 ): BootFacts => ({
   order,
+  goodTries: 3,
   slots: { A: a, B: b },
 });
 const pendingB = { slot: "B" as const, version: "2.0.0", rootHash: "hash-2.0.0", installedAt: "t" };
@@ -130,6 +132,45 @@ describe("decideAfterBoot: the decision table", () => {
         pending: pendingB,
       }),
     ).toMatchObject({ action: "nothing", clearPending: true });
+  });
+});
+
+describe("decideAfterBoot: a good slot GRUB passed over (row 0)", () => {
+  const goodB = (boots: number) => ({ ...slot(0, true, "2.0.0"), boots });
+  it("the first slot good, the other booted: a fallback, with the reason the counter gives", () => {
+    expect(
+      decideAfterBoot({ booted: "A", boot: boot(slot(0, true, "1.0.0"), goodB(3)), pending: null }),
+    ).toMatchObject({
+      action: "fallback",
+      slot: "B",
+      version: "2.0.0",
+      reason: expect.stringMatching(/booted 3 times in a row without a confirmation/),
+    });
+    expect(
+      decideAfterBoot({ booted: "A", boot: boot(slot(0, true, "1.0.0"), goodB(1)), pending: null }),
+    ).toMatchObject({
+      action: "fallback",
+      reason: expect.stringMatching(/could not load slot B's \(2\.0\.0\) kernel or initrd/),
+    });
+  });
+  it("not a fallback: the booted slot is first, or the first one is not good", () => {
+    expect(
+      decideAfterBoot({ booted: "B", boot: boot(slot(0, true, "1.0.0"), goodB(1)), pending: null }),
+    ).toMatchObject({ action: "nothing" });
+    expect(
+      decideAfterBoot({
+        booted: "A",
+        boot: boot(slot(0, true, "1.0.0"), goodB(3), ["A", "B"]),
+        pending: null,
+      }),
+    ).toMatchObject({ action: "nothing" });
+    expect(
+      decideAfterBoot({
+        booted: "A",
+        boot: boot(slot(0, true, "1.0.0"), slot(0, false, "2.0.0")),
+        pending: pendingB,
+      }),
+    ).toMatchObject({ action: "rollback" });
   });
 });
 
