@@ -308,7 +308,14 @@ describe("refusals leave both slots and the boot state as they were", () => {
     const boot = await readBoot(d.path);
     expect(boot.order).toEqual(["A", "B"]);
     expect(boot.slots.A).toEqual(before.boot.slots.A);
-    expect(boot.slots.B).toEqual({ good: false, tries: 0, rootHash: "", verity: "", version: "" });
+    expect(boot.slots.B).toEqual({
+      good: false,
+      tries: 0,
+      boots: 0,
+      rootHash: "",
+      verity: "",
+      version: "",
+    });
     // why it is empty, kept for status
     const s = await (await testAgent(d.path, { readOnly: true })).agent.status();
     expect(s.emptySlot).toMatchObject({
