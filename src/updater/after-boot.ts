@@ -14,10 +14,10 @@ import {
 } from "../bootloader/index.ts";
 import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
+import type { AgentConfig, SlotName } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { VerityError, verifyVerity } from "../verity/index.ts";
-import { type AgentConfig, errText, type SlotName } from "./config.ts";
-import { UpdaterError } from "./errors.ts";
+import { errText, UpdaterError } from "./errors.ts";
 import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
 import type { BootStore, StateHandle } from "./installer.ts";
 import type { ByteRange, Rebooter } from "./machine.ts";

@@ -8,13 +8,13 @@ import type { BootState } from "../bootloader/index.ts";
 import { keyId } from "../bundle/index.ts";
 import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
+import type { AgentConfig, SlotName } from "../image/index.ts";
 import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
 import { type AfterBootResult, afterBoot } from "./after-boot.ts";
-import { type AgentConfig, errText, type SlotName } from "./config.ts";
 import { emptySlotNow } from "./empty-slot.ts";
-import { UpdaterError } from "./errors.ts";
+import { errText, UpdaterError } from "./errors.ts";
 import type { HealthRunner } from "./health.ts";
 import {
   type BootStore,

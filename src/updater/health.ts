@@ -5,7 +5,7 @@
  */
 import { spawn } from "node:child_process";
 import { type Clock, systemClock } from "../clock.ts";
-import type { HealthCheckConfig } from "./config.ts";
+import type { HealthCheckConfig } from "../image/index.ts";
 
 export interface HealthResult {
   name: string;

@@ -27,10 +27,10 @@ import {
 import type { Clock, Timer } from "../clock.ts";
 import { isBaseError, isBug } from "../errors.ts";
 import { ioError, ioStep, isSystemError, readAt, writeAt } from "../fileio.ts";
+import type { SlotName } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { verifyVerity } from "../verity/index.ts";
-import { errText, type SlotName } from "./config.ts";
-import { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
+import { errText, UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 import type { ByteRange } from "./machine.ts";
 import { decideUpdate, installBlocker, otherSlot } from "./policy.ts";
 import type { AgentState, EmptySlot, InstallProgress } from "./state-file.ts";

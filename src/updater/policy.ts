@@ -4,7 +4,7 @@
  * carries them out.
  */
 import semver from "semver";
-import type { SlotName } from "./config.ts";
+import type { SlotName } from "../image/index.ts";
 import type { UpdaterErrorCode } from "./errors.ts";
 import type { PendingSlot } from "./state-file.ts";
 

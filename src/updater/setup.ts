@@ -16,10 +16,16 @@
 import { BootDisk, findHostBootDisk, nextBootSlot } from "../bootloader/index.ts";
 import { loadPublicKey } from "../bundle/index.ts";
 import { systemClock } from "../clock.ts";
-import { AGENT_CONFIG_PATH, parseConfig } from "../image/index.ts";
+import {
+  AGENT_CONFIG_PATH,
+  type AgentConfig,
+  DEFAULT_CONFIG_PATH,
+  defaultConfig,
+  loadConfig,
+  parseConfig,
+} from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { Agent, type AgentOptions, type TrustedKey } from "./agent.ts";
-import { type AgentConfig, DEFAULT_CONFIG_PATH, defaultConfig, loadConfig } from "./config.ts";
 import { ProcessHealthRunner } from "./health.ts";
 import {
   bootStateBootedSlot,
