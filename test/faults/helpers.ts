@@ -512,3 +512,32 @@ export async function bundleParts(path: string): Promise<BundleParts> {
 export function isTypedError(err: unknown): boolean {
   return isBaseError(err) && typeof err.code === "string" && err.code.length > 0;
 }
+
+// ---------------------------------------------------------------- case runners
+
+/**
+ * Run every case of a hostile suite, two at a time (each starts the real
+ * binary on its own files), and return the failures as `name: message`
+ * (the message cut to `messageChars`), so one bad case does not hide the rest.
+ */
+export async function runCases<C extends { name: string }>(
+  cases: readonly C[],
+  run: (c: C, index: number) => Promise<void>,
+  o: { parallel?: number; messageChars?: number } = {},
+): Promise<string[]> {
+  const failures: string[] = [];
+  let next = 0;
+  const worker = async () => {
+    while (next < cases.length) {
+      const i = next++;
+      const c = cases[i] as C;
+      try {
+        await run(c, i);
+      } catch (err) {
+        failures.push(`${c.name}: ${(err as Error).message.slice(0, o.messageChars ?? 800)}`);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: o.parallel ?? 2 }, worker));
+  return failures;
+}

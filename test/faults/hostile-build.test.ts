@@ -19,7 +19,7 @@ import { gzipSync } from "node:zlib";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { makeKey } from "../helpers/fixtures.ts";
 import { tempDir } from "../helpers/tmp.ts";
-import { recordFigure, runAbforge, TAR_END, tarEntry } from "./helpers.ts";
+import { recordFigure, runAbforge, runCases, TAR_END, tarEntry } from "./helpers.ts";
 
 const KVER = "6.1.0-fault";
 
@@ -334,20 +334,7 @@ async function refuse(c: Case, i: number): Promise<void> {
 describe("abforge build refuses hostile inputs and leaves nothing behind", () => {
   it("refuses each with its own exit code and a message naming the entry or field", async () => {
     const all = cases();
-    const failures: string[] = [];
-    let next = 0;
-    const worker = async () => {
-      while (next < all.length) {
-        const i = next++;
-        const c = all[i] as Case;
-        try {
-          await refuse(c, i);
-        } catch (err) {
-          failures.push(`${c.name}: ${(err as Error).message.slice(0, 800)}`);
-        }
-      }
-    };
-    await Promise.all([worker(), worker()]);
+    const failures = await runCases(all, refuse);
     expect(failures).toEqual([]);
   });
 });

@@ -37,6 +37,7 @@ import {
   readBootState,
   recordFigure,
   runAbforge,
+  runCases,
   secondUpdateDisk,
   TAR_END,
   tarEntry,
@@ -515,21 +516,7 @@ async function refuse(c: Case, i: number): Promise<void> {
 describe("abforge agent install refuses hostile bundles", () => {
   it("refuses each with its own exit code and message; slots and boot state as promised", async () => {
     const all = cases();
-    const failures: string[] = [];
-    // Two at a time: each runs the real binary on its own disk.
-    let next = 0;
-    const worker = async () => {
-      while (next < all.length) {
-        const i = next++;
-        const c = all[i] as Case;
-        try {
-          await refuse(c, i);
-        } catch (err) {
-          failures.push(`${c.name}: ${(err as Error).message.slice(0, 600)}`);
-        }
-      }
-    };
-    await Promise.all([worker(), worker()]);
+    const failures = await runCases(all, refuse, { messageChars: 600 });
     expect(failures).toEqual([]);
     expect(results.length).toBe(all.length);
   });
