@@ -44,22 +44,20 @@ import {
   openSync,
   readFileSync,
   rmSync,
-  statSync,
   writeFileSync,
   writeSync,
 } from "node:fs";
-import { truncate } from "node:fs/promises";
 import { cpus, loadavg, tmpdir } from "node:os";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs, promisify } from "node:util";
-import { formatVerity } from "../../src/verity/index.ts";
 import {
   makeBootDisk,
   makeBundle,
   makeKey,
   makeSlotImage,
   type SlotImageFixture,
+  squashfsWithVerity,
   tool,
 } from "../../test/helpers/fixtures.ts";
 
@@ -104,30 +102,13 @@ async function bigSlotImage(path: string, mib: number, pubPem: string, keyid: st
     closeSync(fd);
     done += len;
   }
-  await tool("mksquashfs", [
-    root,
-    path,
-    "-noappend",
+  const { size: total, verity } = await squashfsWithVerity(root, path, [
     "-noI",
     "-noD",
     "-noF",
     "-noX",
-    "-all-root",
-    "-no-progress",
-    "-quiet",
   ]);
   rmSync(root, { recursive: true, force: true });
-  const { size } = statSync(path);
-  const padded = Math.ceil(size / 4096) * 4096;
-  await truncate(path, padded);
-  const verity = await formatVerity({
-    dataPath: path,
-    dataSize: padded,
-    hashPath: path,
-    hashOffset: padded,
-  });
-  const total = verity.hashOffset + verity.hashAreaSize;
-  await truncate(path, total);
   return {
     path,
     size: total,

@@ -113,12 +113,24 @@ export async function makeSlotImage(path: string, o: SlotImageOptions): Promise<
   if (o.agentConfig !== undefined)
     await writeFile(join(root, "etc/abforge/agent.yaml"), o.agentConfig);
   await writeFile(join(root, "payload.bin"), randomBytes(o.payloadBytes ?? 2.5 * MiB));
+  const { size, verity } = await squashfsWithVerity(root, path, ["-comp", "gzip"]);
+  return { path, size, verity, version: o.version, compatible: o.compatible };
+}
+
+/**
+ * The slot image layout of a tree: squashfs of `root` (with `flags`), padded
+ * to 4096, then the verity superblock and tree in the same file.
+ */
+export async function squashfsWithVerity(
+  root: string,
+  path: string,
+  flags: readonly string[] = [],
+): Promise<{ size: number; verity: VerityParams }> {
   await tool("mksquashfs", [
     root,
     path,
     "-noappend",
-    "-comp",
-    "gzip",
+    ...flags,
     "-all-root",
     "-no-progress",
     "-quiet",
@@ -136,7 +148,7 @@ export async function makeSlotImage(path: string, o: SlotImageOptions): Promise<
   });
   const size = verity.hashOffset + verity.hashAreaSize;
   await truncate(path, size);
-  return { path, size, verity, version: o.version, compatible: o.compatible };
+  return { size, verity };
 }
 
 export interface BundleFixture {
