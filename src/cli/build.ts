@@ -46,12 +46,32 @@ export function register(program: Command): void {
         }
         // The build pipeline (and its YAML and tar code) loads only for a build.
         const { build } = await import("../build/pipeline.ts");
+        // SIGINT/SIGTERM interrupt the build cleanly (BUILD_INTERRUPTED); a
+        // second one ends the process at once (the next build removes what is left).
+        const interrupt = new AbortController();
+        const onSignal = (sig: NodeJS.Signals) => {
+          if (!interrupt.signal.aborted) return interrupt.abort(sig);
+          stopListening();
+          process.kill(process.pid, sig);
+        };
+        const stopListening = () => {
+          process.off("SIGINT", onSignal);
+          process.off("SIGTERM", onSignal);
+        };
+        process.on("SIGINT", onSignal);
+        process.on("SIGTERM", onSignal);
+        const progress = process.stderr.isTTY && !opts.json ? new ProgressLine() : undefined;
         const r = await build({
           specPath,
           outDir: opts.out,
           keyPath,
-          ...(opts.version ? { version: opts.version } : {}),
+          signal: interrupt.signal,
+          ...(opts.version !== undefined ? { version: opts.version } : {}),
           ...(opts.cache ? { cacheDir: opts.cache } : {}),
+          ...(progress ? { onProgress: (p) => progress.show(p) } : {}),
+        }).finally(() => {
+          progress?.clear();
+          stopListening();
         });
         output(opts, r.report, () =>
           [
@@ -65,4 +85,27 @@ export function register(program: Command): void {
         );
       }),
     );
+}
+
+/** One line on a terminal's stderr, redrawn in place: `squashfs  44% (28.1 MiB of 63.8 MiB)`. */
+class ProgressLine {
+  #shown = "";
+  #pct = -1;
+
+  show(p: { step: string; done: number; total: number }): void {
+    const pct = p.total > 0 ? Math.floor((100 * p.done) / p.total) : 100;
+    if (pct === this.#pct) return;
+    this.#pct = pct;
+    const text = `${p.step} ${String(pct).padStart(3)}% (${formatBytes(p.done)} of ${formatBytes(p.total)})`;
+    process.stderr.write(`\r${text.padEnd(this.#shown.length)}`);
+    this.#shown = text;
+    if (p.done >= p.total) this.clear();
+  }
+
+  clear(): void {
+    if (!this.#shown) return;
+    process.stderr.write(`\r${" ".repeat(this.#shown.length)}\r`);
+    this.#shown = "";
+    this.#pct = -1;
+  }
 }
