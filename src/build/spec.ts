@@ -23,6 +23,7 @@ import {
   MAX_TRIES,
 } from "../image/index.ts";
 import { BuildError } from "./errors.ts";
+import { unsafeTarEntries } from "./tar-extract.ts";
 
 export type Compression = "gzip" | "xz";
 
@@ -446,6 +447,8 @@ interface Reference {
   field: string;
   path: string;
   type: "file" | "dir" | "file-or-dir";
+  /** A tar layer: its entry names are checked too (step 4). */
+  tar?: true;
 }
 
 interface Parsed {
@@ -792,7 +795,13 @@ function parseLayer(
       const allowDevices = adNode ? c.boolean(adNode, `${field}.allowDevices`) : false;
       if (p === undefined || allowDevices === undefined) return undefined;
       const path = hostPath(value, p);
-      references.push({ loc: value.loc, field: `${field}.tar`, path, type: "file-or-dir" });
+      references.push({
+        loc: value.loc,
+        field: `${field}.tar`,
+        path,
+        type: "file-or-dir",
+        tar: true,
+      });
       return { kind, path, allowDevices, origin: origin(`tar ${p}`) };
     }
     case "dir": {
@@ -1026,6 +1035,13 @@ export async function loadSpec(
           `${ref.path} not found (${(err as NodeJS.ErrnoException).code})`,
           "not-found",
         );
+        return;
+      }
+      // Unsafe names fail here, before the kernel and initramfs steps, as in a files layer.
+      if (ref.tar) {
+        for (const problem of await unsafeTarEntries(ref.path)) {
+          issues.add(ref.loc, ref.field, `${ref.path}: ${problem}`);
+        }
       }
     }),
   );

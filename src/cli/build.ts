@@ -99,13 +99,18 @@ class ProgressLine {
     const text = `${p.step} ${String(pct).padStart(3)}% (${formatBytes(p.done)} of ${formatBytes(p.total)})`;
     process.stderr.write(`\r${text.padEnd(this.#shown.length)}`);
     this.#shown = text;
-    if (p.done >= p.total) this.clear();
+    // done: the log lines that follow start on a clean line
+    if (p.done >= p.total) this.#erase();
   }
 
   clear(): void {
+    this.#erase();
+    this.#pct = -1;
+  }
+
+  #erase(): void {
     if (!this.#shown) return;
     process.stderr.write(`\r${" ".repeat(this.#shown.length)}\r`);
     this.#shown = "";
-    this.#pct = -1;
   }
 }

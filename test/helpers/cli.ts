@@ -55,7 +55,10 @@ export function startAbforge(
   let stdout = "";
   let stderr = "";
   const lines: Record<string, unknown>[] = [];
-  const waiters: { match: (l: Record<string, unknown>) => boolean; resolve: (l: Record<string, unknown>) => void }[] = [];
+  const waiters: {
+    match: (l: Record<string, unknown>) => boolean;
+    resolve: (l: Record<string, unknown>) => void;
+  }[] = [];
   let partial = "";
   child.stdout!.on("data", (d) => {
     stdout += d;
@@ -89,7 +92,9 @@ export function startAbforge(
       return new Promise((resolve, reject) => {
         waiters.push({ match, resolve });
         void done.then((r) =>
-          reject(new Error(`abforge exited (${r.code}) before the log line: ${r.stderr.slice(-2000)}`)),
+          reject(
+            new Error(`abforge exited (${r.code}) before the log line: ${r.stderr.slice(-2000)}`),
+          ),
         );
       });
     },
