@@ -34,6 +34,14 @@ export function register(program: Command): void {
       "where downloaded kernel packages are kept (default: $ABFORGE_CACHE or ~/.cache/abforge)",
     )
     .option("--json", "print the build report as JSON")
+    .addHelpText(
+      "after",
+      `
+The spec's fields, layer kinds and defaults are documented in src/build/README.md
+("The spec"); images/demo.yaml is a complete example. A terminal shows
+mksquashfs's progress; SIGINT or SIGTERM stops the build, removes its temporary
+directory and leaves --out as it was (BUILD_INTERRUPTED).`,
+    )
     .action(
       action(async (specPath: string, opts: BuildCliOptions) => {
         const keyPath = opts.key ?? join(dirname(specPath), "signing.key");

@@ -118,11 +118,25 @@ describe("an interrupted build", () => {
 });
 
 describe("the first steps, on a terminal", () => {
-  it("keygen, build (mksquashfs's progress on one line, one log line per event), verify", async () => {
+  it("abforge --help's keygen, build (mksquashfs's progress on one line, one log line per event), verify", async () => {
+    const help = await abforge(["--help"]);
+    const steps = help.stdout
+      .split("First steps:\n")[1]!
+      .split("\n\n")[0]!
+      .split("\n")
+      .filter((l) => l.startsWith("  abforge "))
+      .map((l) =>
+        l
+          .replace(/#.*/, "")
+          .trim()
+          .replace(/^abforge /, ""),
+      );
+    expect(steps.map((l) => l.split(" ")[0])).toEqual(["keygen", "build", "bundle", "qemu"]);
+    const [keygen, build, verify] = steps as [string, string, string];
     const dir = tempDir("abforge-first-");
     const run = (cmd: string) => onTerminal(`cd ${dir} && ${ABFORGE} ${cmd}`);
-    expect((await run("keygen --out keys")).code).toBe(0);
-    const b = await run(`build ${DEMO} --key keys/signing.key --out out`);
+    expect((await run(keygen)).code).toBe(0);
+    const b = await run(build.replace("images/demo.yaml", DEMO));
     expect(b.code, b.out).toBe(0);
     // the progress line, redrawn in place
     const shown = [...b.out.matchAll(/\rsquashfs +(\d+)% \([\d.]+ \w+ of [\d.]+ \w+\)/g)].map((m) =>
@@ -147,7 +161,7 @@ describe("the first steps, on a terminal", () => {
       (l) => l && !/^\S*\[\d\d:\d\d:\d\d\]/.test(l) && !/^(built| {2}\w+ )/.test(l),
     );
     expect(others).toEqual([]);
-    const v = await run("bundle verify out/demo-1.0.0.bundle --pubkey keys/signing.pub");
+    const v = await run(verify);
     expect(v.code, v.out).toBe(0);
   });
 });
