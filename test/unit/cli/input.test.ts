@@ -32,7 +32,7 @@ async function tarOf(entries: { name: string; type?: "file" | "link"; linkname?:
   const pack = tarStream.pack();
   const chunks: Buffer[] = [];
   pack.on("data", (c: Buffer) => chunks.push(c));
-  const done = new Promise((r) => pack.on("end", r));
+  const done = new Promise<void>((r) => pack.on("end", () => r()));
   for (const e of entries) {
     if (e.type === "link") pack.entry({ name: e.name, type: "link", linkname: e.linkname });
     else pack.entry({ name: e.name }, "x");
