@@ -31,7 +31,7 @@ function oneLine(stderr: string, message: RegExp): void {
 async function tarOf(entries: { name: string; type?: "file" | "link"; linkname?: string }[]) {
   const pack = tarStream.pack();
   const chunks: Buffer[] = [];
-  pack.on("data", (c: Buffer) => chunks.push(c));
+  pack.on("data", (c) => chunks.push(c as Buffer));
   const done = new Promise<void>((r) => pack.on("end", () => r()));
   for (const e of entries) {
     if (e.type === "link") pack.entry({ name: e.name, type: "link", linkname: e.linkname });
