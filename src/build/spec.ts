@@ -3,7 +3,8 @@
  * `ImageSpec` with units in the names (README.md, "The spec").
  *
  * Validation collects every problem before throwing one `SPEC_INVALID`
- * (or `SPEC_NOT_FOUND` when every problem is a missing file), each naming
+ * (or `SPEC_NOT_FOUND` when every problem is a missing file, `LAYER_UNSAFE`
+ * when every problem is an unsafe tar entry), each naming
  * the file, line, column and field. `parseSpec` is pure (the texts of
  * extended bases are passed in); `loadSpec` reads the files and checks that
  * every referenced file exists.
@@ -132,7 +133,8 @@ export interface SpecIssue extends SpecOrigin {
   field: string;
   message: string;
   /** "not-found": a referenced file is missing; "invalid": anything else. */
-  kind: "invalid" | "not-found";
+  /** `unsafe`: a tar layer entry that the layer step would refuse (LAYER_UNSAFE). */
+  kind: "invalid" | "not-found" | "unsafe";
 }
 
 export interface ParseSpecOptions {
@@ -944,7 +946,12 @@ function parseLayer(
 }
 
 function specError(file: string, issues: SpecIssue[], cause?: unknown): BuildError {
-  const notFound = issues.every((i) => i.kind === "not-found");
+  const only = (kind: SpecIssue["kind"]) => issues.every((i) => i.kind === kind);
+  const code = only("not-found")
+    ? "SPEC_NOT_FOUND"
+    : only("unsafe")
+      ? "LAYER_UNSAFE"
+      : "SPEC_INVALID";
   issues.sort((a, b) =>
     a.file !== b.file ? (a.file < b.file ? -1 : 1) : a.line - b.line || a.col - b.col,
   );
@@ -953,7 +960,7 @@ function specError(file: string, issues: SpecIssue[], cause?: unknown): BuildErr
   );
   const n = issues.length;
   return new BuildError(
-    notFound ? "SPEC_NOT_FOUND" : "SPEC_INVALID",
+    code,
     `spec ${file}: ${n} ${n === 1 ? "error" : "errors"}:\n${lines.join("\n")}`,
     { cause, details: { file, issues } },
   );
@@ -1040,7 +1047,7 @@ export async function loadSpec(
       // Unsafe names fail here, before the kernel and initramfs steps, as in a files layer.
       if (ref.tar) {
         for (const problem of await unsafeTarEntries(ref.path)) {
-          issues.add(ref.loc, ref.field, `${ref.path}: ${problem}`);
+          issues.add(ref.loc, ref.field, `${ref.path}: ${problem}`, "unsafe");
         }
       }
     }),

@@ -99,7 +99,7 @@ describe("build", () => {
       spec.replace("  layers:\n", "  layers:\n    - tar: evil.tar\n    - tar: evil.tar.gz\n"),
     );
     const r = await abforge(["build", specPath, "--key", key, "--out", join(dir, "out-tar")]);
-    expect(r.code).toBe(EXIT_CODES.SPEC_INVALID);
+    expect(r.code).toBe(EXIT_CODES.LAYER_UNSAFE);
     const line = (n: string) => spec.split("\n").indexOf("  layers:") + 2 + Number(n);
     oneLine(
       r.stderr,
