@@ -22,6 +22,7 @@ import {
   COMPATIBLE_NAME,
   COMPATIBLE_NAME_RULE,
   MAX_TRIES,
+  repoUrlProblem,
 } from "../image/index.ts";
 import { BuildError } from "./errors.ts";
 import { unsafeTarEntries } from "./tar-extract.ts";
@@ -688,12 +689,9 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
     : "stable";
   const repoNode = get(u, "repo");
   const repo = c.string(repoNode, "update.repo");
-  if (repo !== undefined && !/^https?:\/\/[^\s/]+/.test(repo)) {
-    issues.add(
-      repoNode!.loc,
-      "update.repo",
-      `${JSON.stringify(repo)} is not an http:// or https:// URL`,
-    );
+  const repoProblem = repo === undefined ? undefined : repoUrlProblem(repo);
+  if (repoProblem !== undefined) {
+    issues.add(repoNode!.loc, "update.repo", `${JSON.stringify(repo)}: ${repoProblem}`);
   }
   const triesNode = get(u, "tries");
   // Tries left live in a one-digit GRUB env variable (contracts: X_tries 0-9).

@@ -50,5 +50,6 @@ export {
   COMPATIBLE_NAME_RULE,
   isChannelName,
   isCompatibleName,
+  repoUrlProblem,
 } from "./names.ts";
 export { parseRelease, type Release, serializeRelease } from "./release.ts";
