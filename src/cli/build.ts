@@ -13,6 +13,8 @@ interface BuildCliOptions extends JsonOption {
   cache?: string;
 }
 
+const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
 export function register(program: Command): void {
   program
     .command("build")
@@ -54,8 +56,9 @@ directory and leaves --out as it was (BUILD_INTERRUPTED).`,
         }
         // The build pipeline (and its YAML and tar code) loads only for a build.
         const { build } = await import("../build/pipeline.ts");
-        // SIGINT/SIGTERM interrupt the build cleanly (BUILD_INTERRUPTED); a
-        // second one ends the process at once (the next build removes what is left).
+        // SIGINT/SIGTERM (and SIGHUP: the terminal went away) interrupt the build
+        // cleanly (BUILD_INTERRUPTED); a second one ends the process at once (the
+        // next build removes what is left).
         const interrupt = new AbortController();
         const onSignal = (sig: NodeJS.Signals) => {
           if (!interrupt.signal.aborted) return interrupt.abort(sig);
@@ -63,11 +66,9 @@ directory and leaves --out as it was (BUILD_INTERRUPTED).`,
           process.kill(process.pid, sig);
         };
         const stopListening = () => {
-          process.off("SIGINT", onSignal);
-          process.off("SIGTERM", onSignal);
+          for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
         };
-        process.on("SIGINT", onSignal);
-        process.on("SIGTERM", onSignal);
+        for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
         const progress = process.stderr.isTTY && !opts.json ? new ProgressLine() : undefined;
         const r = await build({
           specPath,

@@ -4,7 +4,7 @@
  * mksquashfs runs (README "What survives what": an interrupted build).
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -114,6 +114,41 @@ describe("an interrupted build", () => {
     expect(r.stderr).toMatch(/build interrupted by SIGTERM/);
     expect(groupAlive(tool.pid as number)).toBe(false);
     expect(existsSync(join(dir, "new"))).toBe(false);
+  });
+});
+
+describe("mksquashfs's progress", () => {
+  it("is not asked for with --json, even on a terminal", async () => {
+    const dir = tempDir("abforge-json-");
+    const key = await keys(dir);
+    const child = spawn(
+      "script",
+      [
+        "-qefc",
+        `${ABFORGE} --log-level debug build ${DEMO} --key ${key} --out ${join(dir, "out")} --json`,
+        "/dev/null",
+      ],
+      { env: { ...process.env, ABFORGE_LOG_FORMAT: "json" }, stdio: ["ignore", "pipe", "pipe"] },
+    );
+    let out = "";
+    const started = await new Promise<Record<string, unknown>>((resolve, reject) => {
+      child.stdout.on("data", (d) => {
+        out += d;
+        const line = out.split(/\r?\n/).find((l) => l.includes('"msg":"mksquashfs started"'));
+        if (line) resolve(JSON.parse(line.slice(line.indexOf("{"))));
+      });
+      child.on("close", () => reject(new Error(`build ended before mksquashfs: ${out}`)));
+    });
+    expect(started.args).toContain("-quiet");
+    expect(started.args).not.toContain("-info");
+    // stop it the way a closing terminal does: SIGHUP to abforge (mksquashfs's parent)
+    const stat = readFileSync(`/proc/${started.pid}/stat`, "utf8");
+    const abforgePid = Number(stat.slice(stat.lastIndexOf(")") + 2).split(" ")[1]);
+    process.kill(abforgePid, "SIGHUP");
+    await new Promise((r) => child.on("close", r));
+    expect(out).toMatch(/build interrupted by SIGHUP/);
+    expect(groupAlive(started.pid as number)).toBe(false);
+    expect(existsSync(join(dir, "out"))).toBe(false);
   });
 });
 
