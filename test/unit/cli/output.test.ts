@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { EXIT_USAGE } from "../../../src/cli/exit-codes.ts";
 import { abforge } from "../../helpers/cli.ts";
+import { makeUpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const NODE = fileURLToPath(
@@ -141,6 +142,21 @@ log.error({ err: new TypeError("y is undefined") }, "bug");`,
       .find((l) => l.msg === "error detail");
     expect(detail.err.code).toBe("IO_ERROR");
     expect(JSON.stringify(detail)).not.toContain("stack");
+  });
+});
+
+describe("the pretty log of an install", () => {
+  it("fits a screen: one line per step, event and progress", async () => {
+    const w = await makeUpdateWorld(tempDir("abforge-pretty-"), { versions: ["2.0.0"] });
+    const d = await w.freshDisk("pretty");
+    const r = await abforge(["agent", "install", w.bundles["2.0.0"]!.path, "--disk", d.path], {
+      env: { ABFORGE_LOG_FORMAT: "pretty" },
+    });
+    expect(r.code, r.stderr).toBe(0);
+    const lines = r.stderr.trimEnd().split("\n");
+    for (const l of lines) expect(l).toMatch(/^\[\d\d:\d\d:\d\d\] (INFO|WARN): /);
+    expect(lines.filter((l) => / step \d+\/\d+: /.test(l)).length).toBeGreaterThan(3);
+    expect(lines.length).toBeLessThanOrEqual(30);
   });
 });
 
