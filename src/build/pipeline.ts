@@ -48,6 +48,7 @@ import {
   writeBundle,
 } from "../bundle/index.ts";
 import { formatBytes, type TableJson, tableToJson } from "../disk/index.ts";
+import { ToolError } from "../errors.ts";
 import { toolTimeMs, withToolSignal } from "../exec.ts";
 import { AGENT_DIR, formatSlotVerity } from "../image/index.ts";
 import { type Logger, logger } from "../log.ts";
@@ -180,7 +181,7 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
   const key = await step("key", () => loadPrivateKey(o.keyPath));
   const trusted = await trustedKeys(spec, key);
 
-  const createdOut = await mkdir(o.outDir, { recursive: true });
+  const createdOut = await makeOutDir(o.outDir);
   await removeStaleWork(o.outDir, log);
   const work = await mkdtemp(join(o.outDir, `${WORK_PREFIX}${process.pid}-`));
   let built = false;
@@ -388,6 +389,28 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
   } finally {
     await rm(work, { recursive: true, force: true });
     if (!built && createdOut) await removeEmptyDirs(o.outDir, createdOut);
+  }
+}
+
+/** Create the output directory; a file in the way or an unwritable parent is a typed error. */
+async function makeOutDir(outDir: string): Promise<string | undefined> {
+  try {
+    return await mkdir(outDir, { recursive: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EEXIST" || code === "ENOTDIR") {
+      throw new BuildError(
+        "BUILD_FAILED",
+        `output directory ${outDir}: a file is in the way (${code}); --out must name a directory`,
+        { cause: err, details: { outDir } },
+      );
+    }
+    if (code === undefined || !/^E[A-Z]+$/.test(code)) throw err;
+    throw new ToolError(
+      code === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
+      `cannot create the output directory ${outDir}: ${(err as Error).message}`,
+      { cause: err, details: { outDir, errno: code } },
+    );
   }
 }
 

@@ -77,6 +77,22 @@ describe("out-of-range ports", () => {
 });
 
 describe("build", () => {
+  it("--out naming a file (or a path through one) is one clear line, not a stack", async () => {
+    const file = join(dir, "a-file");
+    writeFileSync(file, "mine\n");
+    for (const out of [file, join(file, "out")]) {
+      const r = await abforge(["build", DEMO, "--key", key, "--out", out]);
+      expect(r.code, r.stderr).toBe(EXIT_CODES.BUILD_FAILED);
+      oneLine(
+        r.stderr,
+        new RegExp(
+          `output directory ${out}: a file is in the way \\((EEXIST|ENOTDIR)\\); --out must name a directory`,
+        ),
+      );
+    }
+    expect(readFileSync(file, "utf8")).toBe("mine\n");
+  });
+
   it("an empty --version is refused, not replaced by the spec's", async () => {
     const out = join(dir, "out-version");
     const r = await abforge(["build", DEMO, "--key", key, "--out", out, "--version", ""]);
