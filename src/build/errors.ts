@@ -9,6 +9,7 @@ export type BuildErrorCode =
   | "BUILD_FAILED"
   | "MODULE_NOT_FOUND"
   | "CPIO_BAD_ENTRY"
-  | "PARTITION_TOO_SMALL";
+  | "PARTITION_TOO_SMALL"
+  | "BUILD_INTERRUPTED";
 
 export class BuildError extends BaseError<BuildErrorCode> {}

@@ -5,9 +5,13 @@
  * state filesystem → GPT disk → signed bundle → build.json.
  *
  * Every step is named, timed and logged with its output size. All work
- * happens in a private directory inside the output directory; the outputs
- * are renamed into place only when every step succeeded, so a failed build
- * leaves the previous outputs as they were and no half-written file.
+ * happens in a private directory inside the output directory
+ * (`.build-<pid>-XXXXXX`); the outputs are renamed into place only when every
+ * step succeeded, so a failed or interrupted build leaves the previous outputs
+ * as they were and no half-written file. An interrupted build (the `signal`)
+ * stops the tools it started, as process groups (src/exec.ts), and removes
+ * its directory; the directory of a build that was killed outright is removed
+ * by the next build into the same output directory.
  */
 import {
   copyFile,
@@ -20,11 +24,12 @@ import {
   readlink,
   rename,
   rm,
+  rmdir,
   stat,
   symlink,
   writeFile,
 } from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { dirname, join, resolve } from "node:path";
 import {
   bootStateToEnv,
   buildEsp,
@@ -43,12 +48,14 @@ import {
   writeBundle,
 } from "../bundle/index.ts";
 import { formatBytes, type TableJson, tableToJson } from "../disk/index.ts";
-import { toolTimeMs } from "../exec.ts";
+import { ToolError } from "../errors.ts";
+import { toolTimeMs, withToolSignal } from "../exec.ts";
 import { AGENT_DIR, formatSlotVerity } from "../image/index.ts";
 import { type Logger, logger } from "../log.ts";
 import type { VerityParams } from "../verity/index.ts";
 import { agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
 import { abforgePartitions, assembleDisk } from "./assemble.ts";
+import { BuildError } from "./errors.ts";
 import { buildStateFs } from "./filesystems.ts";
 import {
   buildInitramfs,
@@ -73,6 +80,19 @@ export interface BuildOptions {
   /** Downloaded kernel packages are kept here between builds. */
   cacheDir?: string;
   log?: Logger;
+  /**
+   * Aborting it interrupts the build (`BUILD_INTERRUPTED`): the running tools
+   * are stopped, the temporary directory removed, `outDir` left as it was.
+   */
+  signal?: AbortSignal;
+  /** Progress of the longest step (squashfs), as it runs. */
+  onProgress?: (p: BuildProgress) => void;
+}
+
+export interface BuildProgress {
+  step: string;
+  done: number;
+  total: number;
 }
 
 export interface StepReport {
@@ -116,8 +136,16 @@ export function defaultCacheDir(): string {
   );
 }
 
+/** The prefix of a build's temporary directory; the builder's pid follows. */
+const WORK_PREFIX = ".build-";
+const WORK_NAME = /^\.build-(\d+)-/;
+
 /** Run a build end to end (see the module comment). */
-export async function build(o: BuildOptions): Promise<BuildResult> {
+export function build(o: BuildOptions): Promise<BuildResult> {
+  return o.signal ? withToolSignal(o.signal, () => runBuild(o)) : runBuild(o);
+}
+
+async function runBuild(o: BuildOptions): Promise<BuildResult> {
   const log = (o.log ?? logger()).child({ module: "build" });
   const started = performance.now();
   const toolsBefore = toolTimeMs();
@@ -129,8 +157,15 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
   ): Promise<T> => {
     const t = performance.now();
     const toolsAtStart = sumToolMs();
+    if (o.signal?.aborted) throw interrupted(o, name);
     log.info({ step: name }, `${name} ...`);
-    const result = await fn();
+    let result: T;
+    try {
+      result = await fn();
+    } catch (err) {
+      if (o.signal?.aborted) throw interrupted(o, name, err);
+      throw err;
+    }
     const file = output?.(result);
     const bytes = file ? (await stat(file)).size : 0;
     const ms = Math.round(performance.now() - t);
@@ -146,8 +181,10 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
   const key = await step("key", () => loadPrivateKey(o.keyPath));
   const trusted = await trustedKeys(spec, key);
 
-  await mkdir(o.outDir, { recursive: true });
-  const work = await mkdtemp(join(o.outDir, ".build-"));
+  const createdOut = await makeOutDir(o.outDir);
+  await removeStaleWork(o.outDir, log);
+  const work = await mkdtemp(join(o.outDir, `${WORK_PREFIX}${process.pid}-`));
+  let built = false;
   try {
     const kernel = await step("kernel", () =>
       fetchKernel({
@@ -191,6 +228,12 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
           outPath: squashfsPath,
           compression: spec.rootfs.compression,
           ...(layers.pseudoFile ? { pseudoFile: layers.pseudoFile } : {}),
+          ...(o.onProgress
+            ? {
+                onProgress: (done: number, total: number) =>
+                  o.onProgress?.({ step: "squashfs", done, total }),
+              }
+            : {}),
         }),
       () => squashfsPath,
     );
@@ -323,6 +366,7 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
     };
     const buildJsonTmp = join(work, "build.json");
     await writeFile(buildJsonTmp, `${JSON.stringify(report, null, 2)}\n`);
+    if (o.signal?.aborted) throw interrupted(o, "outputs");
 
     // Everything succeeded: move the outputs into place (same filesystem: atomic renames).
     const result: BuildResult = {
@@ -343,9 +387,80 @@ export async function build(o: BuildOptions): Promise<BuildResult> {
       },
       `built ${spec.name} ${spec.version}`,
     );
+    built = true;
     return result;
   } finally {
     await rm(work, { recursive: true, force: true });
+    if (!built && createdOut) await removeEmptyDirs(o.outDir, createdOut);
+  }
+}
+
+/** Create the output directory; a file in the way or an unwritable parent is a typed error. */
+async function makeOutDir(outDir: string): Promise<string | undefined> {
+  try {
+    return await mkdir(outDir, { recursive: true });
+  } catch (err) {
+    const code = (err as NodeJS.ErrnoException).code;
+    if (code === "EEXIST" || code === "ENOTDIR") {
+      throw new BuildError(
+        "BUILD_FAILED",
+        `output directory ${outDir}: a file is in the way (${code}); --out must name a directory`,
+        { cause: err, details: { outDir } },
+      );
+    }
+    if (code === undefined || !/^E[A-Z]+$/.test(code)) throw err;
+    throw new ToolError(
+      code === "ENOSPC" ? "DISK_FULL" : "IO_ERROR",
+      `cannot create the output directory ${outDir}: ${(err as Error).message}`,
+      { cause: err, details: { outDir, errno: code } },
+    );
+  }
+}
+
+function interrupted(o: BuildOptions, step: string, cause?: unknown): BuildError {
+  const reason = String(o.signal?.reason ?? "abort");
+  return new BuildError(
+    "BUILD_INTERRUPTED",
+    `build interrupted by ${reason} in the ${step} step: its tools were stopped, its temporary directory removed and ${o.outDir} left as it was`,
+    { cause, details: { step, reason, outDir: o.outDir } },
+  );
+}
+
+/**
+ * Remove the temporary directories that builds killed outright left in
+ * `outDir`: those whose builder (the pid in the name) no longer runs.
+ */
+async function removeStaleWork(outDir: string, log: Logger): Promise<void> {
+  for (const name of await readdir(outDir)) {
+    const pid = WORK_NAME.exec(name)?.[1];
+    if (pid === undefined || (Number(pid) !== process.pid && processRuns(Number(pid)))) continue;
+    const dir = join(outDir, name);
+    await rm(dir, { recursive: true, force: true });
+    log.info({ dir }, `removed ${dir}, left by an interrupted build`);
+  }
+}
+
+function processRuns(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    // EPERM: it runs, as another user
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Remove `dir` and its parents up to `top` while they are empty (what the build created). */
+async function removeEmptyDirs(dir: string, top: string): Promise<void> {
+  for (let d = resolve(dir); ; d = dirname(d)) {
+    try {
+      await rmdir(d);
+    } catch (err) {
+      const code = (err as NodeJS.ErrnoException).code;
+      if (code === "ENOTEMPTY" || code === "EEXIST" || code === "ENOENT") return;
+      throw err;
+    }
+    if (d === resolve(top) || d === dirname(d)) return;
   }
 }
 

@@ -3,7 +3,8 @@
  * `ImageSpec` with units in the names (README.md, "The spec").
  *
  * Validation collects every problem before throwing one `SPEC_INVALID`
- * (or `SPEC_NOT_FOUND` when every problem is a missing file), each naming
+ * (or `SPEC_NOT_FOUND` when every problem is a missing file, `LAYER_UNSAFE`
+ * when every problem is an unsafe tar entry), each naming
  * the file, line, column and field. `parseSpec` is pure (the texts of
  * extended bases are passed in); `loadSpec` reads the files and checks that
  * every referenced file exists.
@@ -23,8 +24,10 @@ import {
   type ConfirmPolicy,
   DEFAULT_GOOD_TRIES,
   MAX_TRIES,
+  repoUrlProblem,
 } from "../image/index.ts";
 import { BuildError } from "./errors.ts";
+import { unsafeTarEntries } from "./tar-extract.ts";
 
 export type Compression = "gzip" | "xz";
 
@@ -139,7 +142,8 @@ export interface SpecIssue extends SpecOrigin {
   field: string;
   message: string;
   /** "not-found": a referenced file is missing; "invalid": anything else. */
-  kind: "invalid" | "not-found";
+  /** `unsafe`: a tar layer entry that the layer step would refuse (LAYER_UNSAFE). */
+  kind: "invalid" | "not-found" | "unsafe";
 }
 
 export interface ParseSpecOptions {
@@ -454,6 +458,8 @@ interface Reference {
   field: string;
   path: string;
   type: "file" | "dir" | "file-or-dir";
+  /** A tar layer: its entry names are checked too (step 4). */
+  tar?: true;
 }
 
 interface Parsed {
@@ -700,12 +706,9 @@ function parseInternal(text: string, file: string, options: ParseSpecOptions): P
     : "stable";
   const repoNode = get(u, "repo");
   const repo = c.string(repoNode, "update.repo");
-  if (repo !== undefined && !/^https?:\/\/[^\s/]+/.test(repo)) {
-    issues.add(
-      repoNode!.loc,
-      "update.repo",
-      `${JSON.stringify(repo)} is not an http:// or https:// URL`,
-    );
+  const repoProblem = repo === undefined ? undefined : repoUrlProblem(repo);
+  if (repoProblem !== undefined) {
+    issues.add(repoNode!.loc, "update.repo", `${JSON.stringify(repo)}: ${repoProblem}`);
   }
   const triesNode = get(u, "tries");
   // Tries left live in a one-digit GRUB env variable (contracts: X_tries 0-9).
@@ -822,7 +825,13 @@ function parseLayer(
       const allowDevices = adNode ? c.boolean(adNode, `${field}.allowDevices`) : false;
       if (p === undefined || allowDevices === undefined) return undefined;
       const path = hostPath(value, p);
-      references.push({ loc: value.loc, field: `${field}.tar`, path, type: "file-or-dir" });
+      references.push({
+        loc: value.loc,
+        field: `${field}.tar`,
+        path,
+        type: "file-or-dir",
+        tar: true,
+      });
       return { kind, path, allowDevices, origin: origin(`tar ${p}`) };
     }
     case "dir": {
@@ -965,7 +974,12 @@ function parseLayer(
 }
 
 function specError(file: string, issues: SpecIssue[], cause?: unknown): BuildError {
-  const notFound = issues.every((i) => i.kind === "not-found");
+  const only = (kind: SpecIssue["kind"]) => issues.every((i) => i.kind === kind);
+  const code = only("not-found")
+    ? "SPEC_NOT_FOUND"
+    : only("unsafe")
+      ? "LAYER_UNSAFE"
+      : "SPEC_INVALID";
   issues.sort((a, b) =>
     a.file !== b.file ? (a.file < b.file ? -1 : 1) : a.line - b.line || a.col - b.col,
   );
@@ -974,7 +988,7 @@ function specError(file: string, issues: SpecIssue[], cause?: unknown): BuildErr
   );
   const n = issues.length;
   return new BuildError(
-    notFound ? "SPEC_NOT_FOUND" : "SPEC_INVALID",
+    code,
     `spec ${file}: ${n} ${n === 1 ? "error" : "errors"}:\n${lines.join("\n")}`,
     { cause, details: { file, issues } },
   );
@@ -1056,6 +1070,13 @@ export async function loadSpec(
           `${ref.path} not found (${(err as NodeJS.ErrnoException).code})`,
           "not-found",
         );
+        return;
+      }
+      // Unsafe names fail here, before the kernel and initramfs steps, as in a files layer.
+      if (ref.tar) {
+        for (const problem of await unsafeTarEntries(ref.path)) {
+          issues.add(ref.loc, ref.field, `${ref.path}: ${problem}`, "unsafe");
+        }
       }
     }),
   );

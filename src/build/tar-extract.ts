@@ -5,7 +5,7 @@
  */
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { open, readFile } from "node:fs/promises";
+import { open, readFile, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { type PassThrough, type Readable, Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
@@ -141,6 +141,65 @@ export async function applyTarStream(
     });
   }
   return count;
+}
+
+/**
+ * The entries of a tar layer (a tar file, plain or gzip, or every layer of an
+ * OCI image layout) whose names the layer step would refuse as unsafe: an
+ * absolute name, a `..` component, a newline; the same for a hard link's
+ * target. Reads the headers only (the data is skipped, a gzip layer is
+ * inflated); at most `limit` problems. A layer that cannot be read is left
+ * to the layer step, which says why.
+ */
+export async function unsafeTarEntries(path: string, limit = 5): Promise<string[]> {
+  const problems: string[] = [];
+  const check = async (file: string, label: string): Promise<void> => {
+    const stages: (Readable | Transform)[] = [createReadStream(file, { highWaterMark: 1 << 20 })];
+    if (detectCompression(await readHead(file), file) === "gzip") stages.push(createGunzip());
+    const extract = tarStream.extract();
+    const feed = pipeline([...stages, extract] as unknown as [Readable, PassThrough]);
+    feed.catch(() => undefined);
+    for await (const entry of extract as AsyncIterable<TarEntry>) {
+      const h = entry.header;
+      entry.resume();
+      const names = [h.name, ...(h.type === "link" ? [h.linkname ?? ""] : [])];
+      for (const name of names) {
+        try {
+          entryComponents(name);
+        } catch (err) {
+          if (!(err instanceof BuildError)) throw err;
+          problems.push(`${label}entry ${JSON.stringify(h.name)}: ${err.message}`);
+        }
+      }
+      if (problems.length >= limit) {
+        extract.destroy();
+        break;
+      }
+    }
+  };
+  try {
+    if ((await stat(path)).isDirectory()) {
+      for (const layer of await ociLayers(path)) {
+        if (problems.length >= limit) break;
+        await check(blobPath(path, layer.digest), `blob ${layer.digest}: `);
+      }
+    } else await check(path, "");
+  } catch (err) {
+    if (!(err instanceof BuildError) && !isFormatError(err)) throw err;
+  }
+  return problems.slice(0, limit);
+}
+
+/**
+ * A layer that is not a tar or gzip stream (tar-stream throws a plain Error,
+ * zlib a Z_ code) or cannot be read (an errno code): the layer step reports
+ * it with its context. A TypeError or the like is a bug and is not one.
+ */
+function isFormatError(err: unknown): boolean {
+  if (!(err instanceof Error)) return false;
+  const code = (err as NodeJS.ErrnoException).code;
+  if (code === undefined) return err.constructor === Error;
+  return code.startsWith("Z_") || /^E[A-Z]+$/.test(code);
 }
 
 /** One entry as tar-stream yields it: the header and a stream of its data. */

@@ -11,7 +11,7 @@ import {
   sign,
   verify,
 } from "node:crypto";
-import { link, mkdir, open, readFile, rm } from "node:fs/promises";
+import { link, lstat, mkdir, open, readFile, rm } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { ToolError } from "../errors.ts";
 import { BundleError } from "./errors.ts";
@@ -38,6 +38,19 @@ export interface KeyPairPaths {
 export async function generateKeyPair(dir: string): Promise<KeyPairPaths> {
   const privateKeyPath = join(dir, PRIVATE_KEY_FILE);
   const publicKeyPath = join(dir, PUBLIC_KEY_FILE);
+  const existing = await ioStep(`look at ${dir}`, () =>
+    lstat(dir).catch((err: NodeJS.ErrnoException) => {
+      if (err.code === "ENOENT") return undefined;
+      throw err;
+    }),
+  );
+  if (existing && !existing.isDirectory()) {
+    throw new BundleError(
+      "KEY_EXISTS",
+      `key directory ${dir} is an existing file, not a directory: the key pair goes into a directory as ${PRIVATE_KEY_FILE} and ${PUBLIC_KEY_FILE} (nothing was written)`,
+      { details: { path: dir } },
+    );
+  }
   await ioStep(`create key directory ${dir}`, () => mkdir(dir, { recursive: true }));
   for (const p of [privateKeyPath, publicKeyPath]) {
     if (await pathExists(p))

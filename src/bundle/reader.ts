@@ -449,9 +449,11 @@ function claimedKeyId(bytes: Uint8Array): string | undefined {
 }
 
 function truncated(where: string, offset: number, what: string): BundleError {
-  return new BundleError("BUNDLE_TRUNCATED", `${where}: ends at byte ${offset}, ${what}`, {
-    details: { offset },
-  });
+  const message =
+    offset === 0
+      ? `${where}: empty (0 bytes), not a bundle`
+      : `${where}: truncated, ends at byte ${offset}, ${what}`;
+  return new BundleError("BUNDLE_TRUNCATED", message, { details: { offset } });
 }
 
 const EMPTY = Buffer.alloc(0);

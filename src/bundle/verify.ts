@@ -64,11 +64,23 @@ export async function checkBundleFile(
   return { manifest, keyId: reader.signerKeyId, layout: reader.layout };
 }
 
-/** Read the head of a bundle file for display; the signature is NOT checked. */
+/**
+ * Read the head of a bundle file for display; the signature is NOT checked.
+ * A file shorter than the archive its headers describe is BUNDLE_TRUNCATED.
+ */
 export async function inspectBundleFile(path: string): Promise<BundleHeadInfo> {
   const where = `bundle ${path}`;
-  await ioStep(`open ${where}`, () => stat(path));
-  return ioStep(`read ${where}`, () => readBundleHead(createReadStream(path), where));
+  const { size } = await ioStep(`open ${where}`, () => stat(path));
+  const head = await ioStep(`read ${where}`, () => readBundleHead(createReadStream(path), where));
+  if (size < head.layout.archiveSize) {
+    const slot = head.layout.entries.at(-1);
+    throw new BundleError(
+      "BUNDLE_TRUNCATED",
+      `${where}: truncated, ends at byte ${size}, ${slot ? `inside ${slot.name} (bytes ${slot.dataOffset}-${slot.dataOffset + slot.size})` : "before its end"}; the archive is ${head.layout.archiveSize} bytes`,
+      { details: { offset: size, archiveSize: head.layout.archiveSize } },
+    );
+  }
+  return head;
 }
 
 /** The verity fields the tree itself determines (hashOffset is relative to a different file). */

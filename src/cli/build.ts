@@ -13,6 +13,8 @@ interface BuildCliOptions extends JsonOption {
   cache?: string;
 }
 
+const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
+
 export function register(program: Command): void {
   program
     .command("build")
@@ -34,6 +36,14 @@ export function register(program: Command): void {
       "where downloaded kernel packages are kept (default: $ABFORGE_CACHE or ~/.cache/abforge)",
     )
     .option("--json", "print the build report as JSON")
+    .addHelpText(
+      "after",
+      `
+The spec's fields, layer kinds and defaults are documented in src/build/README.md
+("The spec"); images/demo.yaml is a complete example. A terminal shows
+mksquashfs's progress; SIGINT or SIGTERM stops the build, removes its temporary
+directory and leaves --out as it was (BUILD_INTERRUPTED).`,
+    )
     .action(
       action(async (specPath: string, opts: BuildCliOptions) => {
         const keyPath = opts.key ?? join(dirname(specPath), "signing.key");
@@ -46,12 +56,31 @@ export function register(program: Command): void {
         }
         // The build pipeline (and its YAML and tar code) loads only for a build.
         const { build } = await import("../build/index.ts");
+        // SIGINT/SIGTERM (and SIGHUP: the terminal went away) interrupt the build
+        // cleanly (BUILD_INTERRUPTED); a second one ends the process at once (the
+        // next build removes what is left).
+        const interrupt = new AbortController();
+        const onSignal = (sig: NodeJS.Signals) => {
+          if (!interrupt.signal.aborted) return interrupt.abort(sig);
+          stopListening();
+          process.kill(process.pid, sig);
+        };
+        const stopListening = () => {
+          for (const sig of STOP_SIGNALS) process.off(sig, onSignal);
+        };
+        for (const sig of STOP_SIGNALS) process.on(sig, onSignal);
+        const progress = process.stderr.isTTY && !opts.json ? new ProgressLine() : undefined;
         const r = await build({
           specPath,
           outDir: opts.out,
           keyPath,
-          ...(opts.version ? { version: opts.version } : {}),
+          signal: interrupt.signal,
+          ...(opts.version !== undefined ? { version: opts.version } : {}),
           ...(opts.cache ? { cacheDir: opts.cache } : {}),
+          ...(progress ? { onProgress: (p) => progress.show(p) } : {}),
+        }).finally(() => {
+          progress?.clear();
+          stopListening();
         });
         output(opts, r.report, () =>
           [
@@ -65,4 +94,32 @@ export function register(program: Command): void {
         );
       }),
     );
+}
+
+/** One line on a terminal's stderr, redrawn in place: `squashfs  44% (28.1 MiB of 63.8 MiB)`. */
+class ProgressLine {
+  #shown = "";
+  #pct = -1;
+
+  show(p: { step: string; done: number; total: number }): void {
+    const pct = p.total > 0 ? Math.floor((100 * p.done) / p.total) : 100;
+    if (pct === this.#pct) return;
+    this.#pct = pct;
+    const text = `${p.step} ${String(pct).padStart(3)}% (${formatBytes(p.done)} of ${formatBytes(p.total)})`;
+    process.stderr.write(`\r${text.padEnd(this.#shown.length)}`);
+    this.#shown = text;
+    // done: the log lines that follow start on a clean line
+    if (p.done >= p.total) this.#erase();
+  }
+
+  clear(): void {
+    this.#erase();
+    this.#pct = -1;
+  }
+
+  #erase(): void {
+    if (!this.#shown) return;
+    process.stderr.write(`\r${" ".repeat(this.#shown.length)}\r`);
+    this.#shown = "";
+  }
 }

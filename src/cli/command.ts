@@ -70,3 +70,15 @@ export function intOption(name: string) {
     return Number(value);
   };
 }
+
+/** Parse a TCP port option: 1-65535, or 0 too (any free port) when `anyPort`. */
+export function portOption(name: string, o: { anyPort: boolean }) {
+  const min = o.anyPort ? 0 : 1;
+  return (value: string): number => {
+    const port = /^\d{1,5}$/.test(value) ? Number(value) : Number.NaN;
+    if (!(port >= min && port <= 65535)) {
+      throw new InvalidArgumentError(`${name} must be a TCP port, ${min}-65535, got "${value}"`);
+    }
+    return port;
+  };
+}

@@ -1,6 +1,6 @@
 import type { Command } from "commander";
 import { logger } from "../log.ts";
-import { action, intOption } from "./command.ts";
+import { action, intOption, portOption } from "./command.ts";
 
 interface QemuOptions {
   serial?: string;
@@ -28,8 +28,8 @@ export function register(program: Command): void {
     .option("--kvm", "use KVM instead of TCG (KVM guests hang on some hosts)")
     .option(
       "--repo-port <port>",
-      "carry the guest's update-repository address to 127.0.0.1:PORT",
-      intOption("--repo-port"),
+      "carry the guest's update-repository address to 127.0.0.1:PORT (1-65535)",
+      portOption("--repo-port", { anyPort: false }),
     )
     .option(
       "--repo-address <host:port>",
@@ -43,12 +43,12 @@ export function register(program: Command): void {
         const { QemuError } = await import("../../qemu/errors.ts");
         const { Vm } = await import("../../qemu/vm.ts");
         const log = logger().child({ module: "qemu" });
-        const [guestAddress, guestPortText] = opts.repoAddress.split(":");
-        const guestPort = Number(guestPortText ?? "80");
-        if (!guestAddress || !Number.isInteger(guestPort)) {
+        const [guestAddress, guestPortText = "80", ...rest] = opts.repoAddress.split(":");
+        const guestPort = /^\d{1,5}$/.test(guestPortText) ? Number(guestPortText) : 0;
+        if (!guestAddress || rest.length > 0 || guestPort < 1 || guestPort > 65535) {
           throw new QemuError(
             "QEMU_FAILED",
-            `--repo-address must be HOST:PORT, got "${opts.repoAddress}"`,
+            `--repo-address must be HOST:PORT with a port of 1-65535, got "${opts.repoAddress}"`,
           );
         }
         const vm = await Vm.start({
@@ -78,7 +78,8 @@ export function register(program: Command): void {
         const exit = await vm.exited;
         if (timer) clearTimeout(timer);
         process.stdin.pause();
-        process.stdin.unref();
+        // a terminal or a pipe holds the event loop; a file or /dev/null has no unref
+        (process.stdin as { unref?: () => void }).unref?.();
         if (timedOut) {
           throw new QemuError(
             "QEMU_TIMEOUT",

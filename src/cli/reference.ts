@@ -5,8 +5,17 @@ import { createProgram } from "./program.ts";
 
 function walk(cmd: Command, path: string[], out: string[]): void {
   const name = [...path, cmd.name()].join(" ");
-  cmd.configureOutput({ getOutHelpWidth: () => 100, getErrHelpWidth: () => 100 });
-  out.push(`## ${name}`, "", "```", cmd.helpInformation().trimEnd(), "```", "");
+  // outputHelp, not helpInformation: the text a command adds after its help is part of it
+  let help = "";
+  cmd.configureOutput({
+    getOutHelpWidth: () => 100,
+    getErrHelpWidth: () => 100,
+    writeOut: (text) => {
+      help += text;
+    },
+  });
+  cmd.outputHelp();
+  out.push(`## ${name}`, "", "```", help.trimEnd(), "```", "");
   for (const sub of cmd.commands) walk(sub, [...path, cmd.name()], out);
 }
 

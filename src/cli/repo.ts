@@ -1,7 +1,7 @@
 import { type Command, InvalidArgumentError } from "commander";
 import { loadPrivateKey } from "../bundle/index.ts";
 import { DEFAULT_EXPIRES_IN_MS, publish, serve } from "../repo/index.ts";
-import { action, intOption, type JsonOption, output } from "./command.ts";
+import { action, intOption, type JsonOption, output, portOption } from "./command.ts";
 
 interface PublishCliOptions extends JsonOption {
   repo: string;
@@ -96,7 +96,11 @@ export function register(program: Command): void {
       "serve the repository over HTTP (GET/HEAD, Range, ETag); prints the URL; runs until SIGINT/SIGTERM",
     )
     .requiredOption("--repo <dir>", "repository directory")
-    .requiredOption("--port <n>", "TCP port (0: any free port)", intOption("--port"))
+    .requiredOption(
+      "--port <n>",
+      "TCP port, 0-65535 (0: any free port)",
+      portOption("--port", { anyPort: true }),
+    )
     .option("--host <address>", "address to listen on", "127.0.0.1")
     .option("--json", "print the URL as JSON")
     .action(

@@ -17,6 +17,7 @@ import {
   COMPATIBLE_NAME_RULE,
   isChannelName,
   isCompatibleName,
+  repoUrlProblem,
 } from "./names.ts";
 
 /**
@@ -150,8 +151,10 @@ export function parseConfig(text: string, source: string): AgentConfig {
       const value: unknown = valueNode === null ? null : (valueNode as Node).toJSON();
       switch (key) {
         case "repoUrl":
-          if (typeof value !== "string" || !isHttpUrl(value))
-            bad(`must be an http(s) URL, got ${show(value)}`);
+          if (typeof value !== "string" || repoUrlProblem(value) !== undefined)
+            bad(
+              `must be an http(s) URL, got ${show(value)}${typeof value === "string" ? ` (${repoUrlProblem(value)})` : ""}`,
+            );
           else config.repoUrl = value;
           break;
         case "channel":
@@ -382,15 +385,6 @@ function commandOf(value: unknown): string[] | null {
 
 function isInt(v: unknown): v is number {
   return typeof v === "number" && Number.isSafeInteger(v);
-}
-
-function isHttpUrl(s: string): boolean {
-  try {
-    const u = new URL(s);
-    return u.protocol === "http:" || u.protocol === "https:";
-  } catch {
-    return false;
-  }
 }
 
 function show(v: unknown): string {

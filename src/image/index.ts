@@ -53,5 +53,6 @@ export {
   COMPATIBLE_NAME_RULE,
   isChannelName,
   isCompatibleName,
+  repoUrlProblem,
 } from "./names.ts";
 export { parseRelease, type Release, serializeRelease } from "./release.ts";

@@ -253,6 +253,14 @@ describe("invalid specs: every error names file, line and field", () => {
     ],
     ["repo not http", /repo: .*/, "repo: ftp://x/", "update.repo", /not an http/],
     [
+      "repo port out of range (the agent would refuse its own config)",
+      /repo: .*/,
+      "repo: http://10.0.2.100:70000/",
+      "update.repo",
+      /"http:\/\/10\.0\.2\.100:70000\/": port 70000 is out of range \(1-65535\)/,
+    ],
+    ["repo not a URL", /repo: .*/, "repo: http://a b/", "update.repo", /not a URL/],
+    [
       "allowDevices not boolean",
       /allowDevices: true/,
       "allowDevices: yes",

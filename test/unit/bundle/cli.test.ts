@@ -64,6 +64,49 @@ describe("abforge keygen", () => {
   });
 });
 
+describe("abforge keygen --out FILE", () => {
+  it("refuses an existing file as the key directory, says so and writes nothing", async () => {
+    const file = variant("not-a-dir", Buffer.from("mine\n"));
+    const r = await abforge(["keygen", "--out", file]);
+    expect(r.code).toBe(EXIT_CODES.KEY_EXISTS);
+    expect(r.stderr).toBe(
+      `abforge: key directory ${file} is an existing file, not a directory: the key pair goes into a directory as signing.key and signing.pub (nothing was written)\n`,
+    );
+    expect(readFileSync(file, "utf8")).toBe("mine\n");
+  });
+});
+
+describe("abforge bundle inspect on a bad file", () => {
+  it("a bundle cut inside the slot image is truncated (it reads only the head, but checks the size)", async () => {
+    const cut = bytes.length - 5000;
+    const r = await abforge(["bundle", "inspect", variant("cut.bundle", bytes.subarray(0, cut))]);
+    expect(r.code).toBe(EXIT_CODES.BUNDLE_TRUNCATED);
+    expect(r.stdout).toBe("");
+    expect(r.stderr).toMatch(
+      new RegExp(
+        `^abforge: bundle \\S+cut\\.bundle: truncated, ends at byte ${cut}, inside slot\\.img \\(bytes \\d+-\\d+\\); the archive is ${bytes.length} bytes\n$`,
+      ),
+    );
+  });
+
+  it("a bundle cut in its head is truncated, and an empty one is empty", async () => {
+    const head = await abforge([
+      "bundle",
+      "inspect",
+      variant("head.bundle", bytes.subarray(0, 700)),
+    ]);
+    expect(head.code).toBe(EXIT_CODES.BUNDLE_TRUNCATED);
+    expect(head.stderr).toMatch(/: truncated, ends at byte 700, inside manifest\.json\n$/);
+    for (const cmd of [["inspect"], ["verify", "--pubkey", pub]]) {
+      const empty = await abforge(["bundle", ...cmd, variant("empty.bundle", Buffer.alloc(0))]);
+      expect(empty.code).toBe(EXIT_CODES.BUNDLE_TRUNCATED);
+      expect(empty.stderr).toMatch(
+        /^abforge: bundle \S+empty\.bundle: empty \(0 bytes\), not a bundle\n$/,
+      );
+    }
+  });
+});
+
 describe("abforge bundle inspect", () => {
   it("shows the manifest and each entry's offsets", async () => {
     const r = await abforge(["bundle", "inspect", good, "--json"]);

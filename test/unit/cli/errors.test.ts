@@ -9,10 +9,11 @@ describe("cli", () => {
     for (const c of codes) expect(c).toBeGreaterThan(2);
   });
 
-  it("exits 2 on a usage error and prints help", async () => {
+  it("exits 2 on a usage error, with one line and a hint to --help", async () => {
     const r = await abforge(["no-such-command"]);
     expect(r.code).toBe(2);
-    expect(r.stderr).toMatch(/Usage: abforge/);
+    expect(r.stderr).not.toMatch(/Usage: abforge/);
+    expect(r.stderr).toMatch(/--help/);
   });
 
   it("prints --help with exit 0", async () => {

@@ -103,6 +103,13 @@ describe("agent config", () => {
     expect(err.message).toContain("agent.yaml:7: pollInterval: unknown field");
   });
 
+  it("says why a repoUrl is refused, an out-of-range port included", () => {
+    expect(configError("repoUrl: http://h:65536/").message).toContain(
+      'agent.yaml:1: repoUrl: must be an http(s) URL, got "http://h:65536/" (port 65536 is out of range (1-65535))',
+    );
+    expect(parseConfig("repoUrl: http://h:65535/", "agent.yaml").repoUrl).toBe("http://h:65535/");
+  });
+
   it("refuses jitter as large as the interval, and broken YAML", () => {
     expect(configError("pollIntervalMs: 1000\npollJitterMs: 1000").message).toContain(
       "pollJitterMs",
