@@ -10,14 +10,10 @@ import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BANNER, PROMPT } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import {
-  BootDisk,
-  type BootState,
-  type SlotName,
-  withBootDisk,
-} from "../../src/bootloader/index.ts";
+import { BootDisk, type SlotName } from "../../src/bootloader/index.ts";
 import { ABFORGE, abforge } from "../helpers/cli.ts";
-import { freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
+import { freshDisk, image } from "./fixtures.ts";
+import { bootState, editBootState, installV2IntoB } from "./scenarios.ts";
 
 const BOOT_MS = 180_000;
 
@@ -39,28 +35,9 @@ async function waitBanner(v: Vm): Promise<{ slot: SlotName; version: string; roo
   return { slot: m[1] as SlotName, version: m[2]!, rootHash: m[3]! };
 }
 
-function bootState(disk: string): Promise<BootState> {
-  return withBootDisk(disk, (d) => d.readState());
-}
-
-function editBootState(disk: string, edit: (s: BootState) => BootState): Promise<void> {
-  return withBootDisk(disk, async (d) => d.writeState(edit(await d.readState())));
-}
-
 /** Put demo 2.0.0 into slot B with the real agent (manual reboot), then set B next, not good. */
 async function installIntoB(disk: string, tries: number): Promise<void> {
-  const install = await abforge([
-    "agent",
-    "install",
-    image("v2").bundle,
-    "--disk",
-    disk,
-    "--pubkey",
-    SIGNING_PUB,
-    "--state-dir",
-    join(dirname(disk), "agent-state"),
-  ]);
-  expect(install.code, install.stderr).toBe(0);
+  await installV2IntoB(disk);
   const setNext = await abforge([
     "slots",
     "set-next",

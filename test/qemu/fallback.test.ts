@@ -11,15 +11,9 @@ import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
 import { BANNER, PROMPT } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import {
-  BootDisk,
-  type BootState,
-  decodeEnv,
-  markGood,
-  withBootDisk,
-} from "../../src/bootloader/index.ts";
-import { abforge } from "../helpers/cli.ts";
-import { freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
+import { BootDisk, decodeEnv, markGood, withBootDisk } from "../../src/bootloader/index.ts";
+import { freshDisk } from "./fixtures.ts";
+import { bootState, installV2IntoB } from "./scenarios.ts";
 
 const BOOT_MS = 300_000;
 
@@ -27,10 +21,6 @@ let vm: Vm | undefined;
 afterAll(async () => {
   await vm?.kill();
 });
-
-function bootState(disk: string): Promise<BootState> {
-  return withBootDisk(disk, (d) => d.readState());
-}
 
 /** Flip one bit of B's squashfs id table: GRUB still loads B's kernel; the root mount fails verity. */
 async function corruptAtRest(disk: string): Promise<void> {
@@ -55,18 +45,7 @@ async function corruptAtRest(disk: string): Promise<void> {
 describe("a good slot that stops booting", () => {
   it("B (good) corrupted at rest: booted goodSlotTries times unconfirmed, then A boots, confirms, records the fallback and goes first", async () => {
     const disk = freshDisk("v1");
-    const install = await abforge([
-      "agent",
-      "install",
-      image("v2").bundle,
-      "--disk",
-      disk,
-      "--pubkey",
-      SIGNING_PUB,
-      "--state-dir",
-      join(dirname(disk), "agent-state"),
-    ]);
-    expect(install.code, install.stderr).toBe(0);
+    await installV2IntoB(disk);
     await withBootDisk(disk, async (d) => d.writeState(markGood(await d.readState(), "B")));
     const before = await bootState(disk);
     expect(before.order).toEqual(["B", "A"]);

@@ -8,13 +8,11 @@
  * and never installs 3.0.0 again. Every assertion reads the serial console or
  * the disk's boot state.
  */
-import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { BANNER, PROMPT, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
-import { Vm } from "../../qemu/vm.ts";
-import { type BootState, withBootDisk } from "../../src/bootloader/index.ts";
-import { tempDir } from "../helpers/tmp.ts";
+import { PROMPT, publishBundle, type ServedRepo } from "../../qemu/fleet.ts";
+import type { Vm } from "../../qemu/vm.ts";
 import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
+import { banner as bannerOf, bootState, bootWithRepo } from "./scenarios.ts";
 
 // A poll (30 s), a download and a boot under TCG on a busy 2-core host: be generous.
 const BOOT_MS = 600_000;
@@ -27,28 +25,20 @@ afterAll(async () => {
   server?.stop();
 });
 
-function bootState(disk: string): Promise<BootState> {
-  return withBootDisk(disk, (d) => d.readState());
-}
-
 async function banner(v: Vm): Promise<{ slot: string; version: string }> {
-  const m = await v.waitFor(BANNER, { timeoutMs: BOOT_MS });
-  return { slot: m[1]!, version: m[2]! };
+  const { slot, version } = await bannerOf(v, BOOT_MS);
+  return { slot, version };
 }
 
 describe("updates end to end", () => {
   it("installs 2.0.0, marks it good, rolls back an unhealthy 3.0.0 and never retries it", {
     timeout: 2_400_000,
   }, async () => {
-    const repoDir = tempDir("abforge-repo-");
-    await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
-    server = await serveRepo(repoDir);
     const disk = freshDisk("v1");
-    vm = await Vm.start({
-      disk,
-      serialLog: join(dirname(disk), "serial.log"),
-      forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: server.port },
-    });
+    const run = await bootWithRepo(disk, [image("v2").bundle]);
+    vm = run.vm;
+    server = run.server;
+    const { repoDir } = run;
 
     // 1.0.0 boots from A; the agent checks at once and installs 2.0.0 into B.
     expect(await banner(vm)).toEqual({ slot: "A", version: "1.0.0" });
