@@ -1,6 +1,6 @@
 /** FlushBehind (src/updater/installer.ts): background syncs of the slot while it is written. */
 import { describe, expect, it } from "vitest";
-import { FLUSH_BEHIND_BYTES, FlushBehind } from "../../../src/updater/installer.ts";
+import { FLUSH_BEHIND_BYTES, FlushBehind } from "../../../src/updater/slot-writer.ts";
 
 const MiB = 1024 * 1024;
 
