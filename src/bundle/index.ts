@@ -2,6 +2,8 @@
  * Update bundles: the signed manifest, ed25519 keys, and the streaming tar
  * writer and reader. The format and procedures are in README.md.
  */
+
+export type { ByteStream } from "./byte-source.ts";
 export {
   ChunkVerifier,
   type ChunkVerifierOptions,
@@ -44,7 +46,6 @@ export {
   type BundleLayout,
   BundleReader,
   type BundleReaderOptions,
-  type ByteStream,
   MANIFEST_ENTRY,
   readBundleHead,
   SIGNATURE_ENTRY,

@@ -6,6 +6,7 @@
  */
 import type { KeyObject } from "node:crypto";
 import { Readable } from "node:stream";
+import { ByteSource, type ByteStream } from "./byte-source.ts";
 import { ChunkVerifier, type VerifiedChunk } from "./chunks.ts";
 import { BundleError } from "./errors.ts";
 import { keyId, SIGNATURE_BYTES, verifySignature } from "./keys.ts";
@@ -29,8 +30,6 @@ import {
 export const MANIFEST_ENTRY = "manifest.json";
 export const SIGNATURE_ENTRY = "manifest.sig";
 export const SLOT_ENTRY = "slot.img";
-
-export type ByteStream = Readable | AsyncIterable<Uint8Array>;
 
 export interface BundleEntry {
   name: string;
@@ -454,100 +453,4 @@ function truncated(where: string, offset: number, what: string): BundleError {
       ? `${where}: empty (0 bytes), not a bundle`
       : `${where}: truncated, ends at byte ${offset}, ${what}`;
   return new BundleError("BUNDLE_TRUNCATED", message, { details: { offset } });
-}
-
-const EMPTY = Buffer.alloc(0);
-
-/** Exact-size reads over an async byte stream; `offset` counts bytes from the bundle's start. */
-class ByteSource {
-  readonly #it: AsyncIterator<unknown>;
-  readonly #release: boolean;
-  readonly #tap: ((bytes: Uint8Array, offset: number) => void) | undefined;
-  #buf: Buffer = EMPTY;
-  /** The value #buf views, when releaseConsumed() may detach it. */
-  #releasable: Uint8Array | undefined;
-  #ended = false;
-  offset: number;
-  /**
-   * Values read while this is set are owned by the reader (nothing outside
-   * keeps a view of them): releasable once consumed, when the source allows.
-   */
-  owning = false;
-
-  constructor(
-    source: ByteStream,
-    offset: number,
-    release: boolean,
-    tap: ((bytes: Uint8Array, offset: number) => void) | undefined,
-  ) {
-    this.#it = (source as AsyncIterable<unknown>)[Symbol.asyncIterator]();
-    this.offset = offset;
-    this.#release = release;
-    this.#tap = tap;
-  }
-
-  /** Up to `max` bytes; null at the end of the stream. */
-  async read(max: number): Promise<Buffer | null> {
-    while (this.#buf.length === 0) {
-      if (this.#ended) return null;
-      const r = await this.#it.next();
-      if (r.done) {
-        this.#ended = true;
-        return null;
-      }
-      const v = r.value;
-      if (!(v instanceof Uint8Array)) throw new TypeError("bundle source must yield bytes");
-      this.#buf = Buffer.from(v.buffer, v.byteOffset, v.byteLength);
-      this.#releasable =
-        this.#release &&
-        this.owning &&
-        v.buffer instanceof ArrayBuffer &&
-        !v.buffer.resizable &&
-        v.byteOffset === 0 &&
-        v.byteLength === v.buffer.byteLength
-          ? v
-          : undefined;
-    }
-    const out = this.#buf.subarray(0, max);
-    this.#buf = this.#buf.subarray(out.length);
-    this.#tap?.(out, this.offset);
-    this.offset += out.length;
-    return out;
-  }
-
-  /**
-   * Detach the current value's ArrayBuffer (freeing its memory now) when all
-   * its bytes were read and it may be released; the caller has copied them.
-   */
-  releaseConsumed(): void {
-    const v = this.#releasable;
-    if (!v || this.#buf.length > 0) return;
-    this.#releasable = undefined;
-    this.#buf = EMPTY;
-    (v.buffer as ArrayBuffer).transfer(0);
-  }
-
-  /** Exactly `n` bytes; `short(got)` is thrown when the stream ends first. */
-  async readExact(n: number, short: (got: number) => Error): Promise<Buffer> {
-    const parts: Buffer[] = [];
-    let got = 0;
-    while (got < n) {
-      const piece = await this.read(n - got);
-      if (!piece) throw short(got);
-      parts.push(piece);
-      got += piece.length;
-    }
-    return parts.length === 1 ? parts[0]! : Buffer.concat(parts, n);
-  }
-
-  /** Stop reading; a Node stream is destroyed (an HTTP download is aborted). */
-  async close(): Promise<void> {
-    if (this.#ended) return;
-    this.#ended = true;
-    try {
-      await this.#it.return?.();
-    } catch {
-      // the stream already failed; its error was reported where it was read
-    }
-  }
 }
