@@ -6,15 +6,14 @@
  * slot, and the next run must finish the update so the new slot boots.
  * Assertions read the serial console and the disk's boot state.
  */
-import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
-import { BANNER, PROMPT, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
-import { Vm } from "../../qemu/vm.ts";
-import { type BootState, nextBootSlot, withBootDisk } from "../../src/bootloader/index.ts";
+import { PROMPT, type ServedRepo } from "../../qemu/fleet.ts";
+import type { Vm } from "../../qemu/vm.ts";
+import { nextBootSlot } from "../../src/bootloader/index.ts";
 import { STATE_DIR } from "../../src/image/index.ts";
 import { STATE_FILE_NAME } from "../../src/updater/state-file.ts";
-import { tempDir } from "../helpers/tmp.ts";
-import { freshDisk, image, SIGNING_KEY } from "../qemu/fixtures.ts";
+import { freshDisk, image } from "../qemu/fixtures.ts";
+import { banner as bannerOf, bootState, bootWithRepo } from "../qemu/scenarios.ts";
 
 const BOOT_MS = 600_000;
 const STATE_FILE = `${STATE_DIR}/${STATE_FILE_NAME}`;
@@ -29,26 +28,17 @@ afterEach(async () => {
   server = undefined;
 });
 
-function bootState(disk: string): Promise<BootState> {
-  return withBootDisk(disk, (d) => d.readState());
-}
-
 async function banner(v: Vm): Promise<{ slot: string; version: string }> {
-  const m = await v.waitFor(BANNER, { timeoutMs: BOOT_MS });
-  return { slot: m[1]!, version: m[2]! };
+  const { slot, version } = await bannerOf(v, BOOT_MS);
+  return { slot, version };
 }
 
 /** Boot 1.0.0 with 2.0.0 published; returns once the 1.0.0 banner is seen. */
 async function bootWithUpdate(): Promise<{ v: Vm; disk: string }> {
-  const repoDir = tempDir("abforge-repo-");
-  await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
-  server = await serveRepo(repoDir);
   const disk = freshDisk("v1");
-  vm = await Vm.start({
-    disk,
-    serialLog: join(dirname(disk), "serial.log"),
-    forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: server.port },
-  });
+  const run = await bootWithRepo(disk, [image("v2").bundle]);
+  vm = run.vm;
+  server = run.server;
   expect(await banner(vm)).toEqual({ slot: "A", version: "1.0.0" });
   return { v: vm, disk };
 }
