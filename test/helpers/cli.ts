@@ -100,3 +100,35 @@ export function startAbforge(
     },
   };
 }
+
+/**
+ * Run `cmd args` with stdout and stderr captured together, in the order
+ * written; `terminal` runs it on a pseudo-terminal (util-linux `script`), as
+ * a person at a terminal sees it. ABFORGE_LOG_FORMAT is unset unless `env`
+ * sets it, so the output's format is the one abforge chooses.
+ */
+export function runCaptured(
+  cmd: string,
+  args: readonly string[],
+  o: { env?: NodeJS.ProcessEnv; terminal?: boolean } = {},
+): Promise<{ code: number; out: string }> {
+  const quote = (a: string) => `'${a.replace(/'/g, "'\\''")}'`;
+  const [file, argv] = o.terminal
+    ? ["script", ["-qefc", [cmd, ...args].map(quote).join(" "), "/dev/null"]]
+    : [cmd, [...args]];
+  return new Promise((resolve, reject) => {
+    const child = spawn(file, argv, {
+      env: { ...process.env, ABFORGE_LOG_FORMAT: undefined, ...o.env },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let out = "";
+    child.stdout.on("data", (d) => {
+      out += d;
+    });
+    child.stderr.on("data", (d) => {
+      out += d;
+    });
+    child.on("error", reject);
+    child.on("close", (code) => resolve({ code: code ?? 128, out }));
+  });
+}

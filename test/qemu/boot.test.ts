@@ -5,15 +5,14 @@
  */
 import { spawn } from "node:child_process";
 import { readFileSync } from "node:fs";
-import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { BANNER, PROMPT } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import { BootDisk, type SlotName } from "../../src/bootloader/index.ts";
+import type { SlotName } from "../../src/bootloader/index.ts";
 import { ABFORGE, abforge } from "../helpers/cli.ts";
 import { freshDisk, image } from "./fixtures.ts";
-import { bootState, editBootState, installV2IntoB } from "./scenarios.ts";
+import { bootState, corruptSquashfsAtRest, editBootState, installV2IntoB } from "./scenarios.ts";
 
 const BOOT_MS = 180_000;
 
@@ -98,23 +97,8 @@ describe("booting the demo image", () => {
   it("resets when a byte of the squashfs is changed, and falls back once the tries are spent", async () => {
     const disk = freshDisk("v1");
     await installIntoB(disk, 1);
-    // Change one byte of B's squashfs that GRUB never reads but the kernel
-    // reads at mount: the index of the uid/gid table, whose offset is the
-    // superblock's id_table_start (bytes 48-55). GRUB still loads the kernel
-    // from B; mounting the root reads this block through dm-verity.
-    const d = await BootDisk.open(disk);
-    const { offset } = d.slotRange("B");
-    await d.close();
-    const fh = await open(disk, "r+");
-    const superblock = Buffer.alloc(96);
-    await fh.read(superblock, 0, 96, offset);
-    expect(superblock.readUInt32LE(0)).toBe(0x73717368); // "hsqs"
-    const target = offset + Number(superblock.readBigUInt64LE(48));
-    const byte = Buffer.alloc(1);
-    await fh.read(byte, 0, 1, target);
-    byte[0] = byte[0]! ^ 0x01;
-    await fh.write(byte, 0, 1, target);
-    await fh.close();
+    // One byte GRUB never reads but the kernel reads at mount, through dm-verity.
+    await corruptSquashfsAtRest(disk, "B");
 
     const v = await start(disk);
     await v.waitFor(/verity.*corrupt|corrupt.*verity/i, { timeoutMs: BOOT_MS });

@@ -13,7 +13,7 @@ import { BANNER, PROMPT } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { BootDisk, decodeEnv, markGood, withBootDisk } from "../../src/bootloader/index.ts";
 import { freshDisk } from "./fixtures.ts";
-import { bootState, installV2IntoB } from "./scenarios.ts";
+import { bootState, corruptSquashfsAtRest, installV2IntoB } from "./scenarios.ts";
 
 const BOOT_MS = 300_000;
 
@@ -21,26 +21,6 @@ let vm: Vm | undefined;
 afterAll(async () => {
   await vm?.kill();
 });
-
-/** Flip one bit of B's squashfs id table: GRUB still loads B's kernel; the root mount fails verity. */
-async function corruptAtRest(disk: string): Promise<void> {
-  const d = await BootDisk.open(disk);
-  const { offset } = d.slotRange("B");
-  await d.close();
-  const fh = await open(disk, "r+");
-  try {
-    const superblock = Buffer.alloc(96);
-    await fh.read(superblock, 0, 96, offset);
-    expect(superblock.readUInt32LE(0)).toBe(0x73717368); // "hsqs"
-    const target = offset + Number(superblock.readBigUInt64LE(48));
-    const byte = Buffer.alloc(1);
-    await fh.read(byte, 0, 1, target);
-    byte[0] = byte[0]! ^ 0x01;
-    await fh.write(byte, 0, 1, target);
-  } finally {
-    await fh.close();
-  }
-}
 
 describe("a good slot that stops booting", () => {
   it("B (good) corrupted at rest: booted goodSlotTries times unconfirmed, then A boots, confirms, records the fallback and goes first", async () => {
@@ -51,7 +31,7 @@ describe("a good slot that stops booting", () => {
     expect(before.order).toEqual(["B", "A"]);
     expect(before.goodTries).toBe(3);
     expect(before.slots.B).toMatchObject({ good: true, boots: 0, version: "2.0.0" });
-    await corruptAtRest(disk);
+    await corruptSquashfsAtRest(disk, "B");
 
     const started = Date.now();
     vm = await Vm.start({ disk, serialLog: join(dirname(disk), "serial.log") });

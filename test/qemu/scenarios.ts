@@ -4,11 +4,17 @@
  * real agent, and boot a disk with a repository served on 127.0.0.1 that the
  * guest reaches as http://10.0.2.100/.
  */
+import { open } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { expect } from "vitest";
 import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import { type BootState, type SlotName, withBootDisk } from "../../src/bootloader/index.ts";
+import {
+  BootDisk,
+  type BootState,
+  type SlotName,
+  withBootDisk,
+} from "../../src/bootloader/index.ts";
 import { abforge } from "../helpers/cli.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { image, SIGNING_KEY, SIGNING_PUB } from "./fixtures.ts";
@@ -68,5 +74,30 @@ export async function bootWithRepo(
   } catch (err) {
     server.stop();
     throw err;
+  }
+}
+
+/**
+ * Corrupt `slot` at rest where only the kernel notices: flip one bit of the
+ * index of its squashfs's uid/gid table (the superblock's id_table_start,
+ * bytes 48-55), a block GRUB never reads and the kernel reads through
+ * dm-verity when it mounts the root. GRUB still loads the slot's kernel.
+ */
+export async function corruptSquashfsAtRest(disk: string, slot: SlotName): Promise<void> {
+  const d = await BootDisk.open(disk);
+  const { offset } = d.slotRange(slot);
+  await d.close();
+  const fh = await open(disk, "r+");
+  try {
+    const superblock = Buffer.alloc(96);
+    await fh.read(superblock, 0, 96, offset);
+    expect(superblock.readUInt32LE(0)).toBe(0x73717368); // "hsqs"
+    const target = offset + Number(superblock.readBigUInt64LE(48));
+    const byte = Buffer.alloc(1);
+    await fh.read(byte, 0, 1, target);
+    byte[0] = byte[0]! ^ 0x01;
+    await fh.write(byte, 0, 1, target);
+  } finally {
+    await fh.close();
   }
 }

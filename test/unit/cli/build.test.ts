@@ -8,7 +8,7 @@ import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSy
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
-import { ABFORGE, abforge, startAbforge } from "../../helpers/cli.ts";
+import { ABFORGE, abforge, runCaptured, startAbforge } from "../../helpers/cli.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const DEMO = fileURLToPath(new URL("../../../images/demo.yaml", import.meta.url));
@@ -34,25 +34,8 @@ function groupAlive(pgid: number): boolean {
 }
 
 /** Run a shell command line on a pseudo-terminal (util-linux script): what a person at a terminal sees. */
-function onTerminal(
-  command: string,
-  env: NodeJS.ProcessEnv = {},
-): Promise<{ code: number; out: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn("script", ["-qefc", command, "/dev/null"], {
-      env: { ...process.env, ABFORGE_LOG_FORMAT: undefined, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-    });
-    child.stderr.on("data", (d) => {
-      out += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code: code ?? 128, out }));
-  });
+function onTerminal(command: string, env: NodeJS.ProcessEnv = {}) {
+  return runCaptured("sh", ["-c", command], { env, terminal: true });
 }
 
 async function keys(dir: string): Promise<string> {

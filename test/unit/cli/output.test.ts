@@ -1,13 +1,8 @@
-/**
- * Output fit for people and machines (issue 11, point 18): usage errors, the
- * logs in both formats, NO_COLOR, and the help a new user starts from.
- */
-import { spawn } from "node:child_process";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { EXIT_USAGE } from "../../../src/cli/exit-codes.ts";
-import { abforge } from "../../helpers/cli.ts";
+import { abforge, runCaptured } from "../../helpers/cli.ts";
 import { makeUpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
@@ -23,25 +18,8 @@ function logScript(body: string, env: NodeJS.ProcessEnv, terminal = false) {
 import { ToolError } from ${JSON.stringify(ERRORS)};
 const log = configureLogger({ format: process.env.ABFORGE_LOG_FORMAT });
 ${body}`;
-  const argv = [NODE, "--disable-warning=ExperimentalWarning", "--input-type=module", "-e", script];
-  const [cmd, args] = terminal
-    ? ["script", ["-qefc", argv.map((a) => `'${a.replace(/'/g, "'\\''")}'`).join(" "), "/dev/null"]]
-    : [argv[0]!, argv.slice(1)];
-  return new Promise<{ code: number; out: string }>((resolve, reject) => {
-    const child = spawn(cmd as string, args as string[], {
-      env: { ...process.env, ABFORGE_LOG_FORMAT: undefined, NO_COLOR: undefined, ...env },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
-    let out = "";
-    child.stdout.on("data", (d) => {
-      out += d;
-    });
-    child.stderr.on("data", (d) => {
-      out += d;
-    });
-    child.on("error", reject);
-    child.on("close", (code) => resolve({ code: code ?? 128, out }));
-  });
+  const argv = ["--disable-warning=ExperimentalWarning", "--input-type=module", "-e", script];
+  return runCaptured(NODE, argv, { env: { NO_COLOR: undefined, ...env }, terminal });
 }
 
 const EVENT = `log.child({ module: "updater" }).child({ module: "repo-client", step: "download" })
