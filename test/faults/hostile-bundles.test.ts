@@ -475,7 +475,7 @@ async function refuse(c: Case, i: number): Promise<void> {
   } else {
     // B is empty and unbootable now, both commands say so and why, and a good bundle
     // installs over whatever was left.
-    const empty = { good: false, tries: 0, rootHash: "", verity: "", version: "" };
+    const empty = { good: false, tries: 0, boots: 0, rootHash: "", verity: "", version: "" };
     expect(g.boot?.slots.B).toEqual(empty);
     const shown = await runAbforge(["slots", "show", "--disk", d.path, "--json"]);
     expect(JSON.parse(shown.stdout).slots.B).toMatchObject({ empty: true, good: false });
