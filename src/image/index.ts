@@ -71,6 +71,7 @@ export {
   Reader,
   type ScalarNode,
   type SeqNode,
+  sortIssues,
   stringifyYaml,
   type YNode,
 } from "./yaml.ts";

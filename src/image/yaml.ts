@@ -63,12 +63,16 @@ export class Issues<K extends string = "invalid"> {
   }
 }
 
-/** `FILE:LINE:COL: FIELD: problem` per issue, by file then position. */
-export function formatIssues(issues: Issue[]): string[] {
-  const sorted = [...issues].sort((a, b) =>
+/** Sort issues in place by file, then position; returns them. */
+export function sortIssues<T extends Issue>(issues: T[]): T[] {
+  return issues.sort((a, b) =>
     a.file !== b.file ? (a.file < b.file ? -1 : 1) : a.line - b.line || a.col - b.col,
   );
-  return sorted.map(
+}
+
+/** `FILE:LINE:COL: FIELD: problem` per issue, by file then position. */
+export function formatIssues(issues: Issue[]): string[] {
+  return sortIssues([...issues]).map(
     (i) => `${i.line > 0 ? `${i.file}:${i.line}:${i.col}` : i.file}: ${i.field}: ${i.message}`,
   );
 }

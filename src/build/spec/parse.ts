@@ -7,7 +7,13 @@
  * are passed in.
  */
 import semver from "semver";
-import { COMPATIBLE_NAME, COMPATIBLE_NAME_RULE, get, issueReport } from "../../image/index.ts";
+import {
+  COMPATIBLE_NAME,
+  COMPATIBLE_NAME_RULE,
+  get,
+  issueReport,
+  sortIssues,
+} from "../../image/index.ts";
 import { BuildError } from "../errors.ts";
 import { resolveExtends } from "./extends.ts";
 import {
@@ -111,9 +117,7 @@ export function specError(file: string, issues: SpecIssue[], cause?: unknown): B
     : only("unsafe")
       ? "LAYER_UNSAFE"
       : "SPEC_INVALID";
-  issues.sort((a, b) =>
-    a.file !== b.file ? (a.file < b.file ? -1 : 1) : a.line - b.line || a.col - b.col,
-  );
+  sortIssues(issues);
   return new BuildError(code, issueReport(`spec ${file}`, issues), {
     cause,
     details: { file, issues },
