@@ -35,6 +35,13 @@ export interface Parsed {
   hostBinaries: { loc: Loc; field: string; binary: string }[];
 }
 
+/** What a section parser gets: the readers, and where to note the files and host binaries it names. */
+export interface Section {
+  c: SpecReader;
+  references: Reference[];
+  hostBinaries: Parsed["hostBinaries"];
+}
+
 /** The located-YAML readers plus the spec's own kinds of value. */
 export class SpecReader extends Reader<SpecIssueKind> {
   /** A rootfs path: absolute, no `..` and no empty components. */

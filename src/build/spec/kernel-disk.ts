@@ -4,8 +4,7 @@
  * sizes.
  */
 import { CMDLINE_PREFIX, get, type Loc, type MapNode, MIB } from "../../image/index.ts";
-import { DEB_PACKAGE_RE, hostPath, MODULE_RE } from "./fields.ts";
-import type { Section } from "./layers.ts";
+import { DEB_PACKAGE_RE, hostPath, MODULE_RE, type Section } from "./fields.ts";
 import type { ImageSpec } from "./types.ts";
 
 /** The `kernel` section; undefined when any of it is invalid (every problem recorded). */

@@ -4,13 +4,7 @@
  * dir, files, host-binaries, debootstrap.
  */
 import { describe, get, type Loc, type MapNode, type YNode } from "../../image/index.ts";
-import {
-  DEB_PACKAGE_RE,
-  hostPath,
-  type Parsed,
-  type Reference,
-  type SpecReader,
-} from "./fields.ts";
+import { DEB_PACKAGE_RE, hostPath, type Section } from "./fields.ts";
 import type {
   Compression,
   DebootstrapLayer,
@@ -19,13 +13,6 @@ import type {
   LayerOrigin,
   LayerSpec,
 } from "./types.ts";
-
-/** What a section parser gets: the readers, and where to note the files and host binaries it names. */
-export interface Section {
-  c: SpecReader;
-  references: Reference[];
-  hostBinaries: Parsed["hostBinaries"];
-}
 
 /** The `rootfs` section; undefined when any of it is invalid (every problem recorded). */
 export function parseRootfs(

@@ -21,11 +21,12 @@ import {
   NAME_RULE,
   type Parsed,
   type Reference,
+  type Section,
   SpecReader,
   specIssues,
 } from "./fields.ts";
 import { parseDisk, parseKernel } from "./kernel-disk.ts";
-import { parseRootfs, type Section } from "./layers.ts";
+import { parseRootfs } from "./layers.ts";
 import type { ImageSpec, ParseSpecOptions, SpecIssue } from "./types.ts";
 import { parseUpdate } from "./update.ts";
 

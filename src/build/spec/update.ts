@@ -15,8 +15,7 @@ import {
   repoUrlProblem,
   type SeqNode,
 } from "../../image/index.ts";
-import { hostPath, NAME_RE, NAME_RULE } from "./fields.ts";
-import type { Section } from "./layers.ts";
+import { hostPath, NAME_RE, NAME_RULE, type Section } from "./fields.ts";
 import type { HealthCheck, ImageSpec } from "./types.ts";
 
 /** The `update` section; undefined when any of it is invalid (every problem recorded). */

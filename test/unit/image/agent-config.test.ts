@@ -146,6 +146,14 @@ describe("agent config", () => {
     ]);
   });
 
+  it("names each empty trusted key path, all of them", () => {
+    const err = configError('trustedKeys: [a.pub, "", ""]');
+    expect(err.message.split("\n").slice(1)).toEqual([
+      "  agent.yaml:1:22: trustedKeys[1]: must not be empty",
+      "  agent.yaml:1:26: trustedKeys[2]: must not be empty",
+    ]);
+  });
+
   it("says why a repoUrl is refused, an out-of-range port included", () => {
     expect(configError("repoUrl: http://h:65536/").message).toContain(
       'agent.yaml:1:10: repoUrl: "http://h:65536/": port 65536 is out of range (1-65535)',
