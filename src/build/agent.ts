@@ -19,7 +19,7 @@ import {
   serializeConfig,
   serializeRelease,
 } from "../image/index.ts";
-import type { ImageSpec } from "./spec.ts";
+import type { ImageSpec } from "./spec/index.ts";
 
 /** The abforge checkout (or installed tree) this build runs from. */
 export const SOURCE_ROOT = fileURLToPath(new URL("../../", import.meta.url));

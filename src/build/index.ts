@@ -21,5 +21,5 @@ export {
   type StepReport,
 } from "./pipeline.ts";
 export { buildSlotImage, type SlotImage, veritySeed } from "./slot.ts";
-export { type ImageSpec, loadSpec, parseSpec, type SpecIssue } from "./spec.ts";
+export { type ImageSpec, loadSpec, parseSpec, type SpecIssue } from "./spec/index.ts";
 export { buildSquashfs, type SquashfsCompression } from "./squashfs.ts";

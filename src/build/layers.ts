@@ -15,8 +15,8 @@ import type {
   FilesLayer,
   HostBinariesLayer,
   LayerSpec,
-} from "./spec.ts";
-import { resolveHostBinary } from "./spec.ts";
+} from "./spec/index.ts";
+import { resolveHostBinary } from "./spec/index.ts";
 import { entryComponents, type PseudoFile, StagingTree } from "./staging.ts";
 import { applyOciLayout, applyTarFile } from "./tar-extract.ts";
 

@@ -66,8 +66,8 @@ import {
 import { fetchKernel } from "./kernel.ts";
 import { applyLayers } from "./layers.ts";
 import { buildSlotImage } from "./slot.ts";
-import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec } from "./spec.ts";
-import { loadSpec } from "./spec.ts";
+import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec } from "./spec/index.ts";
+import { loadSpec } from "./spec/index.ts";
 import { buildSquashfs, fileDigest } from "./squashfs.ts";
 
 export interface BuildOptions {

@@ -1,37 +1,37 @@
 /**
  * The agent's configuration, `/etc/abforge/agent.yaml` (README.md, "Agent
  * config"): one type that the build serializes into the image and the agent
- * parses. Validated once, at load: every bad field is collected and reported
- * with its line, then one CONFIG_INVALID is thrown. Units are in the names.
+ * parses. Validated once, at load, by the located-YAML readers the spec uses
+ * too (yaml.ts): every bad field is collected and reported with its line and
+ * column, then one CONFIG_INVALID is thrown. Units are in the names.
  */
 import { readFile } from "node:fs/promises";
-import { createRequire } from "node:module";
-import { isAbsolute, resolve } from "node:path";
+import { resolve } from "node:path";
 import { isDeepStrictEqual } from "node:util";
-import type * as Yaml from "yaml";
-import type { Node } from "yaml";
 import { ImageError } from "./errors.ts";
-import { AGENT_CONFIG_PATH, MAX_TRIES, type SlotName, STATE_DIR } from "./layout.ts";
+import { AGENT_CONFIG_PATH, MAX_TRIES, SLOT_NAMES, type SlotName, STATE_DIR } from "./layout.ts";
 import {
+  CHANNEL_NAME,
   CHANNEL_NAME_RULE,
+  COMPATIBLE_NAME,
   COMPATIBLE_NAME_RULE,
-  isChannelName,
-  isCompatibleName,
   repoUrlProblem,
 } from "./names.ts";
-
-/**
- * The YAML parser, loaded with the first config parsed rather than at start:
- * a command without a config (`agent install --disk`) never needs it
- * (~10 MB and ~30 ms of start-up).
- */
-let yamlLib: typeof Yaml | undefined;
-function yaml(): typeof Yaml {
-  yamlLib ??= createRequire(import.meta.url)("yaml") as typeof Yaml;
-  return yamlLib;
-}
+import {
+  describe,
+  get,
+  Issues,
+  issueReport,
+  type MapNode,
+  parseYaml,
+  Reader,
+  sortIssues,
+  stringifyYaml,
+  type YNode,
+} from "./yaml.ts";
 
 export type RebootPolicy = "auto" | "manual";
+export const REBOOT_POLICIES: readonly RebootPolicy[] = ["auto", "manual"];
 
 /**
  * When the agent confirms a boot of a good slot (src/bootloader `X_boots`):
@@ -108,146 +108,149 @@ export function defaultConfig(): AgentConfig {
   };
 }
 
-interface FieldError {
-  line: number;
-  field: string;
-  message: string;
-}
+const KNOWN_FIELDS = Object.keys(defaultConfig()) as (keyof AgentConfig)[];
+const HEALTH_CHECK_FIELDS = ["name", "command", "timeoutMs"];
+const SLOT_FIELDS = ["partitionLabel", "partitionIndex"];
 
-const KNOWN_FIELDS = new Set(Object.keys(defaultConfig()));
-
-/** Parse and validate the YAML text of a config; `source` names it in errors. */
+/**
+ * Parse and validate the YAML text of a config; `source` names it in errors.
+ * Every problem is reported at once, in the form the spec's are
+ * (yaml.ts): `SOURCE:LINE:COL: FIELD: problem`.
+ */
 export function parseConfig(text: string, source: string): AgentConfig {
-  const { isMap, isScalar, isSeq, LineCounter, parseDocument } = yaml();
-  const lineCounter = new LineCounter();
-  const doc = parseDocument(text, { lineCounter, prettyErrors: false });
-  const errors: FieldError[] = [];
-  const lineOf = (node: Node | null | undefined): number =>
-    node?.range ? lineCounter.linePos(node.range[0]).line : 1;
-  for (const e of doc.errors) {
-    errors.push({
-      line: e.linePos?.[0]?.line ?? 1,
-      field: "(yaml)",
-      message: e.message.split("\n")[0] ?? e.message,
-    });
-  }
+  const issues = new Issues();
   const config = defaultConfig();
-  const root = doc.contents;
-  if (errors.length === 0 && root !== null && !isMap(root)) {
-    errors.push({ line: lineOf(root), field: "(root)", message: "must be a mapping of fields" });
+  const tree = parseYaml(text, source, issues);
+  // An empty file (or one of comments only) is the defaults.
+  if (tree && !(tree.kind === "scalar" && tree.value === null)) {
+    if (tree.kind === "map") readFields(new Reader(issues), tree, config);
+    else issues.add(tree.loc, "(config)", `must be a mapping of fields (got ${describe(tree)})`);
   }
-  if (errors.length === 0 && isMap(root)) {
-    for (const pair of root.items) {
-      const keyNode = pair.key as Node | null;
-      const key = isScalar(keyNode) ? String(keyNode.value) : "";
-      const valueNode = pair.value as Node | null;
-      const line = lineOf(valueNode ?? keyNode);
-      const bad = (message: string, at: Node | null | undefined = valueNode, field = key) =>
-        errors.push({ line: at ? lineOf(at) : line, field, message });
-      if (!KNOWN_FIELDS.has(key)) {
-        bad(`unknown field (known: ${[...KNOWN_FIELDS].join(", ")})`, keyNode);
-        continue;
-      }
-      const value: unknown = valueNode === null ? null : (valueNode as Node).toJSON();
-      switch (key) {
-        case "repoUrl":
-          if (typeof value !== "string" || repoUrlProblem(value) !== undefined)
-            bad(
-              `must be an http(s) URL, got ${show(value)}${typeof value === "string" ? ` (${repoUrlProblem(value)})` : ""}`,
-            );
-          else config.repoUrl = value;
-          break;
-        case "channel":
-          if (!isChannelName(value)) bad(`must be ${CHANNEL_NAME_RULE}, got ${show(value)}`);
-          else config.channel = value;
-          break;
-        case "pollIntervalMs":
-        case "downloadStallTimeoutMs":
-        case "maxIndexBytes":
-        case "maxBackoffMs":
-          if (!isInt(value) || value <= 0) bad(`must be a positive integer, got ${show(value)}`);
-          else config[key] = value;
-          break;
-        case "pollJitterMs":
-          if (!isInt(value) || value < 0) bad(`must be an integer >= 0, got ${show(value)}`);
-          else config.pollJitterMs = value;
-          break;
-        case "tries":
-          if (!isInt(value) || value < 1 || value > MAX_TRIES)
-            bad(
-              `must be an integer from 1 to ${MAX_TRIES} (GRUB counts one digit), got ${show(value)}`,
-            );
-          else config.tries = value;
-          break;
-        case "reboot":
-          if (value !== "auto" && value !== "manual")
-            bad(`must be "auto" or "manual", got ${show(value)}`);
-          else config.reboot = value;
-          break;
-        case "confirm":
-          if (!CONFIRM_POLICIES.includes(value as ConfirmPolicy))
-            bad(`must be "started" or "healthy", got ${show(value)}`);
-          else config.confirm = value as ConfirmPolicy;
-          break;
-        case "rebootCommand": {
-          const argv = commandOf(value);
-          if (!argv) bad(`must be a command (a string or a list of strings), got ${show(value)}`);
-          else config.rebootCommand = argv;
-          break;
-        }
-        case "trustedKeys":
-          if (
-            !Array.isArray(value) ||
-            value.length === 0 ||
-            !value.every((p) => typeof p === "string" && p.length > 0)
-          )
-            bad(`must be a non-empty list of public key paths, got ${show(value)}`);
-          else config.trustedKeys = value as string[];
-          break;
-        case "stateDir":
-        case "disk":
-          if (typeof value !== "string" || !isAbsolute(value))
-            bad(`must be an absolute path, got ${show(value)}`);
-          else config[key] = value;
-          break;
-        case "compatible":
-          if (!isCompatibleName(value)) bad(`must be ${COMPATIBLE_NAME_RULE}, got ${show(value)}`);
-          else config.compatible = value;
-          break;
-        case "healthChecks":
-          if (!isSeq(valueNode)) {
-            bad(`must be a list of {name, command, timeoutMs}, got ${show(value)}`);
-            break;
-          }
-          config.healthChecks = [];
-          valueNode.items.forEach((item, i) => {
-            const check = parseHealthCheck(item as Node, i, `healthChecks[${i}]`, lineOf, errors);
-            if (check) config.healthChecks.push(check);
-          });
-          break;
-        case "slots":
-          parseSlots(valueNode, lineOf, errors, config);
-          break;
-      }
-    }
-  }
-  if (config.pollJitterMs >= config.pollIntervalMs && errors.length === 0) {
-    errors.push({
-      line: 1,
-      field: "pollJitterMs",
-      message: `must be smaller than pollIntervalMs (${config.pollIntervalMs})`,
+  if (issues.list.length > 0) {
+    throw new ImageError("CONFIG_INVALID", issueReport(`config ${source}`, issues.list), {
+      details: { source, issues: sortIssues(issues.list) },
     });
-  }
-  if (errors.length > 0) {
-    errors.sort((a, b) => a.line - b.line);
-    const lines = errors.map((e) => `${source}:${e.line}: ${e.field}: ${e.message}`);
-    throw new ImageError(
-      "CONFIG_INVALID",
-      `config ${source} is invalid (${errors.length} error${errors.length > 1 ? "s" : ""}):\n  ${lines.join("\n  ")}`,
-      { details: { source, errors } },
-    );
   }
   return config;
+}
+
+function readFields(r: Reader, root: MapNode, config: AgentConfig): void {
+  const m = r.map(root, "", KNOWN_FIELDS, [], root.loc)!;
+  const set = <K extends keyof AgentConfig>(key: K, value: AgentConfig[K] | undefined) => {
+    if (value !== undefined) config[key] = value;
+  };
+  set("repoUrl", r.url(get(m, "repoUrl"), "repoUrl", repoUrlProblem));
+  set("channel", r.string(get(m, "channel"), "channel", CHANNEL_NAME, CHANNEL_NAME_RULE));
+  for (const key of [
+    "pollIntervalMs",
+    "downloadStallTimeoutMs",
+    "maxIndexBytes",
+    "maxBackoffMs",
+  ] as const) {
+    set(key, r.integer(get(m, key), key, 1));
+  }
+  set("pollJitterMs", r.integer(get(m, "pollJitterMs"), "pollJitterMs", 0));
+  // A slot's tries live in a one-digit GRUB variable (layout.ts MAX_TRIES).
+  set("tries", r.integer(get(m, "tries"), "tries", 1, MAX_TRIES));
+  set("reboot", r.enum(get(m, "reboot"), "reboot", REBOOT_POLICIES));
+  set("confirm", r.enum(get(m, "confirm"), "confirm", CONFIRM_POLICIES));
+  set("rebootCommand", command(r, get(m, "rebootCommand"), "rebootCommand"));
+  const keysNode = get(m, "trustedKeys");
+  const keys = r.strings(keysNode, "trustedKeys");
+  if (keys && keysNode?.kind === "seq") {
+    const filled = keys.map((k, i) => nonEmpty(r, k, keysNode.items[i]!, `trustedKeys[${i}]`));
+    if (keys.length === 0) r.issues.add(keysNode.loc, "trustedKeys", "must list at least one key");
+    else if (filled.every(Boolean)) config.trustedKeys = keys;
+  }
+  for (const key of ["stateDir", "disk"] as const) {
+    set(key, r.string(get(m, key), key, /^\//, "an absolute path"));
+  }
+  set(
+    "compatible",
+    r.string(get(m, "compatible"), "compatible", COMPATIBLE_NAME, COMPATIBLE_NAME_RULE),
+  );
+  const checks = r.list(get(m, "healthChecks"), "healthChecks");
+  if (checks) {
+    const parsed = checks.map((n, i) => healthCheck(r, n, i));
+    if (parsed.every((c) => c !== undefined)) config.healthChecks = parsed;
+  }
+  const slots = get(m, "slots");
+  if (slots) {
+    const s = r.map(slots, "slots", SLOT_NAMES, [], slots.loc);
+    for (const name of SLOT_NAMES) {
+      const location = slotLocation(r, get(s, name), `slots.${name}`);
+      if (location) config.slots[name] = location;
+    }
+  }
+  // Jitter is checked against the interval once both are valid numbers.
+  const jitterNode = get(m, "pollJitterMs") ?? get(m, "pollIntervalMs");
+  const timing = r.issues.list.some(
+    (i) => i.field === "pollJitterMs" || i.field === "pollIntervalMs",
+  );
+  if (!timing && config.pollJitterMs >= config.pollIntervalMs) {
+    r.issues.add(
+      jitterNode?.loc ?? root.loc,
+      "pollJitterMs",
+      `must be smaller than pollIntervalMs (${config.pollIntervalMs})`,
+    );
+  }
+}
+
+function healthCheck(r: Reader, n: YNode, index: number): HealthCheckConfig | undefined {
+  const field = `healthChecks[${index}]`;
+  const m = r.map(n, field, HEALTH_CHECK_FIELDS, ["command", "timeoutMs"], n.loc);
+  if (!m) return undefined;
+  const nameNode = get(m, "name");
+  const name = r.string(nameNode, `${field}.name`);
+  const argv = command(r, get(m, "command"), `${field}.command`);
+  const timeoutMs = r.integer(get(m, "timeoutMs"), `${field}.timeoutMs`, 1);
+  if (nameNode && (name === undefined || !nonEmpty(r, name, nameNode, `${field}.name`)))
+    return undefined;
+  if (!argv || timeoutMs === undefined) return undefined;
+  return { name: name ?? `check-${index + 1}`, command: argv, timeoutMs };
+}
+
+function slotLocation(r: Reader, n: YNode | undefined, field: string): SlotLocation | undefined {
+  if (!n) return undefined;
+  const m = r.map(n, field, SLOT_FIELDS, [], n.loc);
+  if (!m) return undefined;
+  if (m.entries.size !== 1) {
+    r.issues.add(m.loc, field, "set exactly one of partitionLabel and partitionIndex");
+    return undefined;
+  }
+  const labelNode = get(m, "partitionLabel");
+  if (labelNode) {
+    const label = r.string(labelNode, `${field}.partitionLabel`);
+    return label !== undefined && nonEmpty(r, label, labelNode, `${field}.partitionLabel`)
+      ? { partitionLabel: label }
+      : undefined;
+  }
+  const index = r.integer(get(m, "partitionIndex"), `${field}.partitionIndex`, 1);
+  return index === undefined ? undefined : { partitionIndex: index };
+}
+
+/** A command: a string runs with `/bin/sh -c`; a list of strings is the argv. */
+function command(r: Reader, n: YNode | undefined, field: string): string[] | undefined {
+  if (!n) return undefined;
+  if (n.kind === "scalar" && typeof n.value === "string" && n.value.trim().length > 0)
+    return ["/bin/sh", "-c", n.value];
+  if (n.kind === "seq") {
+    const argv = r.strings(n, field);
+    if (!argv) return undefined;
+    if (argv.length > 0 && argv[0] !== "") return argv;
+  }
+  r.issues.add(
+    n.loc,
+    field,
+    `must be a command: a string (run with /bin/sh -c) or a list of strings, the first not empty (got ${describe(n)})`,
+  );
+  return undefined;
+}
+
+/** True when `value` is not empty; else records that at its node. */
+function nonEmpty(r: Reader, value: string, n: YNode, field: string): boolean {
+  if (value === "") r.issues.add(n.loc, field, "must not be empty");
+  return value !== "";
 }
 
 /**
@@ -259,11 +262,11 @@ export function parseConfig(text: string, source: string): AgentConfig {
 export function serializeConfig(config: AgentConfig, comment?: string): string {
   const defaults = defaultConfig();
   const out: Record<string, unknown> = {};
-  for (const key of KNOWN_FIELDS as Set<keyof AgentConfig>) {
+  for (const key of KNOWN_FIELDS) {
     if (!isDeepStrictEqual(config[key], defaults[key])) out[key] = config[key];
   }
   const head = comment === undefined ? "" : `${comment.replace(/^/gm, "# ")}\n`;
-  return Object.keys(out).length === 0 ? head : head + yaml().stringify(out);
+  return Object.keys(out).length === 0 ? head : head + stringifyYaml(out);
 }
 
 /** Load a config file; relative key paths are resolved against the file's directory. */
@@ -281,114 +284,6 @@ export async function loadConfig(path: string): Promise<AgentConfig> {
   const dir = resolve(path, "..");
   config.trustedKeys = config.trustedKeys.map((k) => resolve(dir, k));
   return config;
-}
-
-function parseHealthCheck(
-  node: Node,
-  index: number,
-  field: string,
-  lineOf: (n: Node | null | undefined) => number,
-  errors: FieldError[],
-): HealthCheckConfig | null {
-  const { isMap } = yaml();
-  if (!isMap(node)) {
-    errors.push({
-      line: lineOf(node),
-      field,
-      message: "must be a mapping {name, command, timeoutMs}",
-    });
-    return null;
-  }
-  const v = node.toJSON() as Record<string, unknown>;
-  let ok = true;
-  const bad = (sub: string, message: string) => {
-    ok = false;
-    const at = node.get(sub, true) as Node | undefined;
-    errors.push({ line: lineOf(at ?? node), field: `${field}.${sub}`, message });
-  };
-  for (const k of Object.keys(v)) {
-    if (!["name", "command", "timeoutMs"].includes(k))
-      bad(k, "unknown field (known: name, command, timeoutMs)");
-  }
-  if (v.name !== undefined && (typeof v.name !== "string" || v.name.length === 0))
-    bad("name", `must be a non-empty string, got ${show(v.name)}`);
-  const argv = commandOf(v.command);
-  if (!argv)
-    bad("command", `must be a command (a string or a list of strings), got ${show(v.command)}`);
-  if (!isInt(v.timeoutMs) || v.timeoutMs <= 0)
-    bad("timeoutMs", `must be a positive integer, got ${show(v.timeoutMs)}`);
-  const name = (v.name as string | undefined) ?? `check-${index + 1}`;
-  return ok && argv ? { name, command: argv, timeoutMs: v.timeoutMs as number } : null;
-}
-
-function parseSlots(
-  node: Node | null,
-  lineOf: (n: Node | null | undefined) => number,
-  errors: FieldError[],
-  config: AgentConfig,
-): void {
-  const { isMap, isScalar } = yaml();
-  if (!isMap(node)) {
-    errors.push({
-      line: lineOf(node),
-      field: "slots",
-      message: "must be a mapping {A: ..., B: ...}",
-    });
-    return;
-  }
-  for (const pair of node.items) {
-    const keyNode = pair.key as Node;
-    const slot = isScalar(keyNode) ? String(keyNode.value) : "";
-    const at = (pair.value as Node | null) ?? keyNode;
-    if (slot !== "A" && slot !== "B") {
-      errors.push({
-        line: lineOf(keyNode),
-        field: `slots.${slot}`,
-        message: "slot must be A or B",
-      });
-      continue;
-    }
-    const v = (at as Node).toJSON() as Record<string, unknown> | null;
-    const label = v?.partitionLabel;
-    const index = v?.partitionIndex;
-    const keys = v && typeof v === "object" ? Object.keys(v) : [];
-    if (
-      keys.length !== 1 ||
-      (label !== undefined && (typeof label !== "string" || label.length === 0)) ||
-      (index !== undefined && (!isInt(index) || index < 1))
-    ) {
-      errors.push({
-        line: lineOf(at),
-        field: `slots.${slot}`,
-        message: `must be {partitionLabel: NAME} or {partitionIndex: N}, got ${show(v)}`,
-      });
-      continue;
-    }
-    config.slots[slot] =
-      label !== undefined
-        ? { partitionLabel: label as string }
-        : { partitionIndex: index as number };
-  }
-}
-
-function commandOf(value: unknown): string[] | null {
-  if (typeof value === "string" && value.trim().length > 0) return ["/bin/sh", "-c", value];
-  if (
-    Array.isArray(value) &&
-    value.length > 0 &&
-    value.every((a) => typeof a === "string") &&
-    (value[0] as string).length > 0
-  )
-    return value as string[];
-  return null;
-}
-
-function isInt(v: unknown): v is number {
-  return typeof v === "number" && Number.isSafeInteger(v);
-}
-
-function show(v: unknown): string {
-  return v === undefined ? "nothing" : JSON.stringify(v);
 }
 
 function errText(e: unknown): string {

@@ -56,3 +56,22 @@ export {
   repoUrlProblem,
 } from "./names.ts";
 export { parseRelease, type Release, serializeRelease } from "./release.ts";
+export {
+  child,
+  describe,
+  formatIssues,
+  get,
+  type Issue,
+  Issues,
+  issueReport,
+  type Loc,
+  type MapNode,
+  MIB,
+  parseYaml,
+  Reader,
+  type ScalarNode,
+  type SeqNode,
+  sortIssues,
+  stringifyYaml,
+  type YNode,
+} from "./yaml.ts";

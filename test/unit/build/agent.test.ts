@@ -6,7 +6,7 @@
 import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
 import { agentFiles } from "../../../src/build/agent.ts";
-import { parseSpec } from "../../../src/build/spec.ts";
+import { parseSpec } from "../../../src/build/spec/index.ts";
 import { keyId } from "../../../src/bundle/index.ts";
 import {
   AGENT_CONFIG_PATH,

@@ -29,7 +29,7 @@ import {
   parseLdd,
   recordNativeTree,
 } from "../../../src/build/layers.ts";
-import type { LayerSpec } from "../../../src/build/spec.ts";
+import type { LayerSpec } from "../../../src/build/spec/index.ts";
 import { entryComponents, pseudoName, StagingTree } from "../../../src/build/staging.ts";
 import { detectCompression } from "../../../src/build/tar-extract.ts";
 import { tempDir } from "../../helpers/tmp.ts";

@@ -13,7 +13,7 @@ import {
   MIB,
   parseSpec,
   type SpecIssue,
-} from "../../../src/build/spec.ts";
+} from "../../../src/build/spec/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-spec-");

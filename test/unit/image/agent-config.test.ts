@@ -1,4 +1,5 @@
-// The agent config (src/image/README.md, "Agent config"): validated once at load, every error with its line.
+// The agent config (src/image/README.md, "Agent config"): validated once at load by the shared
+// located-YAML readers (src/image/yaml.ts), every error with its line and column.
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -10,6 +11,7 @@ import {
   parseConfig,
   serializeConfig,
 } from "../../../src/image/index.ts";
+import type { Issue } from "../../../src/image/yaml.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 function configError(text: string): ImageError {
@@ -68,7 +70,7 @@ describe("agent config", () => {
   it("confirm is started or healthy", () => {
     expect(parseConfig("", "agent.yaml").confirm).toBe("started");
     expect(configError("confirm: later").message).toContain(
-      'agent.yaml:1: confirm: must be "started" or "healthy", got "later"',
+      'agent.yaml:1:10: confirm: "later" is not "started" or "healthy"',
     );
   });
 
@@ -76,7 +78,7 @@ describe("agent config", () => {
     expect(parseConfig("", "agent.yaml")).toEqual(defaultConfig());
   });
 
-  it("reports every bad field at once, each with its line", () => {
+  it("reports every bad field at once, each with its line and column", () => {
     const err = configError(
       [
         "repoUrl: ftp://example.org/", // 1
@@ -89,23 +91,72 @@ describe("agent config", () => {
       ].join("\n"),
     );
     expect(err.code).toBe("CONFIG_INVALID");
-    const errors = err.details.errors as { line: number; field: string }[];
-    expect(errors.map((e) => [e.line, e.field])).toEqual([
-      [1, "repoUrl"],
-      [2, "pollIntervalMs"],
-      [3, "tries"],
-      [4, "reboot"],
-      [6, "healthChecks[0].command"],
-      [6, "healthChecks[0].timeoutMs"],
-      [7, "pollInterval"],
+    const issues = err.details.issues as Issue[];
+    expect(issues.map((e) => [e.line, e.col, e.field])).toEqual([
+      [1, 10, "repoUrl"],
+      [2, 17, "pollIntervalMs"],
+      [3, 8, "tries"],
+      [4, 9, "reboot"],
+      [6, 25, "healthChecks[0].command"],
+      [6, 40, "healthChecks[0].timeoutMs"],
+      [7, 1, "pollInterval"],
     ]);
-    expect(err.message).toContain("agent.yaml:3: tries: must be an integer from 1 to 9");
-    expect(err.message).toContain("agent.yaml:7: pollInterval: unknown field");
+    expect(err.message).toBe(
+      [
+        "config agent.yaml: 7 errors:",
+        '  agent.yaml:1:10: repoUrl: "ftp://example.org/": not an http:// or https:// URL',
+        '  agent.yaml:2:17: pollIntervalMs: must be an integer (got string "soon")',
+        "  agent.yaml:3:8: tries: must be between 1 and 9 (got 12)",
+        '  agent.yaml:4:9: reboot: "sometimes" is not "auto" or "manual"',
+        '  agent.yaml:6:25: healthChecks[0].command: must be a command: a string (run with /bin/sh -c) or a list of strings, the first not empty (got string "")',
+        "  agent.yaml:6:40: healthChecks[0].timeoutMs: must be at least 1 (got -1)",
+        `  agent.yaml:7:1: pollInterval: unknown field "pollInterval" (known: ${Object.keys(defaultConfig()).join(", ")})`,
+      ].join("\n"),
+    );
+  });
+
+  it("slots, health checks and commands: every problem named by its field and place", () => {
+    const err = configError(
+      [
+        "slots:",
+        "  A: { partitionName: x }",
+        "  C: { partitionIndex: 1 }",
+        "  B: { partitionIndex: 0 }",
+        "healthChecks:",
+        "  - { command: [/bin/true] }",
+        '  - { name: "", command: [""], timeoutMs: 5 }',
+        "trustedKeys: []",
+        'rebootCommand: " "',
+        "pollJitterMs: 4000000",
+      ].join("\n"),
+    );
+    const command =
+      "must be a command: a string (run with /bin/sh -c) or a list of strings, the first not empty";
+    expect(err.message.split("\n")).toEqual([
+      "config agent.yaml: 9 errors:",
+      '  agent.yaml:2:8: slots.A.partitionName: unknown field "partitionName" (known: partitionLabel, partitionIndex)',
+      '  agent.yaml:3:3: slots.C: unknown field "C" (known: A, B)',
+      "  agent.yaml:4:24: slots.B.partitionIndex: must be at least 1 (got 0)",
+      "  agent.yaml:6:5: healthChecks[0].timeoutMs: is required",
+      "  agent.yaml:7:13: healthChecks[1].name: must not be empty",
+      `  agent.yaml:7:26: healthChecks[1].command: ${command} (got a list)`,
+      "  agent.yaml:8:14: trustedKeys: must list at least one key",
+      `  agent.yaml:9:16: rebootCommand: ${command} (got string " ")`,
+      "  agent.yaml:10:15: pollJitterMs: must be smaller than pollIntervalMs (3600000)",
+    ]);
+  });
+
+  it("names each empty trusted key path, all of them", () => {
+    const err = configError('trustedKeys: [a.pub, "", ""]');
+    expect(err.message.split("\n").slice(1)).toEqual([
+      "  agent.yaml:1:22: trustedKeys[1]: must not be empty",
+      "  agent.yaml:1:26: trustedKeys[2]: must not be empty",
+    ]);
   });
 
   it("says why a repoUrl is refused, an out-of-range port included", () => {
     expect(configError("repoUrl: http://h:65536/").message).toContain(
-      'agent.yaml:1: repoUrl: must be an http(s) URL, got "http://h:65536/" (port 65536 is out of range (1-65535))',
+      'agent.yaml:1:10: repoUrl: "http://h:65536/": port 65536 is out of range (1-65535)',
     );
     expect(parseConfig("repoUrl: http://h:65535/", "agent.yaml").repoUrl).toBe("http://h:65535/");
   });
@@ -114,8 +165,12 @@ describe("agent config", () => {
     expect(configError("pollIntervalMs: 1000\npollJitterMs: 1000").message).toContain(
       "pollJitterMs",
     );
-    expect(configError("channel: [unclosed").code).toBe("CONFIG_INVALID");
-    expect(configError("- a list").message).toContain("must be a mapping");
+    const broken = configError("tries: 2\nchannel: [unclosed");
+    expect(broken.code).toBe("CONFIG_INVALID");
+    expect(broken.details.issues).toMatchObject([{ field: "(yaml)", line: 2 }]);
+    expect(configError("- a list").message).toContain(
+      "agent.yaml:1:1: (config): must be a mapping of fields (got a list)",
+    );
   });
 
   it("loadConfig resolves key paths against the file's directory; a missing file is CONFIG_INVALID", async () => {
@@ -131,11 +186,13 @@ describe("agent config", () => {
   it("takes channel and compatible by the contract's one rule: what publish refuses, the agent refuses", () => {
     for (const bad of ["Beta", "-x", "a b", "", "x".repeat(65)]) {
       expect(configError(`channel: ${JSON.stringify(bad)}`).message).toContain(
-        "channel: must be a channel name",
+        `channel: ${JSON.stringify(bad)} is not a channel name`,
       );
     }
     expect(parseConfig("channel: beta.1_x-2", "agent.yaml").channel).toBe("beta.1_x-2");
-    expect(configError('compatible: "a/b"').message).toContain("compatible: must be a compatible");
+    expect(configError('compatible: "a/b"').message).toContain(
+      'compatible: "a/b" is not a compatible string',
+    );
     expect(parseConfig("compatible: Pi:4+x", "agent.yaml").compatible).toBe("Pi:4+x");
   });
 });
