@@ -13,7 +13,6 @@ import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
 import { type AfterBootResult, afterBoot } from "./after-boot.ts";
-import { emptySlotNow } from "./empty-slot.ts";
 import { errText, UpdaterError } from "./errors.ts";
 import type { HealthRunner } from "./health.ts";
 import {
@@ -35,12 +34,8 @@ import type {
 } from "./machine.ts";
 import { locateSlots } from "./machine.ts";
 import { backoffMs, decideUpdate, otherSlot, pollDelayMs } from "./policy.ts";
-import {
-  type AgentState,
-  type InstallProgress,
-  initialAgentState,
-  StateStore,
-} from "./state-file.ts";
+import { type AgentState, initialAgentState, StateStore } from "./state-file.ts";
+import { type AgentStatus, statusOf } from "./status.ts";
 
 /** An open boot disk: the boot state, and closing it. */
 export interface BootDiskHandle extends BootStore {
@@ -85,41 +80,6 @@ export type CheckResult =
       slot: SlotName;
       rebooting: boolean;
     };
-
-export interface SlotStatus {
-  slot: SlotName;
-  version: string;
-  good: boolean;
-  tries: number;
-  /** Boots of this good slot in a row not yet confirmed (the bootloader gives up at `boot.goodTries`). */
-  boots: number;
-  rootHash: string;
-}
-
-export interface AgentStatus {
-  disk: string;
-  stateFile: string;
-  booted: SlotStatus;
-  other: SlotStatus;
-  boot: BootState;
-  pending: AgentState["pending"];
-  lastCheck: AgentState["lastCheck"];
-  /** `old`: a later success (at `supersededAt`) came after it; it is history, not the present. */
-  lastError:
-    | (NonNullable<AgentState["lastError"]> & { old: boolean; supersededAt?: string })
-    | null;
-  lastGood: AgentState["lastGood"];
-  progress: (InstallProgress & { percent: number }) | null;
-  /**
-   * The idle slot an install emptied and why (README.md, "Empty slot"); only
-   * while the boot state still shows it empty and unbootable.
-   */
-  emptySlot: AgentState["emptySlot"];
-  rollbacks: AgentState["rollbacks"];
-  /** Good slots that stopped booting, and the bootloader booted the other one. */
-  fallbacks: AgentState["fallbacks"];
-  badVersions: string[];
-}
 
 interface Context {
   disk: BootDiskHandle;
@@ -555,53 +515,16 @@ export class Agent {
    * an install, a mark-good) came after it.
    */
   status(): Promise<AgentStatus> {
-    return this.#withContext(async (c) => {
-      const slot = (x: SlotName): SlotStatus => ({ slot: x, ...c.boot.slots[x] });
-      const st = this.state;
-      const p = st.progress;
-      const pending =
-        st.pending &&
-        !c.boot.slots[st.pending.slot].good &&
-        c.boot.slots[st.pending.slot].rootHash === st.pending.rootHash
-          ? st.pending
-          : null;
-      const error = this.#unreadable ?? st.lastError;
-      const successes = [
-        st.lastCheck && !st.lastCheck.outcome.startsWith("refused") ? st.lastCheck.at : null,
-        st.lastGood?.at ?? null,
-        st.pending?.installedAt ?? null,
-      ].filter((t): t is string => t !== null);
-      const laterSuccess = error
-        ? successes
-            .filter((t) => Date.parse(t) > Date.parse(error.at))
-            .sort()
-            .at(-1)
-        : undefined;
-      return {
+    return this.#withContext(async (c) =>
+      statusOf({
         disk: this.#o.diskPath,
         stateFile: this.#store.path,
-        booted: slot(c.booted),
-        other: slot(otherSlot(c.booted)),
+        state: this.state,
+        unreadable: this.#unreadable,
         boot: c.boot,
-        pending,
-        lastCheck: st.lastCheck,
-        lastError: error
-          ? {
-              ...error,
-              old: laterSuccess !== undefined,
-              ...(laterSuccess ? { supersededAt: laterSuccess } : {}),
-            }
-          : null,
-        lastGood: st.lastGood,
-        progress: p
-          ? { ...p, percent: Math.floor((p.verifiedChunks * 100) / Math.max(1, p.chunksTotal)) }
-          : null,
-        emptySlot: emptySlotNow(st.emptySlot, c.boot),
-        rollbacks: st.rollbacks,
-        fallbacks: st.fallbacks,
-        badVersions: st.badVersions,
-      };
-    });
+        booted: c.booted,
+      }),
+    );
   }
 
   /**

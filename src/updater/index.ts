@@ -17,10 +17,8 @@ export {
   type AfterBootResult,
   Agent,
   type AgentOptions,
-  type AgentStatus,
   type BootDiskHandle,
   type CheckResult,
-  type SlotStatus,
 } from "./agent.ts";
 export { emptySlotNow, formatEmptySlot, readEmptySlot } from "./empty-slot.ts";
 export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
@@ -80,3 +78,4 @@ export {
   StateStore,
   validateState,
 } from "./state-file.ts";
+export { type AgentStatus, type SlotStatus, statusOf } from "./status.ts";

@@ -1,6 +1,7 @@
 /** Text forms of the agent's results for the CLI (the JSON forms are the objects themselves). */
-import type { AfterBootResult, AgentStatus, CheckResult } from "./agent.ts";
+import type { AfterBootResult, CheckResult } from "./agent.ts";
 import { formatEmptySlot } from "./empty-slot.ts";
+import type { AgentStatus } from "./status.ts";
 
 export function formatStatus(s: AgentStatus): string {
   const slot = (x: AgentStatus["booted"]) =>
