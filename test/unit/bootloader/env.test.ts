@@ -18,6 +18,7 @@ import {
   setEnvVar,
   unsetEnvVar,
 } from "../../../src/bootloader/index.ts";
+import { codeOf } from "../../helpers/errors.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const enc = new TextEncoder();
@@ -27,15 +28,6 @@ function block(text: string, size = ENV_BLOCK_SIZE): Uint8Array {
   const b = new Uint8Array(size).fill(0x23);
   b.set(enc.encode(ENV_HEADER + text));
   return b;
-}
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  return undefined;
 }
 
 describe("encodeEnv", () => {

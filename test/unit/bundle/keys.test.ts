@@ -12,6 +12,7 @@ import {
   signBytes,
   verifySignature,
 } from "../../../src/bundle/index.ts";
+import { caught } from "../../helpers/errors.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { expectCode } from "./fixtures.ts";
 
@@ -117,7 +118,7 @@ describe("signatures", () => {
     expect(keyId(verifySignature(data, sigNew, trusted))).toBe(keyId(newKey.publicKey));
     // After the rotation, the old key is no longer trusted.
     const e = expectCode(
-      catchSync(() =>
+      caught(() =>
         verifySignature(data, sigOld, [newKey.publicKey], {
           keyIdHint: keyId(oldKey.publicKey),
           where: "bundle b",
@@ -137,55 +138,46 @@ describe("signatures", () => {
     const flipped = Uint8Array.from(sig);
     flipped[10]! ^= 1;
     expectCode(
-      catchSync(() => verifySignature(data, flipped, trusted, hint)),
+      caught(() => verifySignature(data, flipped, trusted, hint)),
       "BUNDLE_BAD_SIGNATURE",
     );
     expectCode(
-      catchSync(() => verifySignature(data, sig.subarray(0, 63), trusted, hint)),
+      caught(() => verifySignature(data, sig.subarray(0, 63), trusted, hint)),
       "BUNDLE_BAD_SIGNATURE",
     );
     expectCode(
-      catchSync(() => verifySignature(data, new Uint8Array(0), trusted, hint)),
+      caught(() => verifySignature(data, new Uint8Array(0), trusted, hint)),
       "BUNDLE_BAD_SIGNATURE",
     );
     const changed = Uint8Array.from(data);
     changed[0]! ^= 1;
     expectCode(
-      catchSync(() => verifySignature(changed, sig, trusted, hint)),
+      caught(() => verifySignature(changed, sig, trusted, hint)),
       "BUNDLE_BAD_SIGNATURE",
     );
     // Signed by a key nobody trusts, and the signed data says so.
     const foreign = signBytes(data, otherKey.privateKey);
     expectCode(
-      catchSync(() =>
+      caught(() =>
         verifySignature(data, foreign, trusted, { keyIdHint: keyId(otherKey.publicKey) }),
       ),
       "BUNDLE_UNTRUSTED_KEY",
     );
     // Without a hint, or with no trusted keys at all.
     expectCode(
-      catchSync(() => verifySignature(data, foreign, trusted)),
+      caught(() => verifySignature(data, foreign, trusted)),
       "BUNDLE_BAD_SIGNATURE",
     );
     expectCode(
-      catchSync(() => verifySignature(data, sig, [], hint)),
+      caught(() => verifySignature(data, sig, [], hint)),
       "BUNDLE_UNTRUSTED_KEY",
     );
   });
 
   it("refuses to sign with a public key", () => {
     expectCode(
-      catchSync(() => signBytes(data, oldKey.publicKey)),
+      caught(() => signBytes(data, oldKey.publicKey)),
       "KEY_BAD",
     );
   });
 });
-
-function catchSync(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}

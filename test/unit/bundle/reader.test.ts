@@ -15,6 +15,7 @@ import {
   slotDataOffset,
   writeBundle,
 } from "../../../src/bundle/index.ts";
+import { caught } from "../../helpers/errors.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import {
   expectCode,
@@ -614,7 +615,7 @@ describe("ChunkVerifier", () => {
     expect(v.update(slotBytes.subarray(0, 2 * CHUNK_SIZE)).length).toBe(2);
     expect(
       expectCode(
-        catchSync(() => v.update(slotBytes.subarray(2 * CHUNK_SIZE))),
+        caught(() => v.update(slotBytes.subarray(2 * CHUNK_SIZE))),
         "BUNDLE_BAD_HASH",
       ).message,
     ).toMatch(/slot image sha256 is/);
@@ -641,13 +642,13 @@ describe("ChunkVerifier", () => {
   it("refuses too many and too few bytes", () => {
     const v = new ChunkVerifier(manifest.slotImage, { fromChunk: 2 });
     expectCode(
-      catchSync(() => v.update(Buffer.alloc(slotBytes.length))),
+      caught(() => v.update(Buffer.alloc(slotBytes.length))),
       "BUNDLE_MALFORMED",
     );
     const w = new ChunkVerifier(manifest.slotImage, { fromChunk: 2 });
     w.update(slotBytes.subarray(2 * CHUNK_SIZE, 2 * CHUNK_SIZE + 10));
     expectCode(
-      catchSync(() => w.end()),
+      caught(() => w.end()),
       "BUNDLE_TRUNCATED",
     );
     expect(() => new ChunkVerifier(manifest.slotImage, { fromChunk: 4 })).toThrow(RangeError);
@@ -658,18 +659,9 @@ describe("ChunkVerifier", () => {
     const v = new ChunkVerifier({ ...manifest.slotImage, chunks });
     expect(
       expectCode(
-        catchSync(() => v.update(slotBytes)),
+        caught(() => v.update(slotBytes)),
         "BUNDLE_BAD_HASH",
       ).details.chunk,
     ).toBe(0);
   });
 });
-
-function catchSync(fn: () => unknown): unknown {
-  try {
-    fn();
-  } catch (e) {
-    return e;
-  }
-  return undefined;
-}

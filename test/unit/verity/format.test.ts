@@ -16,22 +16,12 @@ import {
   type VerityFormatOptions,
   verifyVerity,
 } from "../../../src/verity/index.ts";
+import { rejection } from "../../helpers/errors.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-verity-");
 let n = 0;
 const file = (name: string) => join(dir, `${n++}-${name}`);
-
-async function rejection(
-  p: Promise<unknown>,
-): Promise<{ code?: string; message: string; details?: Record<string, unknown> }> {
-  try {
-    await p;
-  } catch (err) {
-    return err as { code?: string; message: string; details?: Record<string, unknown> };
-  }
-  throw new Error("expected a rejection");
-}
 
 function flip(path: string, byte: number, bit = 0): void {
   const b = readFileSync(path);

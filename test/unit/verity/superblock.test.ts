@@ -8,6 +8,7 @@ import {
   SB,
   type Superblock,
 } from "../../../src/verity/index.ts";
+import { codeOf } from "../../helpers/errors.ts";
 
 const sample: Superblock = {
   uuid: "12345678-1234-1234-1234-123456789abc",
@@ -17,15 +18,6 @@ const sample: Superblock = {
   dataBlocks: 300,
   salt: Uint8Array.from([0x00, 0x11, 0x22, 0x33]),
 };
-
-function codeOf(fn: () => unknown): string | undefined {
-  try {
-    fn();
-  } catch (err) {
-    return (err as { code?: string }).code;
-  }
-  return undefined;
-}
 
 const superblockArb = fc.record({
   uuid: fc.uuid(),
