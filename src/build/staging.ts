@@ -28,11 +28,11 @@ import {
   type Stats,
   symlinkSync,
   type WriteStream,
-  writeSync,
 } from "node:fs";
 import { copyFile } from "node:fs/promises";
 import { join } from "node:path";
 import { pipeline } from "node:stream/promises";
+import { writeAtSync } from "../fileio.ts";
 import { BuildError } from "./errors.ts";
 
 /** Owner and permission bits (including setuid, setgid, sticky) of one entry. */
@@ -239,8 +239,7 @@ export class StagingTree {
       fchmodSync(fd, (meta.mode & 0o777) | 0o600);
       if (content instanceof Uint8Array) {
         // Small inline content: plain writes, no stream machinery per file.
-        for (let off = 0; off < content.length; )
-          off += writeSync(fd, content, off, content.length - off);
+        writeAtSync(fd, content, 0);
         closeSync(fd);
       } else {
         out = createWriteStream("", { fd, autoClose: true });
