@@ -10,6 +10,7 @@
  */
 import { writeSync } from "node:fs";
 import { createRequire } from "node:module";
+import { Writable } from "node:stream";
 import { type Logger, pino } from "pino";
 import type Pretty from "pino-pretty";
 import { isBaseError } from "./errors.ts";
@@ -40,8 +41,13 @@ export function createLogger(options: LogOptions = {}): Logger {
     return pino(
       { level, serializers },
       pretty({
-        destination: 2,
-        sync: true,
+        // the same never-throwing write as JSON lines
+        destination: new Writable({
+          write(chunk: Buffer, _encoding, done) {
+            writeStderr(chunk);
+            done();
+          },
+        }),
         colorize: Boolean(process.stderr.isTTY) && colorAllowed(),
         singleLine: true,
         ignore: "pid,hostname",
@@ -59,8 +65,29 @@ export function createLogger(options: LogOptions = {}): Logger {
  */
 function writeJsonLine(line: string): void {
   const text = `${JSON.stringify(JSON.parse(line))}\n`;
-  const bytes = Buffer.from(text);
-  for (let off = 0; off < bytes.length; ) off += writeSync(2, bytes, off);
+  writeStderr(Buffer.from(text));
+}
+
+const pause = new Int32Array(new SharedArrayBuffer(4));
+
+/**
+ * Write all of `bytes` to stderr, synchronously. Logging never fails the work
+ * it reports: a pipe whose reader is gone (EPIPE: the service's `tee` was
+ * stopped by a reboot) or any other write error drops the line instead of
+ * throwing into the caller; a full non-blocking pipe (EAGAIN) is waited for,
+ * a millisecond at a time, up to a second.
+ */
+export function writeStderr(bytes: Uint8Array, fd = 2): void {
+  let off = 0;
+  let waits = 0;
+  while (off < bytes.length) {
+    try {
+      off += writeSync(fd, bytes, off);
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EAGAIN" || ++waits > 1000) return;
+      Atomics.wait(pause, 0, 0, 1);
+    }
+  }
 }
 
 interface SerializedError {

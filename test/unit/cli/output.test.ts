@@ -1,3 +1,5 @@
+import { spawn } from "node:child_process";
+import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
@@ -147,4 +149,36 @@ describe("help", () => {
     const build = await abforge(["build", "--help"]);
     expect(build.stdout).toMatch(/documented in src\/build\/README\.md\n\("The spec"\)/);
   });
+});
+
+describe("a log whose reader is gone", () => {
+  // The agent's service pipes its stderr into `tee`, which a reboot stops
+  // first: the agent's next log line hit EPIPE and was recorded as its last
+  // error ("UNEXPECTED: EPIPE"), an error that did not happen to the update.
+  for (const format of ["json", "pretty"] as const)
+    it(`drops the line (${format}) instead of throwing into the work it reports`, async () => {
+      const marker = join(tempDir(), "survived");
+      const script = `import { writeFileSync, writeSync } from "node:fs";
+import { configureLogger } from ${JSON.stringify(LOG)};
+const log = configureLogger({ format: ${JSON.stringify(format)} });
+const pause = new Int32Array(new SharedArrayBuffer(4));
+// wait until the parent has closed its end of stderr: a write fails with EPIPE
+for (let i = 0; ; i++) {
+  try { writeSync(2, "."); } catch (err) { if (err.code === "EPIPE") break; throw err; }
+  if (i > 20000) throw new Error("stderr never broke");
+  Atomics.wait(pause, 0, 0, 1);
+}
+log.info({ step: "write-slot" }, "a line nobody reads");
+log.error("and another");
+writeFileSync(${JSON.stringify(marker)}, "survived");`;
+      const child = spawn(
+        NODE,
+        ["--disable-warning=ExperimentalWarning", "--input-type=module", "-e", script],
+        { stdio: ["ignore", "ignore", "pipe"] },
+      );
+      child.stderr.destroy();
+      const code = await new Promise<number | null>((resolve) => child.on("close", resolve));
+      expect(code).toBe(0);
+      expect(readFileSync(marker, "utf8")).toBe("survived");
+    });
 });
