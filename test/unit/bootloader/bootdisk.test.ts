@@ -116,6 +116,36 @@ describe("BootDisk", () => {
     }
   });
 
+  it("two full slots and GRUB's boot_token fit the first 512 bytes (492), and writes keep the token", async () => {
+    const path = join(dir, "token.img");
+    // GRUB appends boot_token at the first boot, after the build's variables
+    const vars = bootStateToEnv(initial);
+    vars.set(BOOT_TOKEN_VAR, "20261207121059");
+    await makeBootDiskImage(path, { env: encodeEnv(vars) });
+    const d = await BootDisk.open(path);
+    try {
+      const wide = `999999:999999:${"5a".repeat(32)}`;
+      const full = markGood(
+        activateSlot({ ...initial, goodTries: 9 }, "B", {
+          ...imageB,
+          verity: wide,
+          version: "1.0.0",
+          tries: 9,
+        }),
+        "B",
+      );
+      await d.writeState({
+        ...full,
+        slots: { ...full.slots, A: { ...full.slots.A, verity: wide } },
+      });
+      const block = readRange(path, d.env.offset, 1024);
+      expect(block.indexOf("#".repeat(20))).toBe(492);
+      expect(decodeEnv(block).get(BOOT_TOKEN_VAR)).toBe("20261207121059");
+    } finally {
+      await d.close();
+    }
+  });
+
   it("refuses a state that would reach past the first 512 bytes and leaves the disk as it was", async () => {
     const path = join(dir, "large.img");
     // a block made by grub-editenv create: its notice line takes 69 bytes
