@@ -22,7 +22,7 @@ import { Vm } from "../../qemu/vm.ts";
 import { withBootDisk } from "../../src/bootloader/index.ts";
 import { BOOT_TOKEN_VAR } from "../../src/image/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
-import { corruptAtRest, freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
+import { corruptSquashfsAtRest, freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
 
 const BOOT_MS = 600_000;
 /** The initramfs's line naming the disk it took (whole: the console arrives in chunks). */
@@ -128,7 +128,7 @@ describe("two byte-identical abforge disks", () => {
     // fallback and puts A first, all on vdb. (goodSlotTries 1, one wasted boot
     // instead of 3: fallback.test.ts proves the count.)
     await withBootDisk(disk, async (d) => d.writeState({ ...(await d.readState()), goodTries: 1 }));
-    await corruptAtRest(disk, "B");
+    await corruptSquashfsAtRest(disk, "B");
     const restarted = Date.now();
     vm = await Vm.start({
       disk,

@@ -19,7 +19,7 @@ import {
   withBootDisk,
 } from "../../src/bootloader/index.ts";
 import { abforge } from "../helpers/cli.ts";
-import { corruptAtRest, freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
+import { freshDisk, image, SIGNING_PUB } from "./fixtures.ts";
 
 const BOOT_MS = 300_000;
 
@@ -30,6 +30,26 @@ afterAll(async () => {
 
 function bootState(disk: string): Promise<BootState> {
   return withBootDisk(disk, (d) => d.readState());
+}
+
+/** Flip one bit of B's squashfs id table: GRUB still loads B's kernel; the root mount fails verity. */
+async function corruptAtRest(disk: string): Promise<void> {
+  const d = await BootDisk.open(disk);
+  const { offset } = d.slotRange("B");
+  await d.close();
+  const fh = await open(disk, "r+");
+  try {
+    const superblock = Buffer.alloc(96);
+    await fh.read(superblock, 0, 96, offset);
+    expect(superblock.readUInt32LE(0)).toBe(0x73717368); // "hsqs"
+    const target = offset + Number(superblock.readBigUInt64LE(48));
+    const byte = Buffer.alloc(1);
+    await fh.read(byte, 0, 1, target);
+    byte[0] = byte[0]! ^ 0x01;
+    await fh.write(byte, 0, 1, target);
+  } finally {
+    await fh.close();
+  }
 }
 
 describe("a good slot that stops booting", () => {
@@ -52,7 +72,7 @@ describe("a good slot that stops booting", () => {
     expect(before.order).toEqual(["B", "A"]);
     expect(before.goodTries).toBe(3);
     expect(before.slots.B).toMatchObject({ good: true, boots: 0, version: "2.0.0" });
-    await corruptAtRest(disk, "B");
+    await corruptAtRest(disk);
 
     const started = Date.now();
     vm = await Vm.start({ disk, serialLog: join(dirname(disk), "serial.log") });

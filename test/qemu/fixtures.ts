@@ -79,7 +79,7 @@ export function freshDisk(name: ImageName, dir = tempDir("abforge-qemu-test-")):
  * Flip one bit of a slot's squashfs id table: GRUB still loads the slot's
  * kernel; the root mount fails dm-verity (a good slot corrupted at rest).
  */
-export async function corruptAtRest(disk: string, slot: SlotName): Promise<void> {
+export async function corruptSquashfsAtRest(disk: string, slot: SlotName): Promise<void> {
   const { offset } = await withBootDisk(disk, async (d) => d.slotRange(slot), { readOnly: true });
   const fh = await open(disk, "r+");
   try {
