@@ -35,8 +35,17 @@ export interface GuestForward {
   hostPort: number;
 }
 
+/** PCI slots of `extraDisks`, in order: all below the boot disk's 0x5. */
+const EXTRA_DISK_ADDRESSES = ["0x4", "0x3", "0x2"] as const;
+
 export interface VmOptions {
   disk: string;
+  /**
+   * More disks, as virtio-blk at lower PCI addresses than `disk` (0x4, 0x3,
+   * 0x2) and without a bootindex: OVMF boots `disk`, while Linux names these
+   * first (vda, ...) and the boot disk after them. At most three.
+   */
+  extraDisks?: readonly string[];
   /** Mirror of the serial console. */
   serialLog?: string;
   memMb?: number;
@@ -124,6 +133,12 @@ export class Vm {
       `file=${options.disk},format=raw,if=none,id=disk0,cache=unsafe`,
       "-device",
       "virtio-blk-pci,drive=disk0,addr=0x5,bootindex=0",
+      ...(options.extraDisks ?? []).flatMap((file, i) => [
+        "-drive",
+        `file=${file},format=raw,if=none,id=disk${i + 1},cache=unsafe`,
+        "-device",
+        `virtio-blk-pci,drive=disk${i + 1},addr=${EXTRA_DISK_ADDRESSES[i]}`,
+      ]),
       "-chardev",
       "stdio,id=ser0,signal=off",
       "-serial",
@@ -151,10 +166,20 @@ export class Vm {
 
   static async start(options: VmOptions): Promise<Vm> {
     const qemu = requireTool("qemu-system-x86_64");
-    if (!existsSync(options.disk)) {
-      throw new QemuError("QEMU_BAD_DISK", `disk image ${options.disk} does not exist`, {
-        details: { disk: options.disk },
-      });
+    const extra = options.extraDisks ?? [];
+    if (extra.length > EXTRA_DISK_ADDRESSES.length) {
+      throw new QemuError(
+        "QEMU_BAD_DISK",
+        `${extra.length} extra disks: at most ${EXTRA_DISK_ADDRESSES.length} fit below the boot disk's PCI address`,
+        { details: { extraDisks: extra } },
+      );
+    }
+    for (const disk of [options.disk, ...extra]) {
+      if (!existsSync(disk)) {
+        throw new QemuError("QEMU_BAD_DISK", `disk image ${disk} does not exist`, {
+          details: { disk },
+        });
+      }
     }
     for (const f of [OVMF_CODE, OVMF_VARS_TEMPLATE]) {
       if (!existsSync(f)) {

@@ -14,9 +14,12 @@ import {
   partitionRange,
   readGpt,
 } from "../disk/index.ts";
-import { ToolError } from "../errors.ts";
+import { BaseError, ToolError } from "../errors.ts";
 import { ioError, ioStepSync, readAtSync } from "../fileio.ts";
 import {
+  BOOT_TOKEN_VAR,
+  bootTokenFromCmdline,
+  CMDLINE_KEYS,
   ESP_PARTITION_NAME,
   SLOT_PARTITION_PREFIX,
   slotFromCmdline,
@@ -234,9 +237,15 @@ export async function bootedSlot(root = "/"): Promise<SlotName | null> {
 }
 
 /**
- * The host's boot disk: the one disk with a partition named `abforge-A`,
- * found through `<root>/sys/class/block/<part>/uevent` (PARTNAME=) and the
- * partition's parent in sysfs. BOOT_DISK_NOT_FOUND when none or several.
+ * The host's boot disk (README.md, "The host's boot disk"): among the disks
+ * with a partition named `abforge-A` (`<root>/sys/class/block/<part>/uevent`
+ * PARTNAME=, the disk is the partition's parent in sysfs), the one whose
+ * `/GRUBENV` holds `boot_token=` the `abforge.boottoken=` of
+ * `<root>/proc/cmdline`: GRUB saved it on the disk it booted from, so a
+ * byte-identical copy beside it is never taken. Without a token on the
+ * command line (GRUB had no clock, or a disk from before tokens), the one
+ * disk with such a partition. BOOT_DISK_NOT_FOUND when none or several.
+ * Returns `<root>/dev/<name>`.
  */
 export async function findHostBootDisk(root = "/"): Promise<string> {
   const classDir = join(root, "sys/class/block");
@@ -259,16 +268,65 @@ export async function findHostBootDisk(root = "/"): Promise<string> {
     const parent = parseUevent(
       await readFile(join(dirname(real), "uevent"), "utf8").catch(() => ""),
     );
-    disks.add(join("/dev", parent.get("DEVNAME") ?? basename(dirname(real))));
+    disks.add(join(root, "dev", parent.get("DEVNAME") ?? basename(dirname(real))));
   }
-  if (disks.size === 1) return [...disks][0]!;
+  const candidates = [...disks];
+  if (candidates.length === 0) {
+    throw new BootloaderError(
+      "BOOT_DISK_NOT_FOUND",
+      `no disk has a partition named ${SLOT_PARTITION_PREFIX}A (looked in ${classDir}); pass --disk`,
+      { details: { disks: [] } },
+    );
+  }
+  const cmdlinePath = join(root, "proc/cmdline");
+  const token = bootTokenFromCmdline(await readFile(cmdlinePath, "utf8").catch(() => ""));
+  if (token === null) {
+    if (candidates.length === 1) return candidates[0]!;
+    throw new BootloaderError(
+      "BOOT_DISK_NOT_FOUND",
+      `several disks have a partition named ${SLOT_PARTITION_PREFIX}A (${candidates.join(", ")}) and ${cmdlinePath} has no ${CMDLINE_KEYS.bootToken}= to tell the boot disk; pass --disk`,
+      { details: { disks: candidates } },
+    );
+  }
+  const holding: string[] = [];
+  const others: string[] = [];
+  for (const path of candidates) {
+    const held = await diskBootToken(path);
+    if (held.token === token) holding.push(path);
+    else
+      others.push(
+        `${path} ${held.token !== undefined ? `holds ${held.token}` : (held.why ?? `has no ${BOOT_TOKEN_VAR}`)}`,
+      );
+  }
+  if (holding.length === 1) return holding[0]!;
   throw new BootloaderError(
     "BOOT_DISK_NOT_FOUND",
-    disks.size === 0
-      ? `no disk has a partition named ${SLOT_PARTITION_PREFIX}A (looked in ${classDir}); pass --disk`
-      : `several disks have a partition named ${SLOT_PARTITION_PREFIX}A (${[...disks].join(", ")}); pass --disk`,
-    { details: { disks: [...disks] } },
+    holding.length === 0
+      ? `no disk holds this boot's token ${token} (${CMDLINE_KEYS.bootToken}= in ${cmdlinePath}) in its /${GRUBENV_NAME}: ${others.join("; ")}; pass --disk`
+      : `several disks hold this boot's token ${token} in their /${GRUBENV_NAME} (${holding.join(", ")}); pass --disk`,
+    { details: { disks: candidates, token, holding } },
   );
+}
+
+/**
+ * The `boot_token` in a disk's `/GRUBENV`; `why` not, when the disk is not
+ * one BootDisk reads (typed errors only: a bug still surfaces).
+ */
+async function diskBootToken(path: string): Promise<{ token?: string; why?: string }> {
+  try {
+    return await withBootDisk(
+      path,
+      async (d) => {
+        for (const l of await d.readEnv())
+          if (l.kind === "var" && l.name === BOOT_TOKEN_VAR) return { token: l.value };
+        return {};
+      },
+      { readOnly: true },
+    );
+  } catch (err) {
+    if (err instanceof BaseError) return { why: `is unreadable as a boot disk (${err.message})` };
+    throw err;
+  }
 }
 
 /**

@@ -12,7 +12,7 @@ import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { run } from "../exec.ts";
-import { CMDLINE_KEYS as K } from "../image/index.ts";
+import { BOOT_TOKEN_VAR, CMDLINE_KEYS as K } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BootloaderError } from "./errors.ts";
 import { DEFAULT_GOOD_TRIES, MAX_TRIES, type SlotName } from "./state.ts";
@@ -39,6 +39,8 @@ export const GRUB_MODULES: readonly string[] = [
   "reboot",
   "memdisk",
   "tar",
+  // $YEAR ... $SECOND from the firmware clock: this boot's token
+  "datehook",
   // the firmware's framebuffer (GOP), handed to the kernel: without a video
   // module GRUB prints "error: no suitable video mode found" at every boot
   "efi_gop",
@@ -96,7 +98,7 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     `      echo "abforge: slot ${slot} is empty"`,
     "    else",
     `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries boots=$${slot}_boots)"`,
-    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
+    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version" "${K.bootToken}=$abforge_token"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
     `        if initrd ${dev}/boot/initrd.img; then`,
     "          boot",
     "        fi",
@@ -161,7 +163,8 @@ if [ -z "$abforge_disk" ]; then
 fi
 set abforge_env="($abforge_esp)/GRUBENV"
 
-# 2. The boot state, with safe defaults for anything missing.
+# 2. The boot state, with safe defaults for anything missing, then this
+#    boot's token.
 set order="A B"
 set good_tries=${DEFAULT_GOOD_TRIES}
 ${vars
@@ -169,6 +172,32 @@ ${vars
   .map((v) => `set ${v}=${/_(tries|good|boots)$/.test(v) ? "0" : '""'}`)
   .join("\n")}
 load_env --file "$abforge_env" ${vars.join(" ")}
+
+#    This boot's token: the firmware clock's time, YYYYMMDDhhmmss, saved in
+#    this disk's block as ${BOOT_TOKEN_VAR} and passed as ${K.bootToken}=, so
+#    the initramfs and the agent find the disk GRUB booted from even beside a
+#    byte-identical copy (src/bootloader/README.md, "Boot token"). No clock,
+#    or no save: an empty token.
+function abforge_two_digits {
+  if [ "$1" -lt 10 ]; then
+    set abforge_t="\${abforge_t}0$1"
+  else
+    set abforge_t="\${abforge_t}$1"
+  fi
+}
+set abforge_token=""
+set abforge_t="$YEAR"
+abforge_two_digits "$MONTH"
+abforge_two_digits "$DAY"
+abforge_two_digits "$HOUR"
+abforge_two_digits "$MINUTE"
+abforge_two_digits "$SECOND"
+if regexp '^[0-9]{14}$' "$abforge_t"; then
+  set ${BOOT_TOKEN_VAR}="$abforge_t"
+  if save_env --file "$abforge_env" ${BOOT_TOKEN_VAR}; then
+    set abforge_token="$${BOOT_TOKEN_VAR}"
+  fi
+fi
 
 # 3. Per slot: good and fewer than good_tries unconfirmed boots: boots + 1,
 #    save_env, boot (the agent sets boots back to 0 once the slot is up);

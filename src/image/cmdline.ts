@@ -15,7 +15,26 @@ export const CMDLINE_KEYS = {
   verity: "abforge.verity",
   /** The version of the image in the slot (for the log). */
   version: "abforge.version",
+  /**
+   * This boot's token (README.md, "Boot token"): GRUB saved the same value as
+   * `boot_token` in the environment block of the disk it booted from, so the
+   * initramfs and the agent tell that disk from a byte-identical copy. Empty
+   * when GRUB had no clock or could not save it.
+   */
+  bootToken: "abforge.boottoken",
 } as const;
+
+/** The GRUB environment variable that holds the boot token on the booted disk's ESP. */
+export const BOOT_TOKEN_VAR = "boot_token";
+
+/** A boot token as GRUB writes it: the firmware clock's time, `YYYYMMDDhhmmss`. */
+export const BOOT_TOKEN_PATTERN = /^[0-9]{14}$/;
+
+/** The boot token on a kernel command line; null without a well-formed one. */
+export function bootTokenFromCmdline(cmdline: string): string | null {
+  const v = cmdlineValue(cmdline, CMDLINE_KEYS.bootToken);
+  return v !== undefined && BOOT_TOKEN_PATTERN.test(v) ? v : null;
+}
 
 export type CmdlineKey = (typeof CMDLINE_KEYS)[keyof typeof CMDLINE_KEYS];
 

@@ -18,6 +18,9 @@ export {
   serializeConfig,
 } from "./agent-config.ts";
 export {
+  BOOT_TOKEN_PATTERN,
+  BOOT_TOKEN_VAR,
+  bootTokenFromCmdline,
   CMDLINE_KEYS,
   CMDLINE_PREFIX,
   type CmdlineKey,

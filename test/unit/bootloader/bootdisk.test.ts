@@ -1,4 +1,6 @@
 // BootDisk on GPT images built like the real disk (src/bootloader/README.md, "BootDisk").
+
+import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   closeSync,
@@ -8,6 +10,7 @@ import {
   readSync,
   symlinkSync,
   writeFileSync,
+  writeSync,
 } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
@@ -30,6 +33,7 @@ import {
   withBootDisk,
 } from "../../../src/bootloader/index.ts";
 import { PARTITION_TYPES, partitionRange } from "../../../src/disk/index.ts";
+import { BOOT_TOKEN_VAR } from "../../../src/image/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { makeBootDiskImage } from "./images.ts";
 
@@ -107,6 +111,36 @@ describe("BootDisk", () => {
 
       await d.writeState(markGood(next, "B"));
       expect((await d.readState()).slots.B).toMatchObject({ good: true, tries: 0 });
+    } finally {
+      await d.close();
+    }
+  });
+
+  it("two full slots and GRUB's boot_token fit the first 512 bytes (492), and writes keep the token", async () => {
+    const path = join(dir, "token.img");
+    // GRUB appends boot_token at the first boot, after the build's variables
+    const vars = bootStateToEnv(initial);
+    vars.set(BOOT_TOKEN_VAR, "20261207121059");
+    await makeBootDiskImage(path, { env: encodeEnv(vars) });
+    const d = await BootDisk.open(path);
+    try {
+      const wide = `999999:999999:${"5a".repeat(32)}`;
+      const full = markGood(
+        activateSlot({ ...initial, goodTries: 9 }, "B", {
+          ...imageB,
+          verity: wide,
+          version: "1.0.0",
+          tries: 9,
+        }),
+        "B",
+      );
+      await d.writeState({
+        ...full,
+        slots: { ...full.slots, A: { ...full.slots.A, verity: wide } },
+      });
+      const block = readRange(path, d.env.offset, 1024);
+      expect(block.indexOf("#".repeat(20))).toBe(492);
+      expect(decodeEnv(block).get(BOOT_TOKEN_VAR)).toBe("20261207121059");
     } finally {
       await d.close();
     }
@@ -226,10 +260,10 @@ describe("the host's boot disk", () => {
       sda: { sda1: "data" },
       vda: { vda1: "esp", vda2: "abforge-A", vda3: "abforge-B", vda4: "state" },
     });
-    expect(await findHostBootDisk(root)).toBe("/dev/vda");
+    expect(await findHostBootDisk(root)).toBe(join(root, "dev/vda"));
   });
 
-  it("BOOT_DISK_NOT_FOUND when no disk or several have it", async () => {
+  it("BOOT_DISK_NOT_FOUND when no disk has it, or several and no boot token tells them apart", async () => {
     const none = join(dir, "host2");
     fakeSys(none, { sda: { sda1: "data" } });
     await expect(findHostBootDisk(none)).rejects.toMatchObject({ code: "BOOT_DISK_NOT_FOUND" });
@@ -237,7 +271,103 @@ describe("the host's boot disk", () => {
     fakeSys(two, { vda: { vda2: "abforge-A" }, sdb: { sdb2: "abforge-A" } });
     await expect(findHostBootDisk(two)).rejects.toMatchObject({
       code: "BOOT_DISK_NOT_FOUND",
-      message: expect.stringMatching(/several disks .*\/dev\/sdb, \/dev\/vda.*pass --disk/),
+      message: expect.stringMatching(
+        /several disks .*\/dev\/sdb, .*\/dev\/vda\).*has no abforge\.boottoken=.*pass --disk/,
+      ),
+    });
+  });
+
+  const TOKEN = "20261207121059";
+  const ABFORGE_DISK = {
+    esp: "esp",
+    "abforge-A": "abforge-A",
+    "abforge-B": "abforge-B",
+    state: "state",
+  };
+  const partsOf = (disk: string) =>
+    Object.fromEntries(Object.values(ABFORGE_DISK).map((name, i) => [`${disk}${i + 1}`, name]));
+
+  /** One built disk whose block holds an older boot's token (the build has none; any earlier boot one). */
+  let built: string | undefined;
+  async function builtDisk(): Promise<string> {
+    if (built) return built;
+    const vars = bootStateToEnv(initial);
+    vars.set(BOOT_TOKEN_VAR, "20261207115959");
+    built = join(dir, "two-disks.img");
+    await makeBootDiskImage(built, { env: encodeEnv(vars) });
+    return built;
+  }
+
+  /** What GRUB does at boot: boot_token=TOKEN into the disk's block, in place. */
+  async function grubSavesToken(path: string, token: string): Promise<void> {
+    const d = await BootDisk.open(path);
+    try {
+      const lines = setEnvVar(await d.readEnv(), BOOT_TOKEN_VAR, token);
+      const fd = openSync(path, "r+");
+      try {
+        writeSync(fd, serializeEnvBlock(lines), 0, 1024, d.env.offset);
+      } finally {
+        closeSync(fd);
+      }
+    } finally {
+      await d.close();
+    }
+  }
+
+  /**
+   * A host with byte-identical abforge disks vda and vdb (copies of one
+   * image, so the same GUIDs and names), GRUB having booted `booted` with
+   * TOKEN: `<root>/dev/<disk>` are the images, `<root>/proc/cmdline` GRUB's.
+   */
+  async function twoDiskHost(name: string, booted: string[], cmdline: string): Promise<string> {
+    const root = join(dir, name);
+    fakeSys(root, { sda: { sda1: "data" }, vda: partsOf("vda"), vdb: partsOf("vdb") });
+    mkdirSync(join(root, "dev"), { recursive: true });
+    mkdirSync(join(root, "proc"), { recursive: true });
+    writeFileSync(join(root, "proc/cmdline"), `${cmdline}\n`);
+    const image = await builtDisk();
+    for (const disk of ["vda", "vdb"]) {
+      execFileSync("cp", ["--sparse=always", image, join(root, "dev", disk)]);
+      if (booted.includes(disk)) await grubSavesToken(join(root, "dev", disk), TOKEN);
+    }
+    writeFileSync(join(root, "dev/sda"), "not a disk");
+    return root;
+  }
+
+  const CMDLINE = `console=ttyS0 abforge.slot=A abforge.boottoken=${TOKEN} panic=5`;
+
+  it("of two byte-identical disks, takes the one whose /GRUBENV holds this boot's token, wherever it is", async () => {
+    const second = await twoDiskHost("twins-b", ["vdb"], CMDLINE);
+    expect(await findHostBootDisk(second)).toBe(join(second, "dev/vdb"));
+    const first = await twoDiskHost("twins-a", ["vda"], CMDLINE);
+    expect(await findHostBootDisk(first)).toBe(join(first, "dev/vda"));
+    // it only read: the other disk is still the build's bytes
+    const all = { offset: 0, size: 0 };
+    expect(await hashExcept(join(first, "dev/vdb"), all)).toBe(
+      await hashExcept(await builtDisk(), all),
+    );
+  });
+
+  it("BOOT_DISK_NOT_FOUND when no disk or several hold the token, naming what each holds", async () => {
+    const none = await twoDiskHost("twins-none", [], CMDLINE);
+    await expect(findHostBootDisk(none)).rejects.toMatchObject({
+      code: "BOOT_DISK_NOT_FOUND",
+      message: expect.stringMatching(
+        /no disk holds this boot's token 20261207121059 .*\/dev\/vda holds 20261207115959.*\/dev\/vdb holds 20261207115959/,
+      ),
+    });
+    const both = await twoDiskHost("twins-both", ["vda", "vdb"], CMDLINE);
+    await expect(findHostBootDisk(both)).rejects.toMatchObject({
+      code: "BOOT_DISK_NOT_FOUND",
+      message: expect.stringMatching(/several disks hold this boot's token 20261207121059/),
+    });
+  });
+
+  it("a malformed token counts as none: one disk is still found, two are refused", async () => {
+    const root = await twoDiskHost("twins-bad", ["vdb"], "abforge.slot=A abforge.boottoken=x1");
+    await expect(findHostBootDisk(root)).rejects.toMatchObject({
+      code: "BOOT_DISK_NOT_FOUND",
+      message: expect.stringMatching(/several disks/),
     });
   });
 });

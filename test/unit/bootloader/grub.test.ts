@@ -1,6 +1,12 @@
 /** The generated grub.cfg: src/build/README.md, "GRUB". */
 import { describe, expect, it } from "vitest";
-import { EARLY_CONFIG, grubConfig, ustarSingleFile } from "../../../src/bootloader/grub.ts";
+import {
+  EARLY_CONFIG,
+  GRUB_MODULES,
+  grubConfig,
+  ustarSingleFile,
+} from "../../../src/bootloader/grub.ts";
+import { BOOT_TOKEN_VAR } from "../../../src/image/index.ts";
 
 const cfg = grubConfig({ cmdline: "console=ttyS0,115200  quiet" });
 
@@ -68,7 +74,7 @@ describe("grubConfig", () => {
 
   it("loads kernel and initrd from the slot's partition (A = gpt2, B = gpt3) with the contract's command line", () => {
     expect(slotFunction("A")).toContain(
-      'linux ($abforge_disk,gpt2)/boot/vmlinuz abforge.slot=A "abforge.roothash=$A_roothash" "abforge.verity=$A_verity" "abforge.version=$A_version" console=ttyS0,115200 quiet panic=5; then',
+      'linux ($abforge_disk,gpt2)/boot/vmlinuz abforge.slot=A "abforge.roothash=$A_roothash" "abforge.verity=$A_verity" "abforge.version=$A_version" "abforge.boottoken=$abforge_token" console=ttyS0,115200 quiet panic=5; then',
     );
     expect(slotFunction("A")).toContain("initrd ($abforge_disk,gpt2)/boot/initrd.img");
     expect(slotFunction("B")).toContain("linux ($abforge_disk,gpt3)/boot/vmlinuz abforge.slot=B");
@@ -104,6 +110,22 @@ describe("grubConfig", () => {
     // a block without the newer variables: 3 unconfirmed boots, none counted yet
     expect(cfg).toContain("set good_tries=3\n");
     expect(cfg).toContain('set A_boots=0\nset A_roothash=""');
+  });
+
+  it("saves this boot's token (the firmware clock, YYYYMMDDhhmmss) in the boot disk's block before any slot, and passes only a saved one", () => {
+    expect(GRUB_MODULES).toContain("datehook");
+    const token = cfg.slice(cfg.indexOf("function abforge_two_digits"), cfg.indexOf("# 3."));
+    expect(cfg.indexOf("load_env")).toBeLessThan(cfg.indexOf("function abforge_two_digits"));
+    expect(cfg.indexOf("# 3.")).toBeLessThan(cfg.indexOf("function abforge_try_A"));
+    expect(token).toContain('set abforge_token=""\nset abforge_t="$YEAR"\n');
+    for (const v of ["MONTH", "DAY", "HOUR", "MINUTE", "SECOND"])
+      expect(token).toContain(`abforge_two_digits "$${v}"\n`);
+    expect(token).toContain(`if [ "$1" -lt 10 ]; then\n    set abforge_t="\${abforge_t}0$1"`);
+    expect(token).toContain(
+      `if regexp '^[0-9]{14}$' "$abforge_t"; then\n  set ${BOOT_TOKEN_VAR}="$abforge_t"\n  if save_env --file "$abforge_env" ${BOOT_TOKEN_VAR}; then\n    set abforge_token="$${BOOT_TOKEN_VAR}"\n  fi\nfi`,
+    );
+    // the token is not loaded from the block: each boot makes its own
+    expect(cfg).not.toMatch(/load_env[^\n]*boot_token/);
   });
 
   it("refuses a command line that GRUB script would misread", () => {

@@ -4,10 +4,12 @@
  * does not run) and its functions are called. `fail` only panics as PID 1.
  */
 import { spawnSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
+import { buildEsp, encodeEnv } from "../../../src/bootloader/index.ts";
 import { initScript, parseLdd, sourceDateEpoch } from "../../../src/build/initramfs.ts";
+import { BOOT_TOKEN_VAR } from "../../../src/image/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir();
@@ -81,6 +83,125 @@ describe("/init: find_part", () => {
   it("fails for a name no partition has", () => {
     const r = sh(`find_part abforge-B ${sys} || echo none`);
     expect(r.out).toBe("none\n");
+  });
+});
+
+describe("/init: the boot disk, by the token GRUB saved on it", () => {
+  const TOKEN = "20261207121059";
+  const OLD = "20261207115959";
+
+  /** An ESP as the build makes it (buildEsp: mkfs.vfat, /GRUBENV first, then the EFI image). */
+  async function esp(name: string, sizeMiB: number, token?: string): Promise<string> {
+    const vars = new Map([["order", "A B"]]);
+    if (token) vars.set(BOOT_TOKEN_VAR, token);
+    vars.set("A_good", "1");
+    const efiPath = join(dir, "BOOTX64.EFI");
+    writeFileSync(efiPath, "MZ not really GRUB");
+    const outPath = join(dir, name);
+    await buildEsp({
+      outPath,
+      sizeBytes: sizeMiB << 20,
+      efiPath,
+      env: encodeEnv(vars),
+      volumeId: "0a0b0c0d",
+    });
+    return outPath;
+  }
+
+  it("reads a variable of /GRUBENV from the FAT32 ESP, with 512-byte and 4 KiB clusters", async () => {
+    for (const mib of [64, 264]) {
+      const path = await esp(`esp-${mib}.img`, mib, TOKEN);
+      expect(sh(`esp_env_var ${path} ${BOOT_TOKEN_VAR}; esp_env_var ${path} order`).out).toBe(
+        `${TOKEN}\nA B\n`,
+      );
+      expect(sh(`esp_env_var ${path} B_good; echo "[$?]"`).out).toBe("[0]\n");
+    }
+  });
+
+  it("finds no /GRUBENV on what is not a FAT32 ESP", async () => {
+    const junk = join(dir, "junk.img");
+    writeFileSync(junk, Buffer.alloc(4096, 0x55));
+    expect(sh(`esp_env_var ${junk} ${BOOT_TOKEN_VAR} || echo none`).out).toBe("none\n");
+  });
+
+  /**
+   * Byte-identical abforge disks vda and vdb in a fake sysfs (partitions under
+   * their disk, /sys/class/block links) with their partitions' "device nodes"
+   * as files; each ESP holds the token given for its disk.
+   */
+  async function host(name: string, tokens: Record<string, string | undefined>) {
+    const root = join(dir, name);
+    const cls = join(root, "sys/class/block");
+    const devs = join(root, "dev");
+    mkdirSync(cls, { recursive: true });
+    mkdirSync(devs, { recursive: true });
+    for (const [disk, token] of Object.entries(tokens)) {
+      const diskDir = join(root, "sys/devices/pci0000:00/virtio", disk, "block", disk);
+      mkdirSync(diskDir, { recursive: true });
+      writeFileSync(join(diskDir, "uevent"), `DEVNAME=${disk}\nDEVTYPE=disk\n`);
+      symlinkSync(diskDir, join(cls, disk));
+      for (const [n, partname] of ["esp", "abforge-A", "abforge-B", "state"].entries()) {
+        const part = `${disk}${n + 1}`;
+        mkdirSync(join(diskDir, part));
+        writeFileSync(
+          join(diskDir, part, "uevent"),
+          `DEVNAME=${part}\nDEVTYPE=partition\nPARTN=${n + 1}\nPARTNAME=${partname}\n`,
+        );
+        symlinkSync(join(diskDir, part), join(cls, part));
+        if (partname === "esp") copyFileSync(await espWith(token), join(devs, part));
+        else writeFileSync(join(devs, part), "");
+      }
+    }
+    return { cls, devs, dir: (disk: string) => realpathSync(join(cls, disk)) };
+  }
+  const esps = new Map<string, string>();
+  async function espWith(token: string | undefined): Promise<string> {
+    const key = token ?? "none";
+    if (!esps.has(key)) esps.set(key, await esp(`esp-${key}.img`, 64, token));
+    return esps.get(key)!;
+  }
+
+  it("takes the disk whose ESP holds this boot's token, first or second in sysfs", async () => {
+    for (const booted of ["vda", "vdb"]) {
+      const other = booted === "vda" ? "vdb" : "vda";
+      const h = await host(`init-${booted}`, { [booted]: TOKEN, [other]: OLD });
+      const r = sh(`boot_disk A ${TOKEN} ${h.cls} ${h.devs}; echo "[$?]"`);
+      expect(r.out).toBe(`${h.dir(booted)}\n[0]\n`);
+      expect(sh(`find_part abforge-A ${h.dir(booted)}`).out).toBe(`${booted}2\n`);
+    }
+  });
+
+  it("none holds the token: status 1 (wait_boot_disk gives up); both: status 2, naming them", async () => {
+    const none = await host("init-none", { vda: OLD, vdb: undefined });
+    expect(sh(`boot_disk A ${TOKEN} ${none.cls} ${none.devs}; echo "[$?]"`).out).toBe("[1]\n");
+    expect(
+      sh(`WAIT_TENTHS=2; wait_boot_disk A ${TOKEN} ${none.cls} ${none.devs}; echo "[$?]"`).out,
+    ).toBe("[1]\n");
+    const both = await host("init-both", { vda: TOKEN, vdb: TOKEN });
+    const r = sh(
+      `out=$(boot_disk A ${TOKEN} ${both.cls} ${both.devs}); echo "[$?] $(names_of "$out")"`,
+    );
+    expect(r.out).toBe("[2] vda vdb\n");
+  });
+
+  it("without a token: the one disk with the slot's partition, and several are refused", async () => {
+    const one = await host("init-one", { vdb: undefined });
+    expect(sh(`boot_disk B "" ${one.cls} ${one.devs}; echo "[$?]"`).out).toBe(
+      `${one.dir("vdb")}\n[0]\n`,
+    );
+    const two = await host("init-two", { vda: OLD, vdb: OLD });
+    expect(sh(`boot_disk B "" ${two.cls} ${two.devs} >/dev/null; echo "[$?]"`).out).toBe("[2]\n");
+  });
+
+  it("parse_cmdline reads abforge.boottoken= (empty without one) and refuses a malformed one", () => {
+    const base = `abforge.slot=A abforge.roothash=${HASH} abforge.verity=8:9:`;
+    expect(sh(`parse_cmdline "${base} abforge.boottoken=${TOKEN}"; echo "[$boot_token]"`).out).toBe(
+      `[${TOKEN}]\n`,
+    );
+    expect(sh(`parse_cmdline "${base}"; echo "[$boot_token]"`).out).toBe("[]\n");
+    const r = sh(`parse_cmdline "${base} abforge.boottoken=2026"; echo not-reached`);
+    expect(r.status).toBe(1);
+    expect(r.out).toMatch(/abforge\.boottoken="2026": expected 14 digits/);
   });
 });
 

@@ -7,6 +7,8 @@ import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { grubConfig } from "../../../src/bootloader/index.ts";
 import {
+  BOOT_TOKEN_VAR,
+  bootTokenFromCmdline,
   CMDLINE_KEYS,
   CMDLINE_PREFIX,
   cmdlineValue,
@@ -42,6 +44,22 @@ describe("kernel command line", () => {
       "utf8",
     );
     expect(keysIn(script)).toEqual(CONTRACT_KEYS);
+  });
+
+  it("the boot token: grub.cfg saves it as the contract's variable, init.sh reads that variable", () => {
+    const script = readFileSync(
+      new URL("../../../src/build/assets/init.sh", import.meta.url),
+      "utf8",
+    );
+    expect(script).toContain(`esp_env_var "\${4:-/dev}/$bd_esp" ${BOOT_TOKEN_VAR})`);
+    expect(grubConfig({ cmdline: "" })).toContain(
+      `save_env --file "$abforge_env" ${BOOT_TOKEN_VAR};`,
+    );
+    expect(bootTokenFromCmdline("abforge.slot=A abforge.boottoken=20261207121059 quiet")).toBe(
+      "20261207121059",
+    );
+    for (const bad of ["abforge.boottoken=", "abforge.boottoken=2026", "quiet"])
+      expect(bootTokenFromCmdline(bad)).toBeNull();
   });
 
   it("grub.cfg writes exactly the contract's keys", () => {

@@ -13,6 +13,27 @@ describe("qemu arguments", () => {
     expect(args).not.toContain("-no-reboot");
   });
 
+  it("attaches extra disks before the boot disk in PCI order, none with a bootindex", async () => {
+    const args = Vm.args(
+      { disk: "/d/boot.img", extraDisks: ["/d/copy.img", "/d/third.img"] },
+      "q",
+      "v",
+    );
+    const devices = args.filter(
+      (_, i) => args[i - 1] === "-device" && args[i]!.startsWith("virtio-blk"),
+    );
+    expect(devices).toEqual([
+      "virtio-blk-pci,drive=disk0,addr=0x5,bootindex=0",
+      "virtio-blk-pci,drive=disk1,addr=0x4",
+      "virtio-blk-pci,drive=disk2,addr=0x3",
+    ]);
+    expect(args).toContain("file=/d/copy.img,format=raw,if=none,id=disk1,cache=unsafe");
+    expect(args).toContain("file=/d/third.img,format=raw,if=none,id=disk2,cache=unsafe");
+    await expect(
+      Vm.start({ disk: "/d/boot.img", extraDisks: ["a", "b", "c", "d"] }),
+    ).rejects.toMatchObject({ code: "QEMU_BAD_DISK", message: expect.stringMatching(/at most 3/) });
+  });
+
   it("restricts user networking to one guestfwd to loopback", () => {
     const args = Vm.args(
       {
