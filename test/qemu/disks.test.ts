@@ -17,12 +17,13 @@ import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { dirname, join } from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
-import { BANNER, publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
+import { BANNER, type ServedRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { withBootDisk } from "../../src/bootloader/index.ts";
 import { BOOT_TOKEN_VAR } from "../../src/image/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
-import { corruptSquashfsAtRest, freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
+import { freshDisk, image } from "./fixtures.ts";
+import { bootWithRepo, corruptSquashfsAtRest } from "./scenarios.ts";
 
 const BOOT_MS = 600_000;
 /** The initramfs's line naming the disk it took (whole: the console arrives in chunks). */
@@ -66,21 +67,15 @@ describe("two byte-identical abforge disks", () => {
   it("boots, updates, marks good and falls back on the disk it booted from (vdb), and never writes the copy (vda)", {
     timeout: 1_200_000,
   }, async () => {
-    const repoDir = tempDir("abforge-repo-");
-    await publishBundle(repoDir, image("v2").bundle, SIGNING_KEY);
-    server = await serveRepo(repoDir);
     const disk = freshDisk("v1");
     const copy = freshDisk("v1", tempDir("abforge-qemu-copy-"));
     const copyBefore = await sha256(copy);
     expect(await sha256(disk)).toBe(copyBefore);
 
     const started = Date.now();
-    vm = await Vm.start({
-      disk,
-      extraDisks: [copy],
-      serialLog: join(dirname(disk), "serial.log"),
-      forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: server.port },
-    });
+    const run = await bootWithRepo(disk, [image("v2").bundle], { extraDisks: [copy] });
+    vm = run.vm;
+    server = run.server;
 
     // First boot: 1.0.0 from A, on vdb (the copy is vda).
     const first = await vm.waitFor(INITRAMFS_DISK, { timeoutMs: BOOT_MS });

@@ -7,10 +7,8 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { open } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type SlotName, withBootDisk } from "../../src/bootloader/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 
 export const ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -73,26 +71,4 @@ export function freshDisk(name: ImageName, dir = tempDir("abforge-qemu-test-")):
   const target = join(dir, "disk.img");
   execFileSync("cp", ["--sparse=always", image(name).disk, target]);
   return target;
-}
-
-/**
- * Flip one bit of a slot's squashfs id table: GRUB still loads the slot's
- * kernel; the root mount fails dm-verity (a good slot corrupted at rest).
- */
-export async function corruptSquashfsAtRest(disk: string, slot: SlotName): Promise<void> {
-  const { offset } = await withBootDisk(disk, async (d) => d.slotRange(slot), { readOnly: true });
-  const fh = await open(disk, "r+");
-  try {
-    const superblock = Buffer.alloc(96);
-    await fh.read(superblock, 0, 96, offset);
-    if (superblock.readUInt32LE(0) !== 0x73717368)
-      throw new Error(`slot ${slot} of ${disk} holds no squashfs ("hsqs") to corrupt`);
-    const target = offset + Number(superblock.readBigUInt64LE(48));
-    const byte = Buffer.alloc(1);
-    await fh.read(byte, 0, 1, target);
-    byte[0] = byte[0]! ^ 0x01;
-    await fh.write(byte, 0, 1, target);
-  } finally {
-    await fh.close();
-  }
 }
