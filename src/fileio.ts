@@ -73,6 +73,21 @@ export async function ioStep<T>(what: string, fn: () => Promise<T>): Promise<T> 
   }
 }
 
+/**
+ * `p`'s value, or `fallback` when what it reads does not exist (ENOENT); any
+ * other failure (EACCES, EIO...) is thrown as DISK_FULL/IO_ERROR naming
+ * `what`, never taken for "not there".
+ */
+export async function unlessMissing<T>(what: string, p: Promise<T>, fallback: T): Promise<T> {
+  try {
+    return await p;
+  } catch (err) {
+    if (errnoOf(err) === "ENOENT") return fallback;
+    if (isSystemError(err)) throw ioError(what, err);
+    throw err;
+  }
+}
+
 /** The synchronous `ioStep`. */
 export function ioStepSync<T>(what: string, fn: () => T): T {
   try {

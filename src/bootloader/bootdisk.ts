@@ -15,7 +15,7 @@ import {
   readGpt,
 } from "../disk/index.ts";
 import { BaseError, ToolError } from "../errors.ts";
-import { ioError, ioStepSync, readAtSync } from "../fileio.ts";
+import { ioError, ioStepSync, readAtSync, unlessMissing } from "../fileio.ts";
 import {
   BOOT_TOKEN_VAR,
   bootTokenFromCmdline,
@@ -229,11 +229,9 @@ export { slotFromCmdline };
 
 /** The slot this host booted, from `<root>/proc/cmdline`; null when not booted by abforge. */
 export async function bootedSlot(root = "/"): Promise<SlotName | null> {
-  try {
-    return slotFromCmdline(await readFile(join(root, "proc/cmdline"), "utf8"));
-  } catch {
-    return null;
-  }
+  const path = join(root, "proc/cmdline");
+  const cmdline = await unlessMissing(`read ${path}`, readFile(path, "utf8"), undefined);
+  return cmdline === undefined ? null : slotFromCmdline(cmdline);
 }
 
 /**
@@ -279,7 +277,9 @@ export async function findHostBootDisk(root = "/"): Promise<string> {
     );
   }
   const cmdlinePath = join(root, "proc/cmdline");
-  const token = bootTokenFromCmdline(await readFile(cmdlinePath, "utf8").catch(() => ""));
+  const token = bootTokenFromCmdline(
+    await unlessMissing(`read ${cmdlinePath}`, readFile(cmdlinePath, "utf8"), ""),
+  );
   if (token === null) {
     if (candidates.length === 1) return candidates[0]!;
     throw new BootloaderError(

@@ -25,6 +25,7 @@ import {
 } from "../disk/index.ts";
 import { ToolError } from "../errors.ts";
 import { requireTool } from "../exec.ts";
+import { unlessMissing } from "../fileio.ts";
 import {
   KEYS_DIR as IMAGE_KEYS_DIR,
   RELEASE_PATH as IMAGE_RELEASE_PATH,
@@ -236,7 +237,7 @@ export class RootImageFiles implements ImageFiles {
   }
   async trustedKeys(): Promise<KeyObject[]> {
     const dir = join(this.#root, KEYS_DIR);
-    const names = (await readdir(dir).catch(() => [] as string[]))
+    const names = (await unlessMissing(`list ${dir}`, readdir(dir), [] as string[]))
       .filter((n) => n.endsWith(".pub"))
       .sort();
     return Promise.all(names.map((n) => loadPublicKey(join(dir, n))));

@@ -6,10 +6,10 @@
 import { mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
-import { newEnvLines, writeEnvFile } from "../../../src/bootloader/index.ts";
+import { bootedSlot, newEnvLines, writeEnvFile } from "../../../src/bootloader/index.ts";
 import { BaseError } from "../../../src/errors.ts";
-import { ioCodeFor, ioStep, replaceFile } from "../../../src/fileio.ts";
-import { initialAgentState, StateStore } from "../../../src/updater/index.ts";
+import { ioCodeFor, ioStep, replaceFile, unlessMissing } from "../../../src/fileio.ts";
+import { initialAgentState, RootImageFiles, StateStore } from "../../../src/updater/index.ts";
 import { acquireLock } from "../../../src/updater/lock.ts";
 import { formatVerity } from "../../../src/verity/index.ts";
 import { abforge } from "../../helpers/cli.ts";
@@ -133,5 +133,32 @@ describe("a state directory the agent cannot use", () => {
     expect(r.code, r.stderr).toBe(88);
     expect(r.stderr).toMatch(/cannot write the state file .*EROFS/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
+  });
+});
+
+describe("a catch-all never takes a failure for 'not there'", () => {
+  it("unlessMissing: ENOENT gives the fallback, anything else is thrown typed", async () => {
+    const enoent = Object.assign(new Error("ENOENT: no such file"), { code: "ENOENT" });
+    const eacces = Object.assign(new Error("EACCES: permission denied"), { code: "EACCES" });
+    expect(await unlessMissing("read /x", Promise.reject(enoent), "none")).toBe("none");
+    await expect(unlessMissing("read /x", Promise.reject(eacces), "none")).rejects.toMatchObject({
+      code: "IO_ERROR",
+      details: { errno: "EACCES" },
+    });
+  });
+
+  it("the image's keys directory that cannot be listed is an I/O error, not 'no trusted keys'", async () => {
+    const root = tempDir();
+    mkdirSync(join(root, "etc/abforge"), { recursive: true });
+    writeFileSync(join(root, "etc/abforge/keys"), "not a directory");
+    expect(await codeOf(new RootImageFiles(root).trustedKeys())).toBe("IO_ERROR");
+    expect(await new RootImageFiles(tempDir()).trustedKeys()).toEqual([]);
+  });
+
+  it("a /proc/cmdline that cannot be read is an I/O error, not 'not booted by abforge'", async () => {
+    const root = tempDir();
+    mkdirSync(join(root, "proc/cmdline"), { recursive: true }); // EISDIR on read
+    expect(await codeOf(bootedSlot(root))).toBe("IO_ERROR");
+    expect(await bootedSlot(tempDir())).toBeNull();
   });
 });
