@@ -35,14 +35,9 @@ import {
 import { PARTITION_TYPES, partitionRange } from "../../../src/disk/index.ts";
 import { BOOT_TOKEN_VAR } from "../../../src/image/index.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { makeBootDiskImage } from "./images.ts";
+import { imageA, imageB, makeBootDiskImage } from "./images.ts";
 
 const dir = tempDir();
-const HASH_A = "a".repeat(64);
-const HASH_B = "b".repeat(64);
-const VERITY = `65536:65537:${"5a".repeat(32)}`;
-const imageA = { rootHash: HASH_A, verity: VERITY, version: "1.0.0" };
-const imageB = { rootHash: HASH_B, verity: VERITY, version: "2.0.0" };
 const initial = initialBootState(imageA);
 
 /** The block the build writes: the boot state, then another variable of GRUB's. */

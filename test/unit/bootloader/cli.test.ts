@@ -14,14 +14,9 @@ import {
 import { EXIT_CODES } from "../../../src/cli/exit-codes.ts";
 import { abforge } from "../../helpers/cli.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { makeBootDiskImage } from "./images.ts";
+import { HASH_A, HASH_B, imageA, imageB, makeBootDiskImage, VERITY } from "./images.ts";
 
 const dir = tempDir();
-const HASH_A = "a".repeat(64);
-const HASH_B = "b".repeat(64);
-const VERITY = `65536:65537:${"5a".repeat(32)}`;
-const imageA = { rootHash: HASH_A, verity: VERITY, version: "1.0.0" };
-const imageB = { rootHash: HASH_B, verity: VERITY, version: "2.0.0" };
 
 async function disk(name: string): Promise<string> {
   const path = join(dir, name);

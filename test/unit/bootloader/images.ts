@@ -130,3 +130,10 @@ export async function makeBootDiskImage(path: string, o: BootDiskImageOptions = 
   }
   return { table, esp };
 }
+
+/** Two slot images' boot-state fields for the bootloader tests (root hashes, verity text, versions). */
+export const HASH_A = "a".repeat(64);
+export const HASH_B = "b".repeat(64);
+export const VERITY = `65536:65537:${"5a".repeat(32)}`;
+export const imageA = { rootHash: HASH_A, verity: VERITY, version: "1.0.0" };
+export const imageB = { rootHash: HASH_B, verity: VERITY, version: "2.0.0" };

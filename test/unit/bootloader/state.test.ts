@@ -21,12 +21,7 @@ import {
   setNext,
 } from "../../../src/bootloader/index.ts";
 import { codeOf } from "../../helpers/errors.ts";
-
-const HASH_A = "a".repeat(64);
-const HASH_B = "b".repeat(64);
-const VERITY = `65536:65537:${"5a".repeat(32)}`;
-const imageA = { rootHash: HASH_A, verity: VERITY, version: "1.0.0" };
-const imageB = { rootHash: HASH_B, verity: VERITY, version: "2.0.0" };
+import { HASH_A, imageA, imageB, VERITY } from "./images.ts";
 
 function slot(over: Partial<SlotState> = {}): SlotState {
   return { tries: 0, good: false, boots: 0, ...imageA, ...over };
