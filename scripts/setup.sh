@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  qemu-system-x86 ovmf grub-efi-amd64-bin grub-common
+  qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-common
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
 )
