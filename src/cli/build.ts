@@ -103,7 +103,10 @@ directory and leaves --out as it was (BUILD_INTERRUPTED).`,
             `  disk      ${r.disk} (${formatBytes(r.report.disk.size)}, sparse)`,
             ...r.report.outputs
               .filter((d) => d.format !== "raw")
-              .map((d) => `  ${d.format.padEnd(9)} ${join(opts.out, d.file)} (${formatBytes(d.bytes)})`),
+              .map(
+                (d) =>
+                  `  ${d.format.padEnd(9)} ${join(opts.out, d.file)} (${formatBytes(d.bytes)})`,
+              ),
             `  bundle    ${r.bundle} (${formatBytes(r.report.bundle.size)})`,
             `  slot      ${formatBytes(r.report.slotImage.size)} sha256 ${r.report.slotImage.sha256}`,
             `  roothash  ${r.report.verity.rootHash}`,
