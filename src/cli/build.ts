@@ -1,7 +1,7 @@
 /** `abforge build`: a YAML spec becomes a bootable A/B disk image and a signed update bundle. */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import { type Command, InvalidArgumentError } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { BuildError } from "../build/errors.ts";
 import { type DiskFormat, parseFormats } from "../build/formats.ts";
 import { formatBytes } from "../disk/index.ts";
@@ -37,17 +37,19 @@ export function register(program: Command): void {
       "--cache <dir>",
       "where downloaded kernel packages are kept (default: $ABFORGE_CACHE or ~/.cache/abforge)",
     )
-    .option(
-      "--format <list>",
-      "the disk's forms, comma-separated: raw (OUT/disk.img, sparse; always written), qcow2, vmdk (streamOptimized), vhd (fixed, Azure), gce (OUT/<name>-<version>.gce.tar.gz holding disk.raw)",
-      (value: string) => {
-        try {
-          return parseFormats(value);
-        } catch (err) {
-          throw new InvalidArgumentError((err as Error).message);
-        }
-      },
-      ["raw"],
+    .addOption(
+      new Option(
+        "--format <list>",
+        "the disk's forms, comma-separated: raw (OUT/disk.img, sparse; always written), qcow2, vmdk (streamOptimized), vhd (fixed, Azure), gce (OUT/<name>-<version>.gce.tar.gz holding disk.raw)",
+      )
+        .default(["raw"], "raw")
+        .argParser((value: string) => {
+          try {
+            return parseFormats(value);
+          } catch (err) {
+            throw new InvalidArgumentError((err as Error).message);
+          }
+        }),
     )
     .option("--json", "print the build report as JSON")
     .addHelpText(
