@@ -47,7 +47,6 @@ export const TOOL_PACKAGES: Record<string, string> = {
   curl: "curl",
   "qemu-img": "qemu-utils",
   tar: "tar",
-  gzip: "gzip",
 };
 
 const EXTRA_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];

@@ -120,7 +120,7 @@ export interface BuildReport {
   verity: VerityParams;
   bundle: { file: string; size: number; sha256: string; keyId: string };
   disk: { file: string; size: number; table: TableJson };
-  /** The disk in each form asked for (`--format`), each checked. */
+  /** The disk in each form made, each checked: raw (disk.img) first, then `--format`'s others. */
   outputs: DiskOutput[];
   steps: StepReport[];
   totalMs: number;
