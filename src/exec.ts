@@ -45,6 +45,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   debootstrap: "debootstrap",
   xz: "xz-utils",
   curl: "curl",
+  "qemu-img": "qemu-utils",
+  tar: "tar",
 };
 
 const EXTRA_PATH = ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"];

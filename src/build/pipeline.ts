@@ -57,6 +57,7 @@ import { agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.t
 import { abforgePartitions, assembleDisk } from "./assemble.ts";
 import { BuildError } from "./errors.ts";
 import { buildStateFs } from "./filesystems.ts";
+import { type DiskFormat, type DiskOutput, writeDiskFormat } from "./formats.ts";
 import {
   buildInitramfs,
   ROOTFS_MOUNT_POINTS,
@@ -87,6 +88,11 @@ export interface BuildOptions {
   signal?: AbortSignal;
   /** Progress of the longest step (squashfs), as it runs. */
   onProgress?: (p: BuildProgress) => void;
+  /**
+   * The disk's forms to write besides disk.img (formats.ts); default `["raw"]`.
+   * disk.img (raw) is always written: `abforge qemu` and the disk commands read it.
+   */
+  formats?: readonly DiskFormat[];
 }
 
 export interface BuildProgress {
@@ -114,6 +120,8 @@ export interface BuildReport {
   verity: VerityParams;
   bundle: { file: string; size: number; sha256: string; keyId: string };
   disk: { file: string; size: number; table: TableJson };
+  /** The disk in each form made, each checked: raw (disk.img) first, then `--format`'s others. */
+  outputs: DiskOutput[];
   steps: StepReport[];
   totalMs: number;
   /** Time spent inside external tools (mksquashfs, mkfs.*, grub-mkimage, ...), by tool. */
@@ -124,6 +132,8 @@ export interface BuildResult {
   disk: string;
   bundle: string;
   buildJson: string;
+  /** Each disk output's path in the output directory, with its format. */
+  outputs: { format: DiskFormat; path: string }[];
   report: BuildReport;
 }
 
@@ -333,6 +343,27 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
     );
     await rm(slot.path, { force: true });
 
+    // The disk's other forms, each converted and checked in the work directory.
+    const outputs: DiskOutput[] = [];
+    const formats: readonly DiskFormat[] = o.formats ?? ["raw"];
+    for (const format of formats.includes("raw") ? formats : ["raw" as const, ...formats]) {
+      outputs.push(
+        await step(
+          `format ${format}`,
+          () =>
+            writeDiskFormat({
+              format,
+              diskPath,
+              workDir: work,
+              name: spec.name,
+              version: spec.version,
+              mtime: sourceDateEpoch(),
+            }),
+          (r) => (format === "raw" ? diskPath : join(work, r.file)),
+        ),
+      );
+    }
+
     const toolsAfter = toolTimeMs();
     const toolMs: Record<string, number> = {};
     for (const [tool, ms] of toolsAfter) {
@@ -360,6 +391,7 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
         keyId: written.manifest.keyId,
       },
       disk: { file: "disk.img", size: (await stat(diskPath)).size, table: tableToJson(table) },
+      outputs,
       steps,
       totalMs: Math.round(performance.now() - started),
       toolMs,
@@ -373,8 +405,12 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
       disk: join(o.outDir, "disk.img"),
       bundle: join(o.outDir, bundleName),
       buildJson: join(o.outDir, "build.json"),
+      outputs: outputs.map((d) => ({ format: d.format, path: join(o.outDir, d.file) })),
       report,
     };
+    for (const d of outputs) {
+      if (d.format !== "raw") await rename(join(work, d.file), join(o.outDir, d.file));
+    }
     await rename(diskPath, result.disk);
     await rename(bundlePath, result.bundle);
     await rename(buildJsonTmp, result.buildJson);

@@ -1,8 +1,9 @@
 /** `abforge build`: a YAML spec becomes a bootable A/B disk image and a signed update bundle. */
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
-import type { Command } from "commander";
+import { type Command, InvalidArgumentError, Option } from "commander";
 import { BuildError } from "../build/errors.ts";
+import { type DiskFormat, parseFormats } from "../build/formats.ts";
 import { formatBytes } from "../disk/index.ts";
 import { action, type JsonOption, output } from "./command.ts";
 
@@ -11,6 +12,7 @@ interface BuildCliOptions extends JsonOption {
   version?: string;
   key?: string;
   cache?: string;
+  format: DiskFormat[];
 }
 
 const STOP_SIGNALS = ["SIGINT", "SIGTERM", "SIGHUP"] as const;
@@ -34,6 +36,20 @@ export function register(program: Command): void {
     .option(
       "--cache <dir>",
       "where downloaded kernel packages are kept (default: $ABFORGE_CACHE or ~/.cache/abforge)",
+    )
+    .addOption(
+      new Option(
+        "--format <list>",
+        "the disk's forms, comma-separated: raw (OUT/disk.img, sparse; always written), qcow2, vmdk (streamOptimized), vhd (fixed, Azure), gce (OUT/<name>-<version>.gce.tar.gz holding disk.raw)",
+      )
+        .default(["raw"], "raw")
+        .argParser((value: string) => {
+          try {
+            return parseFormats(value);
+          } catch (err) {
+            throw new InvalidArgumentError((err as Error).message);
+          }
+        }),
     )
     .option("--json", "print the build report as JSON")
     .addHelpText(
@@ -74,6 +90,7 @@ directory and leaves --out as it was (BUILD_INTERRUPTED).`,
           specPath,
           outDir: opts.out,
           keyPath,
+          formats: opts.format,
           signal: interrupt.signal,
           ...(opts.version !== undefined ? { version: opts.version } : {}),
           ...(opts.cache ? { cacheDir: opts.cache } : {}),
@@ -86,6 +103,12 @@ directory and leaves --out as it was (BUILD_INTERRUPTED).`,
           [
             `built ${r.report.name} ${r.report.version} in ${(r.report.totalMs / 1000).toFixed(1)} s`,
             `  disk      ${r.disk} (${formatBytes(r.report.disk.size)}, sparse)`,
+            ...r.report.outputs
+              .filter((d) => d.format !== "raw")
+              .map(
+                (d) =>
+                  `  ${d.format.padEnd(9)} ${join(opts.out, d.file)} (${formatBytes(d.bytes)})`,
+              ),
             `  bundle    ${r.bundle} (${formatBytes(r.report.bundle.size)})`,
             `  slot      ${formatBytes(r.report.slotImage.size)} sha256 ${r.report.slotImage.sha256}`,
             `  roothash  ${r.report.verity.rootHash}`,
