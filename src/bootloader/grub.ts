@@ -126,6 +126,15 @@ function slotFunction(slot: SlotName, cmdline: string): string {
   ].join("\n");
 }
 
+/** grub.cfg: try the slots in the boot state's order (steps 4 and 5 run it). */
+const TRY_IN_ORDER = `if [ "$order" = "B A" ]; then
+  abforge_try_B
+  abforge_try_A
+else
+  abforge_try_A
+  abforge_try_B
+fi`;
+
 /**
  * The grub.cfg of every abforge disk (README.md, "GRUB", steps 1-5). Pure.
  * Throws BootloaderError GRUB_BAD_CMDLINE for a command line GRUB script
@@ -211,24 +220,12 @@ ${slotFunction("A", cmdline)}
 ${slotFunction("B", cmdline)}
 
 # 4. The slot order.
-if [ "$order" = "B A" ]; then
-  abforge_try_B
-  abforge_try_A
-else
-  abforge_try_A
-  abforge_try_B
-fi
+${TRY_IN_ORDER}
 
 # 5. Nothing booted: a good slot that was passed over boots after all,
 #    without counting (better an unconfirmed slot than none).
 set abforge_last=1
-if [ "$order" = "B A" ]; then
-  abforge_try_B
-  abforge_try_A
-else
-  abforge_try_A
-  abforge_try_B
-fi
+${TRY_IN_ORDER}
 
 # 6. Nothing booted.
 echo "abforge: no bootable slot"

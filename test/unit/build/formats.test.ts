@@ -19,7 +19,7 @@ import { fileURLToPath } from "node:url";
 import { beforeAll, describe, expect, it } from "vitest";
 import { checkDiskFormat, parseFormats } from "../../../src/build/formats.ts";
 import { abforge, startAbforge } from "../../helpers/cli.ts";
-import { tempDir } from "../../helpers/tmp.ts";
+import { dirSnapshot, tempDir } from "../../helpers/tmp.ts";
 
 const DEMO = fileURLToPath(new URL("../../../images/demo.yaml", import.meta.url));
 const FORMATS = "raw,qcow2,vmdk,vhd,gce";
@@ -48,16 +48,6 @@ function info(path: string, format?: string): { format: string; "virtual-size": 
   return JSON.parse(
     execFileSync("qemu-img", ["info", ...forced, "--output=json", path], { encoding: "utf8" }),
   );
-}
-
-/** Names, sizes and mtimes of what is in a directory (what a failed build must not change). */
-function snapshot(d: string): string[] {
-  return readdirSync(d)
-    .sort()
-    .map((n) => {
-      const st = statSync(join(d, n));
-      return `${n} ${st.size} ${st.mtimeMs}`;
-    });
 }
 
 beforeAll(async () => {
@@ -220,7 +210,7 @@ describe("an unknown format", () => {
 
 describe("an interrupted conversion", () => {
   it("SIGINT while tar writes the GCE tarball: BUILD_INTERRUPTED, --out as it was", async () => {
-    const before = snapshot(out);
+    const before = dirSnapshot(out);
     const b = startAbforge([
       "--log-level",
       "debug",
@@ -240,6 +230,6 @@ describe("an interrupted conversion", () => {
     const r = await b.done;
     expect(r.code, r.stderr).toBe(19);
     expect(r.stderr).toMatch(/build interrupted by SIGINT in the format gce step/);
-    expect(snapshot(out)).toEqual(before);
+    expect(dirSnapshot(out)).toEqual(before);
   }, 120_000);
 });

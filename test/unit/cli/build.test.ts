@@ -4,24 +4,14 @@
  * mksquashfs runs (README "What survives what": an interrupted build).
  */
 import { spawn } from "node:child_process";
-import { existsSync, mkdirSync, readdirSync, readFileSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, readdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { describe, expect, it } from "vitest";
 import { ABFORGE, abforge, runCaptured, startAbforge } from "../../helpers/cli.ts";
-import { tempDir } from "../../helpers/tmp.ts";
+import { dirSnapshot, tempDir } from "../../helpers/tmp.ts";
 
 const DEMO = fileURLToPath(new URL("../../../images/demo.yaml", import.meta.url));
-
-/** Names, sizes and mtimes of what is in a directory (what an interrupted build must not change). */
-function snapshot(dir: string): string[] {
-  return readdirSync(dir)
-    .sort()
-    .map((n) => {
-      const st = statSync(join(dir, n));
-      return `${n} ${st.size} ${st.mtimeMs}`;
-    });
-}
 
 function groupAlive(pgid: number): boolean {
   try {
@@ -65,7 +55,7 @@ describe("an interrupted build", () => {
     process.kill(-(killedTool.pid as number), "SIGKILL");
     const stale = readdirSync(out).filter((n) => n.startsWith(".build-"));
     expect(stale).toHaveLength(1);
-    const before = snapshot(out).filter((l) => !l.startsWith(".build-"));
+    const before = dirSnapshot(out).filter((l) => !l.startsWith(".build-"));
 
     const b = startAbforge(args);
     const tool = await b.logLine(mksquashfsStarted);
@@ -80,7 +70,7 @@ describe("an interrupted build", () => {
     expect(r.stderr).toMatch(/abforge: build interrupted by SIGINT in the squashfs step/);
     expect(r.stderr).not.toMatch(/\n\s+at /);
     expect(groupAlive(pgid)).toBe(false);
-    expect(snapshot(out)).toEqual(before);
+    expect(dirSnapshot(out)).toEqual(before);
     const removed = JSON.stringify(join(out, stale[0]!));
     expect(r.stderr).toContain(`"dir":${removed}`);
   });
