@@ -5,6 +5,7 @@ export type BuildErrorCode =
   | "SPEC_NOT_FOUND"
   | "LAYER_UNSAFE"
   | "LAYER_FAILED"
+  | "ROOTFS_HOST_STATE"
   | "KERNEL_NOT_FOUND"
   | "BUILD_FAILED"
   | "MODULE_NOT_FOUND"

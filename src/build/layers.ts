@@ -4,10 +4,10 @@
  * refusal is a LAYER_UNSAFE error naming the layer and the entry.
  */
 import { lstatSync, readdirSync, readlinkSync, realpathSync, statSync } from "node:fs";
-import { mkdtemp, readdir, readFile, rm } from "node:fs/promises";
-import { basename, dirname, join } from "node:path";
+import { basename, join } from "node:path";
 import { run } from "../exec.ts";
 import type { Logger } from "../log.ts";
+import { debootstrapInto } from "./debootstrap.ts";
 import { BuildError } from "./errors.ts";
 import type {
   DebootstrapLayer,
@@ -24,6 +24,8 @@ export interface ApplyLayersOptions {
   log?: Logger;
   /** Also write the mksquashfs pseudo file here once every layer is applied. */
   pseudoFilePath?: string;
+  /** The build cache; a debootstrap layer keeps its result there (debootstrap.ts). */
+  cacheDir?: string;
 }
 
 export interface LayersResult {
@@ -101,7 +103,7 @@ async function applyLayer(
       await applyHostBinaries(tree, layer, options.log);
       return;
     case "debootstrap":
-      await applyDebootstrap(tree, layer, index, options.log);
+      await applyDebootstrap(tree, layer, index, options);
       return;
   }
 }
@@ -250,44 +252,13 @@ async function busyboxApplets(tree: StagingTree, hostPath: string, to: string): 
 }
 
 // ---------------------------------------------------------------------------
-// debootstrap: a Debian base system from the host's configured apt mirror.
-
-/** The first mirror the host's apt is configured with for `suite` (sources.list and deb822 .sources). */
-export async function hostAptMirror(suite: string, etc = "/etc/apt"): Promise<string | undefined> {
-  const found: { uri: string; suites: string[] }[] = [];
-  const read = async (p: string) => readFile(p, "utf8").catch(() => "");
-  for (const line of (await read(join(etc, "sources.list"))).split("\n")) {
-    const m = /^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)/.exec(line);
-    if (m) found.push({ uri: m[1]!, suites: [m[2]!] });
-  }
-  const dir = join(etc, "sources.list.d");
-  const names = (await readdir(dir).catch(() => [] as string[])).sort();
-  for (const name of names) {
-    const text = await read(join(dir, name));
-    if (name.endsWith(".list")) {
-      for (const line of text.split("\n")) {
-        const m = /^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)\s+(\S+)/.exec(line);
-        if (m) found.push({ uri: m[1]!, suites: [m[2]!] });
-      }
-    } else if (name.endsWith(".sources")) {
-      for (const stanza of text.split(/\n\s*\n/)) {
-        const field = (f: string) => new RegExp(`^${f}:\\s*(.+)$`, "mi").exec(stanza)?.[1]?.trim();
-        if (!(field("Types") ?? "deb").split(/\s+/).includes("deb")) continue;
-        const uris = field("URIs")?.split(/\s+/) ?? [];
-        const suites = field("Suites")?.split(/\s+/) ?? [];
-        for (const uri of uris) found.push({ uri, suites });
-      }
-    }
-  }
-  return (found.find((f) => f.suites.includes(suite)) ?? found.find((f) => /^https?:/.test(f.uri)))
-    ?.uri;
-}
+// debootstrap: a Debian base system (debootstrap.ts), then its owners recorded.
 
 async function applyDebootstrap(
   tree: StagingTree,
   layer: DebootstrapLayer,
   index: number,
-  log?: Logger,
+  options: ApplyLayersOptions,
 ): Promise<void> {
   if (index !== 0 || readdirSync(tree.rootDir).length > 0) {
     throw new BuildError(
@@ -295,26 +266,10 @@ async function applyDebootstrap(
       "debootstrap creates the rootfs: it must be the first layer, into an empty staging directory",
     );
   }
-  if (process.getuid?.() !== 0) {
-    throw new BuildError(
-      "LAYER_FAILED",
-      "debootstrap needs root (it runs chroot and mknod); run the build as root",
-    );
-  }
-  const mirror =
-    layer.mirror ?? (await hostAptMirror(layer.suite)) ?? "http://deb.debian.org/debian";
-  const args = [`--variant=${layer.variant}`];
-  if (layer.packages.length > 0) args.push(`--include=${layer.packages.join(",")}`);
-  // debootstrap's work files go to a sibling temp dir only when it fails; its target is the staging dir.
-  const workDir = await mkdtemp(join(dirname(tree.rootDir), ".debootstrap-"));
-  try {
-    log?.info({ suite: layer.suite, mirror }, "debootstrap");
-    await run("debootstrap", [...args, layer.suite, tree.rootDir, mirror], {
-      env: { ...process.env, TMPDIR: workDir, DEBIAN_FRONTEND: "noninteractive" },
-    });
-  } finally {
-    await rm(workDir, { recursive: true, force: true });
-  }
+  await debootstrapInto(tree, layer, {
+    ...(options.log ? { log: options.log } : {}),
+    ...(options.cacheDir ? { cacheDir: options.cacheDir } : {}),
+  });
   recordNativeTree(tree);
 }
 

@@ -29,7 +29,7 @@ import {
   symlink,
   writeFile,
 } from "node:fs/promises";
-import { dirname, join, resolve } from "node:path";
+import { basename, dirname, join, resolve } from "node:path";
 import {
   bootStateToEnv,
   buildEsp,
@@ -49,12 +49,13 @@ import {
 } from "../bundle/index.ts";
 import { formatBytes, type TableJson, tableToJson } from "../disk/index.ts";
 import { ToolError } from "../errors.ts";
-import { toolTimeMs, withToolSignal } from "../exec.ts";
+import { run, toolTimeMs, withToolSignal } from "../exec.ts";
 import { AGENT_DIR, formatSlotVerity } from "../image/index.ts";
 import { type Logger, logger } from "../log.ts";
 import type { VerityParams } from "../verity/index.ts";
 import { agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
 import { abforgePartitions, assembleDisk } from "./assemble.ts";
+import { hostSpecificEntries } from "./debootstrap.ts";
 import { BuildError } from "./errors.ts";
 import { buildStateFs } from "./filesystems.ts";
 import { type DiskFormat, type DiskOutput, writeDiskFormat } from "./formats.ts";
@@ -64,7 +65,7 @@ import {
   rootfsBootFiles,
   sourceDateEpoch,
 } from "./initramfs.ts";
-import { fetchKernel } from "./kernel.ts";
+import { fetchKernel, type KernelTree } from "./kernel.ts";
 import { applyLayers } from "./layers.ts";
 import { buildSlotImage } from "./slot.ts";
 import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec } from "./spec/index.ts";
@@ -219,14 +220,18 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
       const system = await systemLayers({
         spec,
         work,
+        kernel,
         vmlinuz: kernel.vmlinuz,
         initrd: initrd.path,
         trusted,
       });
-      return applyLayers({ rootfs: { layers: [...spec.rootfs.layers, ...system] } }, rootDir, {
-        log,
-        pseudoFilePath: pseudoPath,
-      });
+      const applied = await applyLayers(
+        { rootfs: { layers: [...spec.rootfs.layers, ...system] } },
+        rootDir,
+        { log, pseudoFilePath: pseudoPath, cacheDir: o.cacheDir ?? defaultCacheDir() },
+      );
+      refuseHostState(rootDir);
+      return applied;
     });
 
     const squashfsPath = join(work, "rootfs.squashfs");
@@ -532,6 +537,7 @@ async function trustedKeys(spec: ImageSpec, signingKey: KeyObject): Promise<KeyO
 async function systemLayers(o: {
   spec: ImageSpec;
   work: string;
+  kernel: KernelTree;
   vmlinuz: string;
   initrd: string;
   trusted: KeyObject[];
@@ -561,7 +567,23 @@ async function systemLayers(o: {
     text(f.path, f.content, f.mode),
   );
   const services = await serviceFiles();
+  const modules: LayerSpec[] = [];
+  if (o.spec.kernel.rootfsModules) {
+    // Every module, for modprobe on the host (netfilter, bridges, file
+    // systems), with the modules.dep the Debian package does not ship.
+    const modRoot = join(o.work, "kernel-modules");
+    await linkTree(dirname(o.kernel.modulesDir), join(modRoot, "lib", "modules"), [
+      basename(o.kernel.modulesDir),
+    ]);
+    await run("depmod", ["-b", modRoot, o.kernel.version]);
+    modules.push({
+      kind: "dir",
+      path: modRoot,
+      origin: ORIGIN(`kernel ${o.kernel.version} modules`),
+    });
+  }
   return [
+    ...modules,
     {
       kind: "host-binaries",
       binaries: [{ binary: NODE_BINARY, to: "/usr/bin/node" }],
@@ -580,6 +602,21 @@ async function systemLayers(o: {
       ],
     },
   ];
+}
+
+/**
+ * An image is for every host: it never holds one machine's identity or the
+ * build machine's state (README.md, "What an image never holds").
+ */
+function refuseHostState(rootDir: string): void {
+  const found = hostSpecificEntries(rootDir);
+  if (found.length === 0) return;
+  const shown = found.slice(0, 8).map((f) => `/${f}`);
+  throw new BuildError(
+    "ROOTFS_HOST_STATE",
+    `the root filesystem holds host-specific state that every host of the image would share: ${shown.join(", ")}${found.length > shown.length ? ` and ${found.length - shown.length} more` : ""} (remove it in the layer that adds it; the debootstrap layer removes its own)`,
+    { details: { entries: found } },
+  );
 }
 
 /** The network and agent services (busybox init runs /etc/init.d/S??* in order). */

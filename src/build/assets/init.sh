@@ -181,6 +181,28 @@ names_of() {
   echo "${no_out# }"
 }
 
+# Step 7: the accounts an image adds reach a host that changed its own. $1
+# is the image's /etc, $2 the overlay's upper /etc. For each of passwd,
+# group, shadow and gshadow that the host has changed (a copy in the upper
+# directory), the image's entries whose name the host's copy lacks are
+# appended to it (written beside it, then renamed). The host's own entries
+# and its changes to the image's are kept. Prints the names it added.
+merge_accounts() {
+  for ma_f in passwd group shadow gshadow; do
+    [ -f "$2/$ma_f" ] && [ -f "$1/$ma_f" ] || continue
+    ma_new=$(awk -F: 'NR == FNR { have[$1] = 1; next } $1 != "" && !($1 in have)' "$2/$ma_f" "$1/$ma_f") ||
+      return 1
+    [ -n "$ma_new" ] || continue
+    cp -p "$2/$ma_f" "$2/.$ma_f.abforge" || return 1
+    # The host's copy may lack its final newline.
+    [ -z "$(tail -c 1 "$2/$ma_f")" ] || echo >>"$2/.$ma_f.abforge"
+    printf '%s\n' "$ma_new" >>"$2/.$ma_f.abforge" || return 1
+    sync
+    mv -f "$2/.$ma_f.abforge" "$2/$ma_f" || return 1
+    echo "/etc/$ma_f: $(printf '%s\n' "$ma_new" | cut -d: -f1 | tr '\n' ' ')"
+  done
+}
+
 main() {
   # Step 1: the API filesystems.
   mkdir -p /proc /sys /dev
@@ -242,7 +264,23 @@ main() {
     fail "cannot mount the state partition /dev/$state_part (ext4)"
   mkdir -p "$STATE/var" "$STATE/etc-overlay/upper" "$STATE/etc-overlay/work" ||
     fail "cannot create directories on the state partition"
-  mount --bind "$STATE/var" "$NEWROOT/var" || fail "cannot bind the state partition's var on /var"
+  # /var, and /home and /root where the image has them, live on the state
+  # partition. What the image ships there seeds what the host lacks; the
+  # host's own entries are never overwritten.
+  for d in var home root; do
+    [ "$d" = var ] || [ -d "$NEWROOT/$d" ] && [ ! -L "$NEWROOT/$d" ] || continue
+    if [ ! -d "$STATE/$d" ]; then
+      mkdir -p "$STATE/$d" && chmod "$(stat -c %a "$NEWROOT/$d")" "$STATE/$d" ||
+        fail "cannot create $d on the state partition"
+    fi
+    cp -a -n "$NEWROOT/$d/." "$STATE/$d/" || say "seeding /$d from slot $slot failed; going on"
+    mount --bind "$STATE/$d" "$NEWROOT/$d" || fail "cannot bind the state partition's $d on /$d"
+  done
+  if added=$(merge_accounts "$NEWROOT/etc" "$STATE/etc-overlay/upper"); then
+    [ -z "$added" ] || echo "$added" | while read -r line; do say "accounts added from slot $slot to $line"; done
+  else
+    say "merging the image's accounts into the host's /etc failed; going on"
+  fi
   mount -t overlay -o "lowerdir=$NEWROOT/etc,upperdir=$STATE/etc-overlay/upper,workdir=$STATE/etc-overlay/work" \
     overlay "$NEWROOT/etc" || fail "cannot mount the /etc overlay"
 

@@ -15,7 +15,13 @@ export function parseKernel(
 ): ImageSpec["kernel"] | undefined {
   const { c, references } = s;
   const issues = c.issues;
-  const k = c.map(get(root, "kernel"), "kernel", ["package", "path", "cmdline", "modules"], [], at);
+  const k = c.map(
+    get(root, "kernel"),
+    "kernel",
+    ["package", "path", "cmdline", "modules", "rootfsModules"],
+    [],
+    at,
+  );
   let kernel: ImageSpec["kernel"] | undefined;
   if (k) {
     const pkgNode = get(k, "package");
@@ -53,8 +59,10 @@ export function parseKernel(
     const kp = kpath !== undefined && pathNode ? hostPath(pathNode, kpath) : undefined;
     if (kp && pathNode)
       references.push({ loc: pathNode.loc, field: "kernel.path", path: kp, type: "dir" });
-    if (cmdline !== undefined && modules) {
-      kernel = { cmdline, modules };
+    const rmNode = get(k, "rootfsModules");
+    const rootfsModules = rmNode ? c.boolean(rmNode, "kernel.rootfsModules") : false;
+    if (cmdline !== undefined && modules && rootfsModules !== undefined) {
+      kernel = { cmdline, modules, rootfsModules };
       if (pkg !== undefined) kernel.package = pkg;
       if (kp !== undefined) kernel.path = kp;
     }

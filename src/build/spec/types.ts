@@ -90,6 +90,8 @@ export interface ImageSpec {
     path?: string;
     cmdline: string;
     modules: string[];
+    /** Every module of the kernel in the rootfs at /lib/modules/<version>, with modules.dep (default false). */
+    rootfsModules: boolean;
   };
   rootfs: { compression: Compression; layers: LayerSpec[] };
   disk: { espSizeBytes: number; slotSizeBytes: number; stateSizeBytes: number };

@@ -4,7 +4,17 @@
  * does not run) and its functions are called. `fail` only panics as PID 1.
  */
 import { spawnSync } from "node:child_process";
-import { copyFileSync, mkdirSync, realpathSync, symlinkSync, writeFileSync } from "node:fs";
+import {
+  copyFileSync,
+  existsSync,
+  mkdirSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  realpathSync,
+  symlinkSync,
+  writeFileSync,
+} from "node:fs";
 import { join } from "node:path";
 import { describe, expect, it } from "vitest";
 import { buildEsp, encodeEnv } from "../../../src/bootloader/index.ts";
@@ -202,6 +212,50 @@ describe("/init: the boot disk, by the token GRUB saved on it", () => {
     const r = sh(`parse_cmdline "${base} abforge.boottoken=2026"; echo not-reached`);
     expect(r.status).toBe(1);
     expect(r.out).toMatch(/abforge\.boottoken="2026": expected 14 digits/);
+  });
+});
+
+describe("/init: merge_accounts, the image's new accounts into the host's changed /etc", () => {
+  const lower = (d: string) => join(d, "lower");
+  const upper = (d: string) => join(d, "upper");
+  function setup(files: { lower: Record<string, string>; upper: Record<string, string> }): string {
+    const d = mkdtempSync(join(dir, "accounts-"));
+    mkdirSync(lower(d));
+    mkdirSync(upper(d));
+    for (const [n, t] of Object.entries(files.lower)) writeFileSync(join(lower(d), n), t);
+    for (const [n, t] of Object.entries(files.upper)) writeFileSync(join(upper(d), n), t);
+    return d;
+  }
+
+  it("appends the image's entries the host lacks, keeps the host's, and says which", () => {
+    const d = setup({
+      lower: {
+        passwd:
+          "root:x:0:0:root:/root:/bin/bash\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\npodman:x:101:101::/nonexistent:/usr/sbin/nologin\n",
+        group: "root:x:0:\npodman:x:101:\n",
+        shadow: "root:*:19000:0:99999:7:::\npodman:!:19000::::::\n",
+      },
+      upper: {
+        // the host added alice and changed root's shell; its group file lacks a final newline
+        passwd:
+          "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\n",
+        group: "root:x:0:\nalice:x:1000:",
+      },
+    });
+    const r = sh(`merge_accounts ${lower(d)} ${upper(d)}`);
+    expect(r.status, r.out).toBe(0);
+    expect(r.out).toBe("/etc/passwd: podman \n/etc/group: podman \n");
+    expect(readFileSync(join(upper(d), "passwd"), "utf8")).toBe(
+      "root:x:0:0:root:/root:/bin/sh\nsshd:x:100:65534::/run/sshd:/usr/sbin/nologin\nalice:x:1000:1000::/home/alice:/bin/bash\npodman:x:101:101::/nonexistent:/usr/sbin/nologin\n",
+    );
+    expect(readFileSync(join(upper(d), "group"), "utf8")).toBe(
+      "root:x:0:\nalice:x:1000:\npodman:x:101:\n",
+    );
+    // shadow was never changed by the host: the overlay shows the image's, untouched
+    expect(existsSync(join(upper(d), "shadow"))).toBe(false);
+    expect(readdirSync(upper(d)).sort()).toEqual(["group", "passwd"]);
+    // a second boot adds nothing
+    expect(sh(`merge_accounts ${lower(d)} ${upper(d)}`).out).toBe("");
   });
 });
 

@@ -21,11 +21,11 @@ import { join } from "node:path";
 import { gzipSync } from "node:zlib";
 import tarStream from "tar-stream";
 import { describe, expect, it } from "vitest";
+import { hostAptMirror } from "../../../src/build/debootstrap.ts";
 import { BuildError } from "../../../src/build/errors.ts";
 import {
   applyLayers,
   DYNAMIC_LOADER,
-  hostAptMirror,
   parseLdd,
   recordNativeTree,
 } from "../../../src/build/layers.ts";
