@@ -54,3 +54,13 @@ export {
   partitionTypeInfo,
   resolvePartitionType,
 } from "./types.ts";
+export { DEFAULT_STATE_NAME, type GrowPlan, growStateTable, resizeProtectiveMbr } from "./grow.ts";
+export {
+  type Ext4Size,
+  ext4Size,
+  GROW_THRESHOLD_BYTES,
+  type GrowGptResult,
+  type GrowStateResult,
+  growGpt,
+  growState,
+} from "./grow-io.ts";
