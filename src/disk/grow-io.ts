@@ -90,10 +90,7 @@ async function readTable(path: string): Promise<{
  * GPT_GROW_REFUSED (nothing written) when the primary is not valid or holds
  * anything abforge's encoder would not write back byte for byte.
  */
-export async function growGpt(
-  path: string,
-  o: { name?: string } = {},
-): Promise<GrowGptResult> {
+export async function growGpt(path: string, o: { name?: string } = {}): Promise<GrowGptResult> {
   const { info, decoded, head } = await readTable(path);
   const { table } = decoded;
   if (decoded.source !== "primary") {

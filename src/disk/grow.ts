@@ -113,10 +113,7 @@ export function growStateTable(
  * (boot code, other records) kept. Undefined when there is no such record
  * or it already has that size: then LBA 0 is left as it is.
  */
-export function resizeProtectiveMbr(
-  lba0: Uint8Array,
-  diskSectors: bigint,
-): Uint8Array | undefined {
+export function resizeProtectiveMbr(lba0: Uint8Array, diskSectors: bigint): Uint8Array | undefined {
   if (lba0.length < 512 || lba0[510] !== 0x55 || lba0[511] !== 0xaa) return undefined;
   const v = new DataView(lba0.buffer, lba0.byteOffset, lba0.byteLength);
   // the end CHS and size fields as a fresh protective MBR has them
