@@ -63,6 +63,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   GPT_NO_SPACE: 32,
   GPT_NOT_FOUND: 33,
   GPT_MISSING: 34,
+  GPT_GROW_REFUSED: 35,
   // bootloader
   ENV_BAD_BLOCK: 40,
   ENV_TOO_LARGE: 41,

@@ -24,6 +24,16 @@ export {
   tableToJson,
 } from "./describe.ts";
 export { GptError, type GptErrorCode } from "./errors.ts";
+export { DEFAULT_STATE_NAME, type GrowPlan, growStateTable, resizeProtectiveMbr } from "./grow.ts";
+export {
+  type Ext4Size,
+  ext4Size,
+  GROW_THRESHOLD_BYTES,
+  type GrowGptResult,
+  type GrowStateResult,
+  growGpt,
+  growState,
+} from "./grow-io.ts";
 export { guidFromSeed, isGuid, normalizeGuid, randomGuid, ZERO_GUID } from "./guid.ts";
 export { createDisk, type DiskInfo, diskInfo, readGpt, writeGpt } from "./io.ts";
 export {

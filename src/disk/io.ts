@@ -20,7 +20,7 @@ export interface DiskInfo {
   blockDevice: boolean;
 }
 
-function ioError(path: string, what: string, cause: unknown): ToolError {
+export function ioError(path: string, what: string, cause: unknown): ToolError {
   const msg = cause instanceof Error ? cause.message : String(cause);
   const errno = errnoOf(cause);
   return new ToolError(ioCodeFor(errno), `${path}: ${what}: ${msg}`, {
@@ -30,7 +30,7 @@ function ioError(path: string, what: string, cause: unknown): ToolError {
 }
 
 /** major:minor of a device number, as Linux's gnu_dev_major/minor split it. */
-function majorMinor(rdev: number): string {
+export function majorMinor(rdev: number): string {
   const d = BigInt(rdev);
   const major = ((d >> 8n) & 0xfffn) | ((d >> 32n) & ~0xfffn);
   const minor = (d & 0xffn) | ((d >> 12n) & ~0xffn);
