@@ -104,6 +104,36 @@ describe("ociArchive", () => {
     expect(sha256(readFileSync(join(out, a.config.digest.slice(7))))).toBe(a.config.digest);
   });
 
+  it("podman load takes it and names it after the annotation", async () => {
+    const a = await ociArchive(join(dir, "load.oci.tar"), OPTIONS);
+    const store = tempDir("abforge-oci-podman-");
+    const podman = (...args: string[]) =>
+      execFileSync(
+        "podman",
+        [
+          "--root",
+          join(store, "root"),
+          "--runroot",
+          join(store, "run"),
+          "--storage-driver",
+          "vfs",
+          "--events-backend",
+          "none",
+          ...args,
+        ],
+        { encoding: "utf8", stdio: ["ignore", "pipe", "pipe"] },
+      );
+    expect(podman("load", "-q", "-i", a.path)).toMatch(/^Loaded image: localhost\/httpd:1$/m);
+    const [inspected] = JSON.parse(podman("image", "inspect", a.ref)) as {
+      Digest: string;
+      Config: { Cmd: string[] };
+      RootFS: { Layers: string[] };
+    }[];
+    expect(inspected!.Digest).toBe(a.manifest.digest);
+    expect(inspected!.Config.Cmd).toEqual(CMD);
+    expect(inspected!.RootFS.Layers).toEqual([a.diffId]);
+  });
+
   it("has the OCI layout and a layer holding busybox, its applets and /www, byte-identical each run", async () => {
     const a = await ociArchive(join(dir, "one.tar"), OPTIONS);
     const b = await ociArchive(join(dir, "two.tar"), OPTIONS);
