@@ -11,9 +11,9 @@
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import {
+  closeSync,
   copyFileSync,
   createWriteStream,
-  closeSync,
   existsSync,
   mkdtempSync,
   openSync,

@@ -91,7 +91,7 @@ function descriptor(mediaType: string, data: Uint8Array): Descriptor {
 async function packToBuffer(fill: (pack: tar.Pack) => void): Promise<Buffer> {
   const pack = tar.pack();
   const chunks: Buffer[] = [];
-  pack.on("data", (c: Buffer) => chunks.push(c));
+  pack.on("data", (c) => chunks.push(c as Buffer));
   const done = new Promise<void>((resolve, reject) => {
     pack.on("end", () => resolve());
     pack.on("error", reject);

@@ -38,7 +38,7 @@ async function untar(data: Buffer): Promise<Entry[]> {
   const entries: Entry[] = [];
   extract.on("entry", (h, stream, next) => {
     const chunks: Buffer[] = [];
-    stream.on("data", (c: Buffer) => chunks.push(c));
+    stream.on("data", (c) => chunks.push(c as Buffer));
     stream.on("end", () => {
       entries.push({
         name: h.name,
