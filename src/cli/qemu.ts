@@ -12,7 +12,7 @@ interface QemuOptions {
   userData?: string;
   metaData?: string;
   sshPort?: number;
-  forward: { hostPort: number; guestPort: number }[];
+  forward?: { hostPort: number; guestPort: number }[];
 }
 
 const port = portOption("--forward", { anyPort: false });
@@ -20,7 +20,7 @@ const port = portOption("--forward", { anyPort: false });
 /** `--forward HOSTPORT:GUESTPORT`, repeatable: each one is added to the list. */
 function forwardOption(
   value: string,
-  previous: { hostPort: number; guestPort: number }[],
+  previous: { hostPort: number; guestPort: number }[] = [],
 ): { hostPort: number; guestPort: number }[] {
   const m = /^(\d+):(\d+)$/.exec(value);
   if (!m) {
@@ -76,7 +76,6 @@ export function register(program: Command): void {
       "--forward <hostport:guestport>",
       "forward 127.0.0.1:HOSTPORT to the guest's TCP GUESTPORT; repeatable",
       forwardOption,
-      [],
     )
     .action(
       action(async (disk: string, opts: QemuOptions) => {
@@ -101,7 +100,7 @@ export function register(program: Command): void {
           ...(opts.userData !== undefined ? { userData: opts.userData } : {}),
           ...(opts.metaData !== undefined ? { metaData: opts.metaData } : {}),
           ...(opts.sshPort !== undefined ? { sshPort: opts.sshPort } : {}),
-          hostForwards: opts.forward,
+          hostForwards: opts.forward ?? [],
           serialLog: opts.serial,
           memMb: opts.mem,
           kvm: opts.kvm,
