@@ -74,7 +74,7 @@ export interface VmOptions {
   /**
    * More disks, as virtio-blk at lower PCI addresses than `disk` (0x4, 0x3,
    * 0x2) and without a bootindex: OVMF boots `disk`, while Linux names these
-   * first (vda, ...) and the boot disk after them. At most three.
+   * first (vda, ...) and the boot disk after them. At most three, all raw.
    */
   extraDisks?: readonly string[];
   /** Mirror of the serial console. */
@@ -211,7 +211,7 @@ export class Vm {
     // restrict=on leaves explicit forwards working: these are the only way in.
     for (const h of hostForwards)
       netdev.push(`hostfwd=tcp:127.0.0.1:${h.hostPort}-:${h.guestPort}`);
-    if (netdev.length > 3) {
+    if (options.forward || hostForwards.length > 0) {
       args.push(
         "-netdev",
         netdev.join(","),
