@@ -7,6 +7,8 @@ import { connect, createServer } from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Vm } from "../../../qemu/vm.ts";
+import { EXIT_CODES } from "../../../src/cli/exit-codes.ts";
+import { abforge } from "../../helpers/cli.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-attach-");
@@ -44,7 +46,7 @@ interface BlockInfo {
   inserted?: { drv: string; ro: boolean; file: string };
 }
 
-describe("Vm.start", () => {
+describe("QEMU as Vm.start and abforge qemu ask for it", () => {
   it("boots a qcow2 disk as qcow2, attaches the seed read-only and listens on the forwarded ports", async () => {
     const disk = join(dir, "disk.qcow2");
     execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", disk, "64M"]);
@@ -82,5 +84,32 @@ describe("Vm.start", () => {
     await vm.powerOff();
     // the seed lived in the VM's temp directory, removed with it
     expect(existsSync(seed)).toBe(false);
+  });
+
+  it("abforge qemu passes the format, seed and forwards on (stopped by --timeout)", async () => {
+    const disk = join(dir, "cli.qcow2");
+    execFileSync("qemu-img", ["create", "-q", "-f", "qcow2", disk, "64M"]);
+    const userData = join(dir, "cli-user-data");
+    writeFileSync(userData, "#!/bin/sh\necho hi\n");
+    const sshPort = await freePort();
+    const r = await abforge([
+      "qemu",
+      disk,
+      "--user-data",
+      userData,
+      "--ssh-port",
+      String(sshPort),
+      "--forward",
+      `${await freePort()}:8080`,
+      "--timeout",
+      "2",
+    ]);
+    expect(r.code, r.stderr).toBe(EXIT_CODES.QEMU_TIMEOUT);
+    const started = r.stderr
+      .split("\n")
+      .filter((l) => l.startsWith("{"))
+      .map((l) => JSON.parse(l) as Record<string, unknown>)
+      .find((l) => l.msg === "VM started");
+    expect(started).toMatchObject({ format: "qcow2", sshPort, seed: true });
   });
 });
