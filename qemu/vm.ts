@@ -1,18 +1,23 @@
 /**
  * Running a disk image under QEMU: OVMF firmware, the disk as virtio, the
  * serial console captured (and optionally mirrored to a file), a QMP socket
- * for hard reset and power-off, and user networking with `restrict=on` whose
- * only way out is a guestfwd to one port on the host's loopback.
+ * for hard reset and power-off, a cloud-init seed drive when asked, and user
+ * networking with `restrict=on` whose only ways in and out are the forwards
+ * asked for: a guestfwd to one port on the host's loopback, hostfwds from
+ * 127.0.0.1 ports to guest ports.
  *
  * The procedure is in qemu/README.md. Tests use `Vm` directly; the CLI's
  * `abforge qemu` wraps it.
  */
 import { type ChildProcess, spawn } from "node:child_process";
 import {
+  closeSync,
   copyFileSync,
   createWriteStream,
   existsSync,
   mkdtempSync,
+  openSync,
+  readSync,
   rmSync,
   type WriteStream,
 } from "node:fs";
@@ -22,6 +27,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { requireTool } from "../src/exec.ts";
 import { QemuError } from "./errors.ts";
+import { makeSeed } from "./seed.ts";
 
 export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 export const OVMF_VARS_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.fd";
@@ -35,15 +41,40 @@ export interface GuestForward {
   hostPort: number;
 }
 
+/** A host port on 127.0.0.1 carried to a guest TCP port (QEMU `hostfwd`). */
+export interface HostForward {
+  hostPort: number;
+  guestPort: number;
+}
+
+export type DiskFormat = "raw" | "qcow2";
+
+/** qcow2 files start with `QFI\xfb`; anything else is taken as raw. */
+export function detectDiskFormat(path: string): DiskFormat {
+  const fd = openSync(path, "r");
+  try {
+    const magic = Buffer.alloc(4);
+    readSync(fd, magic, 0, 4, 0);
+    return magic.equals(Buffer.from([0x51, 0x46, 0x49, 0xfb])) ? "qcow2" : "raw";
+  } finally {
+    closeSync(fd);
+  }
+}
+
+/** PCI slot of the seed drive: after the NIC's 0x6, so nothing else moves. */
+const SEED_ADDRESS = "0x7";
+
 /** PCI slots of `extraDisks`, in order: all below the boot disk's 0x5. */
 const EXTRA_DISK_ADDRESSES = ["0x4", "0x3", "0x2"] as const;
 
 export interface VmOptions {
   disk: string;
+  /** The boot disk's format; `Vm.start` detects it from the file when absent. */
+  diskFormat?: DiskFormat;
   /**
    * More disks, as virtio-blk at lower PCI addresses than `disk` (0x4, 0x3,
    * 0x2) and without a bootindex: OVMF boots `disk`, while Linux names these
-   * first (vda, ...) and the boot disk after them. At most three.
+   * first (vda, ...) and the boot disk after them. At most three, all raw.
    */
   extraDisks?: readonly string[];
   /** Mirror of the serial console. */
@@ -51,6 +82,19 @@ export interface VmOptions {
   memMb?: number;
   kvm?: boolean;
   forward?: GuestForward;
+  /** Forward 127.0.0.1:sshPort to the guest's port 22. */
+  sshPort?: number;
+  /** More 127.0.0.1 ports carried to guest ports. */
+  hostForwards?: readonly HostForward[];
+  /**
+   * cloud-init user-data file: `Vm.start` makes a NoCloud seed drive from it
+   * (qemu/seed.ts) in its temp directory and attaches it read-only.
+   */
+  userData?: string;
+  /** meta-data for that seed (default: an instance-id derived from the user-data). */
+  metaData?: string;
+  /** A seed image made already (makeSeed), attached read-only; not with `userData`. */
+  seedDisk?: string;
   /** Writable OVMF variables; default `<disk>.ovmf-vars.fd`, created from the template. */
   varsPath?: string;
   /** Called with each chunk of console output (e.g. to mirror it to stdout). */
@@ -106,6 +150,7 @@ export class Vm {
 
   /** Build QEMU's argument list (exported for the CLI's --dry-run and for tests). */
   static args(options: VmOptions, qmpPath: string, varsPath: string): string[] {
+    const hostForwards = checkHostForwards(options);
     const args = [
       "-machine",
       "q35",
@@ -130,7 +175,7 @@ export class Vm {
       // disk remember boot entries by device path, so adding a NIC must not
       // move the disk, and the disk boots first whatever the variables say.
       "-drive",
-      `file=${options.disk},format=raw,if=none,id=disk0,cache=unsafe`,
+      `file=${options.disk},format=${options.diskFormat ?? "raw"},if=none,id=disk0,cache=unsafe`,
       "-device",
       "virtio-blk-pci,drive=disk0,addr=0x5,bootindex=0",
       ...(options.extraDisks ?? []).flatMap((file, i) => [
@@ -139,6 +184,14 @@ export class Vm {
         "-device",
         `virtio-blk-pci,drive=disk${i + 1},addr=${EXTRA_DISK_ADDRESSES[i]}`,
       ]),
+      ...(options.seedDisk
+        ? [
+            "-drive",
+            `file=${options.seedDisk},format=raw,if=none,id=seed,readonly=on`,
+            "-device",
+            `virtio-blk-pci,drive=seed,addr=${SEED_ADDRESS}`,
+          ]
+        : []),
       "-chardev",
       "stdio,id=ser0,signal=off",
       "-serial",
@@ -146,15 +199,22 @@ export class Vm {
       "-qmp",
       `unix:${qmpPath},server=on,wait=off`,
     ];
+    const netdev = ["user", "id=n0", "restrict=on"];
     if (options.forward) {
       const f = options.forward;
       // QEMU starts the command once per guest connection, with the connection on
       // its stdin/stdout; the proxy carries it to 127.0.0.1:hostPort.
       const node = process.execPath;
       const cmd = `${node} --disable-warning=ExperimentalWarning ${PROXY} ${f.hostPort}`;
+      netdev.push(`guestfwd=tcp:${f.guestAddress}:${f.guestPort}-cmd:${cmd}`);
+    }
+    // restrict=on leaves explicit forwards working: these are the only way in.
+    for (const h of hostForwards)
+      netdev.push(`hostfwd=tcp:127.0.0.1:${h.hostPort}-:${h.guestPort}`);
+    if (options.forward || hostForwards.length > 0) {
       args.push(
         "-netdev",
-        `user,id=n0,restrict=on,guestfwd=tcp:${f.guestAddress}:${f.guestPort}-cmd:${cmd}`,
+        netdev.join(","),
         "-device",
         "virtio-net-pci,netdev=n0,addr=0x6,romfile=",
       );
@@ -189,14 +249,43 @@ export class Vm {
         );
       }
     }
+    if (options.userData !== undefined && options.seedDisk !== undefined) {
+      throw new QemuError(
+        "QEMU_BAD_SEED",
+        `both userData (${options.userData}) and seedDisk (${options.seedDisk}) given: a VM has one seed drive`,
+      );
+    }
+    if (options.seedDisk !== undefined && !existsSync(options.seedDisk)) {
+      throw new QemuError("QEMU_BAD_SEED", `seed image ${options.seedDisk} does not exist`, {
+        details: { path: options.seedDisk },
+      });
+    }
+    checkHostForwards(options);
     const varsPath = options.varsPath ?? `${options.disk}.ovmf-vars.fd`;
-    if (!existsSync(varsPath)) copyFileSync(OVMF_VARS_TEMPLATE, varsPath);
     const workDir = mkdtempSync(join(tmpdir(), "abforge-qemu-"));
+    let resolved: VmOptions = {
+      ...options,
+      diskFormat: options.diskFormat ?? detectDiskFormat(options.disk),
+    };
+    try {
+      if (options.userData !== undefined) {
+        const seed = await makeSeed({
+          outPath: join(workDir, "seed.img"),
+          userData: options.userData,
+          ...(options.metaData !== undefined ? { metaData: options.metaData } : {}),
+        });
+        resolved = { ...resolved, seedDisk: seed.path };
+      }
+    } catch (err) {
+      rmSync(workDir, { recursive: true, force: true });
+      throw err;
+    }
+    if (!existsSync(varsPath)) copyFileSync(OVMF_VARS_TEMPLATE, varsPath);
     const qmpPath = join(workDir, "qmp.sock");
-    const child = spawn(qemu, Vm.args(options, qmpPath, varsPath), {
+    const child = spawn(qemu, Vm.args(resolved, qmpPath, varsPath), {
       stdio: ["pipe", "pipe", "pipe"],
     });
-    const vm = new Vm(options, child, workDir, qmpPath);
+    const vm = new Vm(resolved, child, workDir, qmpPath);
     await new Promise<void>((resolve, reject) => {
       child.once("spawn", () => resolve());
       child.once("error", (cause) =>
@@ -349,6 +438,49 @@ export class Vm {
     this.process.kill("SIGKILL");
     await this.exited;
   }
+}
+
+/**
+ * The hostfwds a VM gets (`sshPort` first, as guest port 22): every port
+ * 1-65535, no host port twice (QEMU would refuse to start).
+ */
+export function checkHostForwards(options: VmOptions): HostForward[] {
+  const all = [
+    ...(options.sshPort === undefined ? [] : [{ hostPort: options.sshPort, guestPort: 22 }]),
+    ...(options.hostForwards ?? []),
+  ];
+  const seen = new Set<number>();
+  for (const f of all) {
+    for (const [side, port] of [
+      ["host", f.hostPort],
+      ["guest", f.guestPort],
+    ] as const) {
+      if (!Number.isInteger(port) || port < 1 || port > 65535) {
+        throw new QemuError(
+          "QEMU_BAD_FORWARD",
+          `forward ${f.hostPort}:${f.guestPort}: the ${side} port must be 1-65535`,
+          { details: { hostPort: f.hostPort, guestPort: f.guestPort } },
+        );
+      }
+    }
+    if (seen.has(f.hostPort)) {
+      throw new QemuError(
+        "QEMU_BAD_FORWARD",
+        `host port ${f.hostPort} is forwarded twice (--ssh-port and --forward share 127.0.0.1)`,
+        { details: { hostPort: f.hostPort } },
+      );
+    }
+    seen.add(f.hostPort);
+  }
+  if (options.forward && seen.has(options.forward.hostPort)) {
+    // the repository listens there: QEMU could not bind the hostfwd
+    throw new QemuError(
+      "QEMU_BAD_FORWARD",
+      `host port ${options.forward.hostPort} is both the repository the guest reaches and a port forwarded into the guest`,
+      { details: { hostPort: options.forward.hostPort } },
+    );
+  }
+  return all;
 }
 
 async function connectWithRetry(path: string, timeoutMs: number): Promise<Socket> {

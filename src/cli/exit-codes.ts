@@ -117,6 +117,8 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   QEMU_FAILED: 90,
   QEMU_TIMEOUT: 91,
   QEMU_BAD_DISK: 92,
+  QEMU_BAD_SEED: 93,
+  QEMU_BAD_FORWARD: 94,
 };
 
 export function exitCodeFor(code: string): number {

@@ -1,4 +1,4 @@
-import type { Command } from "commander";
+import { type Command, InvalidArgumentError } from "commander";
 import { logger } from "../log.ts";
 import { action, intOption, portOption } from "./command.ts";
 
@@ -9,6 +9,26 @@ interface QemuOptions {
   kvm?: boolean;
   repoPort?: number;
   repoAddress: string;
+  userData?: string;
+  metaData?: string;
+  sshPort?: number;
+  forward?: { hostPort: number; guestPort: number }[];
+}
+
+const port = portOption("--forward", { anyPort: false });
+
+/** `--forward HOSTPORT:GUESTPORT`, repeatable: each one is added to the list. */
+function forwardOption(
+  value: string,
+  previous: { hostPort: number; guestPort: number }[] = [],
+): { hostPort: number; guestPort: number }[] {
+  const m = /^(\d+):(\d+)$/.exec(value);
+  if (!m) {
+    throw new InvalidArgumentError(
+      `--forward must be HOSTPORT:GUESTPORT (TCP ports, 1-65535), got "${value}"`,
+    );
+  }
+  return [...previous, { hostPort: port(m[1]!), guestPort: port(m[2]!) }];
 }
 
 export function register(program: Command): void {
@@ -17,7 +37,10 @@ export function register(program: Command): void {
     .description(
       "boot a disk image under QEMU (OVMF, virtio disk, serial console on stdout); exit 0 when the VM powers off",
     )
-    .argument("<disk>", "the GPT disk image to boot")
+    .argument(
+      "<disk>",
+      "the GPT disk image to boot: raw, or qcow2 (told apart by the file's magic)",
+    )
     .option("--serial <file>", "also write the serial console to this file")
     .option(
       "--timeout <seconds>",
@@ -36,6 +59,24 @@ export function register(program: Command): void {
       "the address the image's agent uses for its repository (as in the demo image's agent config)",
       "10.0.2.100:80",
     )
+    .option(
+      "--user-data <file>",
+      "cloud-init user-data: attached on a NoCloud seed drive (FAT, label CIDATA, read-only); at most 1 MiB, starting with #cloud-config, #!, #include, #cloud-boothook or a multipart MIME header",
+    )
+    .option(
+      "--meta-data <file>",
+      "meta-data for the seed drive (default: instance-id iid-<sha256 of the user-data, 16 hex digits>)",
+    )
+    .option(
+      "--ssh-port <port>",
+      "forward 127.0.0.1:PORT to the guest's SSH port 22 (1-65535)",
+      portOption("--ssh-port", { anyPort: false }),
+    )
+    .option(
+      "--forward <hostport:guestport>",
+      "forward 127.0.0.1:HOSTPORT to the guest's TCP GUESTPORT; repeatable",
+      forwardOption,
+    )
     .action(
       action(async (disk: string, opts: QemuOptions) => {
         // The harness lives outside src/ and is not shipped in images: load it
@@ -51,8 +92,15 @@ export function register(program: Command): void {
             `--repo-address must be HOST:PORT with a port of 1-65535, got "${opts.repoAddress}"`,
           );
         }
+        if (opts.metaData !== undefined && opts.userData === undefined) {
+          throw new QemuError("QEMU_BAD_SEED", "--meta-data needs --user-data");
+        }
         const vm = await Vm.start({
           disk,
+          ...(opts.userData !== undefined ? { userData: opts.userData } : {}),
+          ...(opts.metaData !== undefined ? { metaData: opts.metaData } : {}),
+          ...(opts.sshPort !== undefined ? { sshPort: opts.sshPort } : {}),
+          hostForwards: opts.forward ?? [],
           serialLog: opts.serial,
           memMb: opts.mem,
           kvm: opts.kvm,
@@ -62,7 +110,18 @@ export function register(program: Command): void {
               : { guestAddress, guestPort, hostPort: opts.repoPort },
           onConsole: (text) => process.stdout.write(text),
         });
-        log.info({ disk, kvm: Boolean(opts.kvm), repoPort: opts.repoPort }, "VM started");
+        log.info(
+          {
+            disk,
+            format: vm.options.diskFormat,
+            kvm: Boolean(opts.kvm),
+            repoPort: opts.repoPort,
+            sshPort: opts.sshPort,
+            forward: opts.forward,
+            seed: opts.userData !== undefined,
+          },
+          "VM started",
+        );
         process.stdin.on("data", (d) => vm.process.stdin?.write(d));
         const stop = () => void vm.powerOff();
         process.once("SIGINT", stop);
