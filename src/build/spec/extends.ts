@@ -27,14 +27,37 @@ export function extendsOf(tree: YNode | undefined): { loc: Loc; value: unknown }
   return { loc: e.value.loc, value: e.value.kind === "scalar" ? e.value.value : undefined };
 }
 
+/** The layer node's debootstrap mapping, when it is a debootstrap layer. */
+function debootstrapOf(layer: YNode): YNode | undefined {
+  if (layer.kind !== "map" || layer.entries.size !== 1) return undefined;
+  return layer.entries.get("debootstrap")?.value;
+}
+
 /**
  * Merge a spec over its base: mappings merge key by key, `rootfs.layers`
- * appends, anything else the child sets replaces the base's value. Setting
+ * appends (except that a debootstrap layer first in both lists is one layer:
+ * the child's fields replace the base's and its packages are appended),
+ * anything else the child sets replaces the base's value. Setting
  * one of kernel.package / kernel.path drops the other from the base.
  */
 export function merge(base: YNode, over: YNode, path: string): YNode {
   if (base.kind !== "map" || over.kind !== "map") {
     if (path === "rootfs.layers" && base.kind === "seq" && over.kind === "seq") {
+      const [b0, ...bRest] = base.items;
+      const [o0, ...oRest] = over.items;
+      // A child's debootstrap layer extends the base's (one Debian system,
+      // more packages) instead of adding a second one.
+      if (b0 && o0 && debootstrapOf(b0) && debootstrapOf(o0)) {
+        const first = merge(b0, o0, "rootfs.layers[0]");
+        return { kind: "seq", items: [first, ...bRest, ...oRest], loc: over.loc };
+      }
+      return { kind: "seq", items: [...base.items, ...over.items], loc: over.loc };
+    }
+    if (
+      path === "rootfs.layers[0].debootstrap.packages" &&
+      base.kind === "seq" &&
+      over.kind === "seq"
+    ) {
       return { kind: "seq", items: [...base.items, ...over.items], loc: over.loc };
     }
     return over;

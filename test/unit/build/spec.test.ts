@@ -93,6 +93,7 @@ describe("a valid spec", () => {
       package: "linux-image-cloud-amd64",
       cmdline: "console=ttyS0",
       modules: ["virtio_blk", "virtio_pci", "dm-verity", "squashfs"],
+      rootfsModules: false,
     });
     expect(spec.disk).toEqual({
       espSizeBytes: 64 * MIB,
@@ -139,7 +140,7 @@ update: { repo: "https://r/" }
 `;
     const spec = parseSpec(text, "/specs/min.yaml");
     expect(spec.rootfs.compression).toBe("xz");
-    expect(spec.kernel).toEqual({ path: "/k", cmdline: "", modules: [] });
+    expect(spec.kernel).toEqual({ path: "/k", cmdline: "", modules: [], rootfsModules: false });
     expect(spec.update).toMatchObject({
       channel: "stable",
       tries: 3,
@@ -493,6 +494,7 @@ disk: { slotSize: 1GiB }
       path: join(dir, "kernel-dir"),
       cmdline: "console=ttyS0",
       modules: [],
+      rootfsModules: false,
     });
     expect(spec.rootfs.compression).toBe("gzip");
     expect(spec.rootfs.layers.map((l) => ("path" in l ? l.path : l.kind))).toEqual([
@@ -507,6 +509,35 @@ disk: { slotSize: 1GiB }
     expect(spec.update.keys).toEqual([join(sub, "base.pub")]);
     expect(spec.update.tries).toBe(2);
     expect(spec.specFiles).toEqual([join(dir, "bases/base.yaml"), file]);
+  });
+
+  it("a child's debootstrap layer extends the base's: one Debian system, the packages of both", async () => {
+    writeFileSync(
+      join(sub, "deb-base.yaml"),
+      base.replace(
+        "    - tar: base.tar",
+        "    - debootstrap: { suite: bookworm, packages: [openssh-server, podman] }\n    - tar: base.tar",
+      ),
+    );
+    const file = write(
+      "deb-child.yaml",
+      `extends: bases/deb-base.yaml
+name: child
+rootfs:
+  layers:
+    - debootstrap: { suite: bookworm, packages: [tcpdump], mirror: "http://m/debian" }
+    - dir: overlay/
+`,
+    );
+    const spec = await loadSpec(file);
+    expect(spec.rootfs.layers.map((l) => l.kind)).toEqual(["debootstrap", "tar", "dir"]);
+    expect(spec.rootfs.layers[0]).toMatchObject({
+      kind: "debootstrap",
+      suite: "bookworm",
+      variant: "minbase",
+      packages: ["openssh-server", "podman", "tcpdump"],
+      mirror: "http://m/debian",
+    });
   });
 
   it("names the base's file and line for an error in the base", async () => {
