@@ -2,7 +2,7 @@
  * What every abforge image carries so it can keep itself current (README.md,
  * "The agent in the image"): the agent's code, the Node 24 runtime it runs
  * on, its config from the spec's `update:` section, the trusted keys, the
- * image's identity, and the service that starts it at boot.
+ * image's identity (the services that start it: pipeline.ts and systemd.ts).
  */
 
 import type { KeyObject } from "node:crypto";
@@ -20,6 +20,7 @@ import {
   serializeRelease,
 } from "../image/index.ts";
 import type { ImageSpec } from "./spec/index.ts";
+import type { InitKind } from "./systemd.ts";
 
 /** The abforge checkout (or installed tree) this build runs from. */
 export const SOURCE_ROOT = fileURLToPath(new URL("../../", import.meta.url));
@@ -42,6 +43,8 @@ export interface AgentFilesOptions {
   spec: ImageSpec;
   /** Public keys the image trusts for updates (the spec's, or the signing key's public half). */
   trustedKeys: KeyObject[];
+  /** The image's init (systemd.ts `detectInit`); default busybox. */
+  init?: InitKind;
 }
 
 /** The agent's config, keys, the image's identity and its boot service, as files for the rootfs. */
@@ -57,6 +60,7 @@ export function agentFiles(
   const config = agentConfigOf(
     spec,
     keyFiles.map((k) => k.path),
+    o.init,
   );
   const release = { name: spec.name, version: spec.version, compatible: spec.compatible };
   return [
@@ -73,8 +77,16 @@ export function agentFiles(
   ];
 }
 
-/** The agent config an image carries: the contract's defaults with the spec's `update:` section. */
-export function agentConfigOf(spec: ImageSpec, trustedKeys: string[]): AgentConfig {
+/**
+ * The agent config an image carries: the contract's defaults with the spec's
+ * `update:` section; under systemd the agent reboots through it and checks
+ * that no unit failed (the built-in `no-failed-units`).
+ */
+export function agentConfigOf(
+  spec: ImageSpec,
+  trustedKeys: string[],
+  init: InitKind = "busybox",
+): AgentConfig {
   const u = spec.update;
   return {
     ...defaultConfig(),
@@ -91,6 +103,9 @@ export function agentConfigOf(spec: ImageSpec, trustedKeys: string[]): AgentConf
       command: ["/bin/sh", "-c", c.command],
       timeoutMs: c.timeoutMs,
     })),
+    ...(init === "systemd"
+      ? { rebootCommand: ["systemctl", "reboot"], builtinChecks: ["no-failed-units" as const] }
+      : {}),
     compatible: spec.compatible,
   };
 }

@@ -26,6 +26,13 @@ export interface ApplyLayersOptions {
   pseudoFilePath?: string;
   /** The build cache; a debootstrap layer keeps its result there (debootstrap.ts). */
   cacheDir?: string;
+  /**
+   * Go on with this tree (of `rootDir`), as layers `firstIndex` onwards: the
+   * pipeline applies the spec's layers, looks at what they made (the init),
+   * then applies its own into the same tree.
+   */
+  tree?: StagingTree;
+  firstIndex?: number;
 }
 
 export interface LayersResult {
@@ -52,9 +59,10 @@ export async function applyLayers(
   rootDir: string,
   options: ApplyLayersOptions = {},
 ): Promise<LayersResult> {
-  const tree = new StagingTree(rootDir);
+  const tree = options.tree ?? new StagingTree(rootDir);
   const log = options.log;
-  for (const [i, layer] of spec.rootfs.layers.entries()) {
+  for (const [j, layer] of spec.rootfs.layers.entries()) {
+    const i = j + (options.firstIndex ?? 0);
     const what = describeLayer(layer, i);
     const started = Date.now();
     try {

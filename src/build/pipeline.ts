@@ -53,7 +53,7 @@ import { run, toolTimeMs, withToolSignal } from "../exec.ts";
 import { AGENT_DIR, formatSlotVerity } from "../image/index.ts";
 import { type Logger, logger } from "../log.ts";
 import type { VerityParams } from "../verity/index.ts";
-import { agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
+import { agentConfigOf, agentFiles, NODE_BINARY, runtimePackages, SOURCE_ROOT } from "./agent.ts";
 import { abforgePartitions, assembleDisk } from "./assemble.ts";
 import { hostSpecificEntries } from "./debootstrap.ts";
 import { BuildError } from "./errors.ts";
@@ -68,9 +68,18 @@ import {
 import { fetchKernel, type KernelTree } from "./kernel.ts";
 import { applyLayers } from "./layers.ts";
 import { buildSlotImage } from "./slot.ts";
-import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec } from "./spec/index.ts";
+import type { FileEntry, ImageSpec, LayerOrigin, LayerSpec, UpdateMode } from "./spec/index.ts";
 import { loadSpec } from "./spec/index.ts";
 import { buildSquashfs, fileDigest } from "./squashfs.ts";
+import type { StagingTree } from "./staging.ts";
+import {
+  detectInit,
+  hasNetworkd,
+  type InitKind,
+  type InitSystem,
+  systemdFiles,
+  updateMode,
+} from "./systemd.ts";
 
 export interface BuildOptions {
   specPath: string;
@@ -117,6 +126,10 @@ export interface BuildReport {
   compatible: string;
   createdAt: string;
   kernel: { version: string; package: string | null };
+  /** The image's init: `/sbin/init` after the spec's layers (systemd.ts `detectInit`). */
+  init: InitKind;
+  /** How the update check runs: `agent run` as a daemon, or a systemd timer of `agent check`. */
+  updateMode: UpdateMode;
   slotImage: { size: number; sha256: string };
   verity: VerityParams;
   bundle: { file: string; size: number; sha256: string; keyId: string };
@@ -216,7 +229,18 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
 
     const rootDir = join(work, "rootfs");
     const pseudoPath = join(work, "rootfs.pseudo");
-    const layers = await step("rootfs", async () => {
+    const { layers, init, mode } = await step("rootfs", async () => {
+      // The spec's layers first: what they installed decides the init flow.
+      const own = await applyLayers(spec, rootDir, {
+        log,
+        cacheDir: o.cacheDir ?? defaultCacheDir(),
+      });
+      const init = detectInit(own.tree);
+      const mode = updateMode(spec, init);
+      log.info(
+        { init: init.kind, updateMode: mode },
+        `init: ${init.kind}; the update check runs as a ${mode}`,
+      );
       const system = await systemLayers({
         spec,
         work,
@@ -224,14 +248,19 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
         vmlinuz: kernel.vmlinuz,
         initrd: initrd.path,
         trusted,
+        init,
+        mode,
+        tree: own.tree,
+        log,
       });
-      const applied = await applyLayers(
-        { rootfs: { layers: [...spec.rootfs.layers, ...system] } },
-        rootDir,
-        { log, pseudoFilePath: pseudoPath, cacheDir: o.cacheDir ?? defaultCacheDir() },
-      );
+      const layers = await applyLayers({ rootfs: { layers: system } }, rootDir, {
+        log,
+        pseudoFilePath: pseudoPath,
+        tree: own.tree,
+        firstIndex: spec.rootfs.layers.length,
+      });
       refuseHostState(rootDir);
-      return applied;
+      return { layers, init: init.kind, mode };
     });
 
     const squashfsPath = join(work, "rootfs.squashfs");
@@ -384,6 +413,8 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
         version: kernel.version,
         package: kernel.package ? `${kernel.package.name}=${kernel.package.version}` : null,
       },
+      init,
+      updateMode: mode,
       slotImage: {
         size: written.manifest.slotImage.size,
         sha256: written.manifest.slotImage.sha256,
@@ -531,16 +562,24 @@ async function trustedKeys(spec: ImageSpec, signingKey: KeyObject): Promise<KeyO
 
 /**
  * What abforge adds after the spec's layers, through the same safe layer code:
- * the mount points and boot files of the init flow, the kernel and initramfs,
- * the Node 24 runtime, the agent's code, its config, keys and the release file.
+ * the mount points and the init flow's files (busybox: inittab, rc scripts
+ * and services; systemd: units and their enabling links, systemd.ts), the
+ * kernel and initramfs, the Node 24 runtime, the agent's code, its config,
+ * keys and the release file.
  */
-async function systemLayers(o: {
+export async function systemLayers(o: {
   spec: ImageSpec;
   work: string;
-  kernel: KernelTree;
+  /** Needed when the spec asks for kernel.rootfsModules. */
+  kernel?: KernelTree;
   vmlinuz: string;
   initrd: string;
   trusted: KeyObject[];
+  init: InitSystem;
+  mode: UpdateMode;
+  /** The staged spec layers (what systemd's networkd unit is looked up in). */
+  tree: StagingTree;
+  log?: Logger;
 }): Promise<LayerSpec[]> {
   const sys = join(o.work, "system");
   for (const d of ROOTFS_MOUNT_POINTS) await mkdir(join(sys, d), { recursive: true });
@@ -560,15 +599,34 @@ async function systemLayers(o: {
     mode,
     ...root,
   });
-  const boot = (await rootfsBootFiles()).map((f) =>
-    text(`/${f.path}`, Buffer.from(f.data).toString("utf8"), f.mode),
-  );
-  const agent = agentFiles({ spec: o.spec, trustedKeys: o.trusted }).map((f) =>
-    text(f.path, f.content, f.mode),
-  );
-  const services = await serviceFiles();
+  const agent = agentFiles({ spec: o.spec, trustedKeys: o.trusted, init: o.init.kind });
+  let initFiles: { path: string; content: string; mode: number }[];
+  if (o.init.kind === "systemd") {
+    const networkd = hasNetworkd(o.tree, o.init.libDir);
+    if (!networkd)
+      o.log?.warn(
+        { libDir: o.init.libDir },
+        "the image has no systemd-networkd: abforge sets up no network, the image's own must",
+      );
+    const config = agentConfigOf(o.spec, [], "systemd");
+    const units = systemdFiles({ libDir: o.init.libDir, mode: o.mode, config, networkd });
+    // The enabling links go in with the agent's code (the dir layer keeps symlinks).
+    for (const l of units.links) {
+      await mkdir(dirname(join(sys, l.path)), { recursive: true });
+      await symlink(l.target, join(sys, l.path));
+    }
+    initFiles = units.files;
+  } else {
+    const boot = (await rootfsBootFiles()).map((f) => ({
+      path: `/${f.path}`,
+      content: Buffer.from(f.data).toString("utf8"),
+      mode: f.mode,
+    }));
+    initFiles = [...boot, ...(await serviceFiles())];
+  }
   const modules: LayerSpec[] = [];
   if (o.spec.kernel.rootfsModules) {
+    if (!o.kernel) throw new Error("systemLayers: kernel.rootfsModules needs the kernel tree");
     // Every module, for modprobe on the host (netfilter, bridges, file
     // systems), with the modules.dep the Debian package does not ship.
     const modRoot = join(o.work, "kernel-modules");
@@ -594,9 +652,7 @@ async function systemLayers(o: {
       kind: "files",
       origin: ORIGIN("abforge boot flow and agent config"),
       files: [
-        ...boot,
-        ...agent,
-        ...services.map((s) => text(s.path, s.content, s.mode)),
+        ...[...initFiles, ...agent].map((f) => text(f.path, f.content, f.mode)),
         { path: "/boot/vmlinuz", source: o.vmlinuz, mode: 0o644, ...root },
         { path: "/boot/initrd.img", source: o.initrd, mode: 0o644, ...root },
       ],
@@ -619,7 +675,7 @@ function refuseHostState(rootDir: string): void {
   );
 }
 
-/** The network and agent services (busybox init runs /etc/init.d/S??* in order). */
+/** The busybox image's network and agent services (its init runs /etc/init.d/S??* in order). */
 async function serviceFiles(): Promise<{ path: string; content: string; mode: number }[]> {
   const asset = (name: string) => readFile(new URL(`./assets/${name}`, import.meta.url), "utf8");
   return [

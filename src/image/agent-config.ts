@@ -40,6 +40,15 @@ export const REBOOT_POLICIES: readonly RebootPolicy[] = ["auto", "manual"];
 export type ConfirmPolicy = "started" | "healthy";
 export const CONFIRM_POLICIES: readonly ConfirmPolicy[] = ["started", "healthy"];
 
+/**
+ * Checks the agent carries out itself, beside `healthChecks`:
+ * `no-failed-units` — systemd lists no failed unit and its state is
+ * `running` (or `starting`, while the boot transaction that runs the
+ * check is still going); src/updater "Built-in checks".
+ */
+export type BuiltinCheck = "no-failed-units";
+export const BUILTIN_CHECKS: readonly BuiltinCheck[] = ["no-failed-units"];
+
 export interface HealthCheckConfig {
   /** For logs; default `check-<n>`. */
   name: string;
@@ -67,6 +76,8 @@ export interface AgentConfig {
   reboot: RebootPolicy;
   rebootCommand: string[];
   healthChecks: HealthCheckConfig[];
+  /** Built-in checks run after `healthChecks`, with the same consequences. */
+  builtinChecks: BuiltinCheck[];
   /** When a boot of a good slot counts as confirmed (GRUB falls back after too many unconfirmed ones). */
   confirm: ConfirmPolicy;
   stateDir: string;
@@ -97,6 +108,7 @@ export function defaultConfig(): AgentConfig {
     reboot: "auto",
     rebootCommand: ["reboot"],
     healthChecks: [],
+    builtinChecks: [],
     confirm: "started",
     stateDir: DEFAULT_STATE_DIR,
     disk: null,
@@ -173,6 +185,12 @@ function readFields(r: Reader, root: MapNode, config: AgentConfig): void {
   if (checks) {
     const parsed = checks.map((n, i) => healthCheck(r, n, i));
     if (parsed.every((c) => c !== undefined)) config.healthChecks = parsed;
+  }
+  const builtinNode = get(m, "builtinChecks");
+  const builtins = r.list(builtinNode, "builtinChecks");
+  if (builtins) {
+    const parsed = builtins.map((n, i) => r.enum(n, `builtinChecks[${i}]`, BUILTIN_CHECKS));
+    if (parsed.every((c) => c !== undefined)) config.builtinChecks = [...new Set(parsed)];
   }
   const slots = get(m, "slots");
   if (slots) {

@@ -5,6 +5,8 @@
  */
 export {
   type AgentConfig,
+  BUILTIN_CHECKS,
+  type BuiltinCheck,
   CONFIRM_POLICIES,
   type ConfirmPolicy,
   DEFAULT_CONFIG_PATH,

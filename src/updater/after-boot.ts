@@ -18,7 +18,7 @@ import type { AgentConfig, SlotName } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { VerityError, verifyVerity } from "../verity/index.ts";
 import { errText, UpdaterError } from "./errors.ts";
-import { type HealthResult, type HealthRunner, runHealthChecks } from "./health.ts";
+import { checkCount, type HealthResult, type HealthRunner, runConfiguredChecks } from "./health.ts";
 import type { BootStore, StateHandle } from "./installer.ts";
 import type { ByteRange, Rebooter } from "./machine.ts";
 import { decideAfterBoot } from "./policy.ts";
@@ -172,7 +172,7 @@ export async function afterBoot(d: AfterBootDeps, c: AfterBootContext): Promise<
     case "check-health": {
       d.log.info(
         { slot: dec.slot, version: dec.version },
-        `${dec.reason}; running ${d.config.healthChecks.length} health check(s)`,
+        `${dec.reason}; running ${checkCount(d.config)} health check(s)`,
       );
       const checks = await healthChecks(d);
       const failed = checks.filter((r) => !r.ok);
@@ -216,7 +216,7 @@ async function confirm(
   if (d.config.confirm === "healthy") {
     d.log.info(
       { slot, version: x.version },
-      `confirming slot ${slot} (${x.version}) once ${d.config.healthChecks.length} health check(s) pass`,
+      `confirming slot ${slot} (${x.version}) once ${checkCount(d.config)} health check(s) pass`,
     );
     const checks = await healthChecks(d);
     if (checks.some((r) => !r.ok))
@@ -277,7 +277,7 @@ async function verityFinding(diskPath: string, range: ByteRange, s: SlotState): 
 const VERITY_BLOCK = 4096;
 
 async function healthChecks(d: AfterBootDeps): Promise<HealthResult[]> {
-  const checks = await runHealthChecks(d.config.healthChecks, d.health);
+  const checks = await runConfiguredChecks(d.config, d.health);
   for (const r of checks) {
     if (r.ok)
       d.log.info({ check: r.name, durationMs: r.durationMs }, `health check ${r.name} passed`);
@@ -288,6 +288,11 @@ async function healthChecks(d: AfterBootDeps): Promise<HealthResult[]> {
       );
   }
   return checks;
+}
+
+/** A built-in check's name with what it found (the failed units); a command's name alone. */
+function failedName(r: HealthResult): string {
+  return r.builtin && r.error !== undefined ? `${r.name} (${r.error})` : r.name;
 }
 
 /** A failed check: recorded, and with `reboot: auto` a reboot without a mark, so GRUB counts it. */
@@ -301,7 +306,7 @@ async function unhealthy(
   const failed = checks.filter((r) => !r.ok);
   const err = new UpdaterError(
     "HEALTH_CHECK_FAILED",
-    `slot ${slot} (${version}): health check(s) ${failed.map((f) => f.name).join(", ")} failed; ${consequence}`,
+    `slot ${slot} (${version}): health check(s) ${failed.map(failedName).join(", ")} failed; ${consequence}`,
     { details: { slot, version, failed: failed.map((f) => f.name) } },
   );
   await d.recordError(err);

@@ -1,11 +1,12 @@
 /**
  * Health checks (README.md, "After boot"): each check is a command run as a
- * child process with its own timeout. It passes when it exits 0 in time; a
+ * child process with its own timeout; the built-in ones ("Built-in checks")
+ * run their commands the same way. It passes when it exits 0 in time; a
  * check that runs out of time is killed (its whole process group) and fails.
  */
 import { spawn } from "node:child_process";
 import { type Clock, systemClock } from "../clock.ts";
-import type { HealthCheckConfig } from "../image/index.ts";
+import type { AgentConfig, BuiltinCheck, HealthCheckConfig } from "../image/index.ts";
 
 export interface HealthResult {
   name: string;
@@ -17,6 +18,8 @@ export interface HealthResult {
   /** Last lines of stdout+stderr, for the log. */
   output: string;
   error?: string;
+  /** A built-in check (its `error` says what it found, e.g. the failed units). */
+  builtin?: true;
 }
 
 /** Runs one check (the seam the tests and the agent share). */
@@ -85,4 +88,89 @@ export async function runHealthChecks(
   const results: HealthResult[] = [];
   for (const c of checks) results.push(await runner.run(c));
   return results;
+}
+
+/** Each systemctl query of a built-in check. */
+const SYSTEMCTL_TIMEOUT_MS = 30_000;
+/** `systemctl is-system-running` words that pass: `starting` while the boot transaction that runs the check still runs. */
+const PASSING_STATES = new Set(["running", "starting"]);
+
+/**
+ * Built-in `no-failed-units` (README.md, "Built-in checks"): systemd's
+ * state is `running` or `starting`, and `systemctl --failed` lists no unit.
+ * Not `is-system-running --wait`: from a unit of the boot transaction
+ * (`abforge-mark-good.service`) it would wait for its own job to end; and
+ * while that job runs, systemd says `starting` even when a unit failed, so
+ * the failed list is what decides. Both commands go through the runner (its
+ * timeouts, its process groups).
+ */
+async function noFailedUnits(runner: HealthRunner): Promise<HealthResult> {
+  const name = "no-failed-units";
+  const state = await runner.run({
+    name,
+    command: ["systemctl", "is-system-running"],
+    timeoutMs: SYSTEMCTL_TIMEOUT_MS,
+  });
+  if (state.timedOut || state.error !== undefined) return { ...state, ok: false, builtin: true };
+  const word = state.output.split("\n").at(-1)?.trim() ?? "";
+  const failed = await runner.run({
+    name,
+    command: ["systemctl", "--failed", "--no-legend", "--plain"],
+    timeoutMs: SYSTEMCTL_TIMEOUT_MS,
+  });
+  const durationMs = state.durationMs + failed.durationMs;
+  if (failed.timedOut || failed.error !== undefined || failed.exitCode !== 0)
+    return {
+      ...failed,
+      ok: false,
+      builtin: true,
+      durationMs,
+      error:
+        failed.error ??
+        `systemctl --failed: ${failed.timedOut ? "timed out" : `exit ${failed.exitCode}`}`,
+    };
+  const units = failedUnits(failed.output);
+  const problems = [
+    ...(PASSING_STATES.has(word) ? [] : [`system state ${word || "(none)"}`]),
+    ...(units.length > 0 ? [`failed units: ${units.join(", ")}`] : []),
+  ];
+  return {
+    name,
+    ok: problems.length === 0,
+    exitCode: problems.length === 0 ? 0 : state.exitCode,
+    timedOut: false,
+    durationMs,
+    output: [`system state ${word}`, ...failed.output.split("\n").filter((l) => l.trim())].join(
+      "\n",
+    ),
+    ...(problems.length === 0 ? {} : { error: problems.join("; ") }),
+    builtin: true,
+  };
+}
+
+/** The unit names of `systemctl --failed --no-legend --plain` (first column; a `●` marker skipped). */
+export function failedUnits(listing: string): string[] {
+  return listing
+    .split("\n")
+    .map((l) => l.trim().replace(/^●\s*/, "").split(/\s+/)[0] ?? "")
+    .filter((u) => u !== "");
+}
+
+const BUILTINS: Record<BuiltinCheck, (runner: HealthRunner) => Promise<HealthResult>> = {
+  "no-failed-units": noFailedUnits,
+};
+
+/** The config's `healthChecks` in order, then its `builtinChecks` (all run; the log shows each). */
+export async function runConfiguredChecks(
+  config: Pick<AgentConfig, "healthChecks" | "builtinChecks">,
+  runner: HealthRunner,
+): Promise<HealthResult[]> {
+  const results = await runHealthChecks(config.healthChecks, runner);
+  for (const b of config.builtinChecks) results.push(await BUILTINS[b](runner));
+  return results;
+}
+
+/** How many checks `runConfiguredChecks` runs. */
+export function checkCount(config: Pick<AgentConfig, "healthChecks" | "builtinChecks">): number {
+  return config.healthChecks.length + config.builtinChecks.length;
 }

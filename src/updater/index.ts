@@ -26,6 +26,7 @@ export {
   type HealthResult,
   type HealthRunner,
   ProcessHealthRunner,
+  runConfiguredChecks,
   runHealthChecks,
 } from "./health.ts";
 export {

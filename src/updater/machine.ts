@@ -57,7 +57,7 @@ export interface Rebooter {
   reboot(reason: string): Promise<void>;
 }
 
-/** Runs the configured reboot command (in the guest: busybox `reboot`). */
+/** Runs the configured reboot command (busybox `reboot`, or `systemctl reboot` in a systemd image). */
 export class CommandRebooter implements Rebooter {
   readonly #argv: string[];
   constructor(argv: readonly string[]) {

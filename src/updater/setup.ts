@@ -96,6 +96,7 @@ async function imageConfig(disk: string): Promise<ResolvedConfig> {
   // host settings that do not apply to an image file
   config.disk = null;
   config.healthChecks = [];
+  config.builtinChecks = [];
   const loaded = await files.keys(config.trustedKeys);
   const keys = loaded.map((key, i) => ({
     key,

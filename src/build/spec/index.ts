@@ -26,4 +26,6 @@ export type {
   SpecIssueKind,
   SpecOrigin,
   TarLayer,
+  UpdateMode,
 } from "./types.ts";
+export { UPDATE_MODES } from "./types.ts";

@@ -68,6 +68,14 @@ export interface DebootstrapLayer {
 }
 export type LayerSpec = TarLayer | DirLayer | FilesLayer | HostBinariesLayer | DebootstrapLayer;
 
+/**
+ * How the image runs the update check: `daemon` — `agent run`, always
+ * running; `timer` — a systemd timer that runs one `agent check` per
+ * interval (systemd images only).
+ */
+export type UpdateMode = "daemon" | "timer";
+export const UPDATE_MODES: readonly UpdateMode[] = ["daemon", "timer"];
+
 export interface HealthCheck {
   /** For logs; default: the command. */
   name?: string;
@@ -110,6 +118,11 @@ export interface ImageSpec {
     keys: string[];
     healthChecks: HealthCheck[];
     pollIntervalMs: number;
+    /**
+     * As written; absent: by the image's init (`timer` for systemd, `daemon`
+     * for busybox), decided once the layers are applied.
+     */
+    mode?: { value: UpdateMode; origin: SpecOrigin };
   };
 }
 

@@ -16,7 +16,7 @@ import {
   type SeqNode,
 } from "../../image/index.ts";
 import { hostPath, NAME_RE, NAME_RULE, type Section } from "./fields.ts";
-import type { HealthCheck, ImageSpec } from "./types.ts";
+import { type HealthCheck, type ImageSpec, UPDATE_MODES } from "./types.ts";
 
 /** The `update` section; undefined when any of it is invalid (every problem recorded). */
 export function parseUpdate(
@@ -38,6 +38,7 @@ export function parseUpdate(
       "keys",
       "healthChecks",
       "pollIntervalMs",
+      "mode",
     ],
     ["repo"],
     at,
@@ -87,7 +88,10 @@ export function parseUpdate(
   const pollIntervalMs = pollNode
     ? c.integer(pollNode, "update.pollIntervalMs", 1000, 31 * 24 * 3_600_000)
     : 300_000;
+  const modeNode = get(u, "mode");
+  const mode = modeNode ? c.enum(modeNode, "update.mode", UPDATE_MODES) : undefined;
   if (
+    (modeNode && mode === undefined) ||
     channel === undefined ||
     repo === undefined ||
     tries === undefined ||
@@ -98,5 +102,15 @@ export function parseUpdate(
     !hcOk
   )
     return undefined;
-  return { channel, repo, tries, goodSlotTries, confirm, keys, healthChecks, pollIntervalMs };
+  return {
+    channel,
+    repo,
+    tries,
+    goodSlotTries,
+    confirm,
+    keys,
+    healthChecks,
+    pollIntervalMs,
+    ...(modeNode && mode ? { mode: { value: mode, origin: modeNode.loc } } : {}),
+  };
 }

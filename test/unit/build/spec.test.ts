@@ -149,7 +149,26 @@ update: { repo: "https://r/" }
       keys: [],
       healthChecks: [],
     });
+    // no mode: the build chooses it by the image's init (src/build/systemd.ts)
+    expect(spec.update.mode).toBeUndefined();
     expect(spec.disk.slotSizeBytes).toBe(1024 * MIB);
+  });
+
+  it("update.mode: daemon or timer, with where it was written", () => {
+    for (const mode of ["daemon", "timer"] as const) {
+      const text = `name: a
+version: 0.0.1
+compatible: b
+kernel: { path: /k }
+rootfs: { layers: [{ dir: /x }] }
+disk: { espSize: 64MiB, slotSize: 1GiB, stateSize: 1MiB }
+update: { repo: "https://r/", mode: ${mode} }
+`;
+      expect(parseSpec(text, "/specs/m.yaml").update.mode).toEqual({
+        value: mode,
+        origin: { file: "/specs/m.yaml", line: 7, col: 37 },
+      });
+    }
   });
 
   it("takes the CLI's --version over the file's", () => {
@@ -251,6 +270,13 @@ describe("invalid specs: every error names file, line and field", () => {
       "tries: 3\n  confirm: booted",
       "update.confirm",
       /"booted" is not "started" or "healthy"/,
+    ],
+    [
+      "mode neither daemon nor timer",
+      /tries: 3/,
+      "mode: cron\n  tries: 3",
+      "update.mode",
+      /"cron" is not "daemon" or "timer"/,
     ],
     ["repo not http", /repo: .*/, "repo: ftp://x/", "update.repo", /not an http/],
     [

@@ -197,6 +197,21 @@ describe("agent config", () => {
   });
 });
 
+describe("builtinChecks", () => {
+  it("names built-in checks; a name it does not know is refused at its place", () => {
+    expect(parseConfig("builtinChecks: [no-failed-units]\n", "agent.yaml").builtinChecks).toEqual([
+      "no-failed-units",
+    ]);
+    expect(parseConfig("", "agent.yaml").builtinChecks).toEqual([]);
+    expect(configError("builtinChecks: [no-failed-units, disk-space]\n").message).toContain(
+      'agent.yaml:1:34: builtinChecks[1]: "disk-space" is not "no-failed-units"',
+    );
+    expect(configError("builtinChecks: no-failed-units\n").message).toContain(
+      "agent.yaml:1:16: builtinChecks: must be a list",
+    );
+  });
+});
+
 describe("serializeConfig", () => {
   it("writes every field so that parseConfig reads the same value back", () => {
     const config: AgentConfig = {
@@ -210,6 +225,7 @@ describe("serializeConfig", () => {
       reboot: "manual",
       rebootCommand: ["/sbin/reboot", "-f"],
       healthChecks: [{ name: "net", command: ["/bin/sh", "-c", "ping -c1 '1:2'"], timeoutMs: 5 }],
+      builtinChecks: ["no-failed-units"],
       disk: "/dev/vda",
       compatible: "demo-x86_64",
       slots: { A: { partitionLabel: "root-a" }, B: { partitionIndex: 3 } },
