@@ -96,6 +96,17 @@ const SYSTEMCTL_TIMEOUT_MS = 30_000;
 const PASSING_STATES = new Set(["running", "starting"]);
 
 /**
+ * Failed units that say nothing about the running slot's health: the update
+ * check fails when the repository cannot be reached (the agent's status says
+ * why), and growing the state partition is best effort. Counting them would
+ * let a repository outage, not the release, refuse a new slot.
+ */
+export const NOT_THE_SLOTS_HEALTH: ReadonlySet<string> = new Set([
+  "abforge-update.service",
+  "abforge-grow-state.service",
+]);
+
+/**
  * Built-in `no-failed-units` (README.md, "Built-in checks"): systemd's
  * state is `running` or `starting`, and `systemctl --failed` lists no unit.
  * Not `is-system-running --wait`: from a unit of the boot transaction
@@ -129,9 +140,13 @@ async function noFailedUnits(runner: HealthRunner): Promise<HealthResult> {
         failed.error ??
         `systemctl --failed: ${failed.timedOut ? "timed out" : `exit ${failed.exitCode}`}`,
     };
-  const units = failedUnits(failed.output);
+  const all = failedUnits(failed.output);
+  const units = all.filter((u) => !NOT_THE_SLOTS_HEALTH.has(u));
+  // degraded only by units that say nothing of the slot's health passes.
+  const stateOk =
+    PASSING_STATES.has(word) || (word === "degraded" && all.length > 0 && units.length === 0);
   const problems = [
-    ...(PASSING_STATES.has(word) ? [] : [`system state ${word || "(none)"}`]),
+    ...(stateOk ? [] : [`system state ${word || "(none)"}`]),
     ...(units.length > 0 ? [`failed units: ${units.join(", ")}`] : []),
   ];
   return {

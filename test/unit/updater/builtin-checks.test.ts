@@ -59,6 +59,14 @@ describe("no-failed-units", () => {
     ["starting", ["a.service", "b.mount"], false, "failed units: a.service, b.mount"],
     ["degraded", ["a.service"], false, "system state degraded; failed units: a.service"],
     ["maintenance", [], false, "system state maintenance"],
+    // an update check that could not reach the repository says nothing of the slot
+    ["degraded", ["abforge-update.service"], true, undefined],
+    [
+      "degraded",
+      ["abforge-update.service", "web.service"],
+      false,
+      "system state degraded; failed units: web.service",
+    ],
   ])("system %s, failed %j: ok %s", async (state, failed, ok, error) => {
     systemd(state, failed);
     const [r] = await run();
