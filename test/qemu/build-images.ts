@@ -22,13 +22,23 @@ export default async function setup(): Promise<void> {
     const r = await abforge(["keygen", "--out", KEY_DIR]);
     if (r.code !== 0) throw new Error(`keygen failed: ${r.stderr}`);
   }
-  for (const [name, { spec, version }] of Object.entries(IMAGES)) {
+  for (const [name, { spec, version, formats }] of Object.entries(IMAGES)) {
     const out = join(FIXTURES, name);
     if (existsSync(join(out, "build.json"))) continue;
     const started = Date.now();
     process.stderr.write(`qemu fixtures: building ${spec} ${version} ...\n`);
     const r = await abforge(
-      ["build", join(ROOT, spec), "--out", out, "--version", version, "--key", SIGNING_KEY],
+      [
+        "build",
+        join(ROOT, spec),
+        "--out",
+        out,
+        "--version",
+        version,
+        "--key",
+        SIGNING_KEY,
+        ...(formats ? ["--format", formats] : []),
+      ],
       { env: { SOURCE_DATE_EPOCH: "1700000000" } },
     );
     if (r.code !== 0)

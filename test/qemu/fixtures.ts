@@ -7,7 +7,7 @@
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
 import { existsSync, readdirSync, readFileSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { basename, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { tempDir } from "../helpers/tmp.ts";
 
@@ -24,7 +24,7 @@ function sourcesHash(): string {
       h.update(rel).update("\0").update(readFileSync(abs)).update("\0");
     }
   };
-  for (const p of ["src", "images", "bin", "package-lock.json"]) walk(p);
+  for (const p of ["src", "images", "bin", "package-lock.json", "test/qemu/specs"]) walk(p);
   return h.digest("hex").slice(0, 16);
 }
 
@@ -42,11 +42,20 @@ export interface BuiltImage {
   rootHash: string;
 }
 
-export const IMAGES = {
+export const IMAGES: Record<
+  "v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3",
+  { spec: string; version: string; formats?: string }
+> = {
   v1: { spec: "images/demo.yaml", version: "1.0.0" },
   v2: { spec: "images/demo.yaml", version: "2.0.0" },
   v3: { spec: "images/demo-unhealthy.yaml", version: "3.0.0" },
-} as const;
+  // The container host (test/qemu/host.test.ts): 1.0.0 is booted as qcow2;
+  // 2.0.0 adds a package with its own system user and changes /etc files;
+  // 3.0.0 fails its health check.
+  hostV1: { spec: "images/host.yaml", version: "1.0.0", formats: "raw,qcow2" },
+  hostV2: { spec: "test/qemu/specs/host-2.yaml", version: "2.0.0" },
+  hostV3: { spec: "images/host-unhealthy.yaml", version: "3.0.0" },
+};
 
 export type ImageName = keyof typeof IMAGES;
 
@@ -55,12 +64,15 @@ export function image(name: ImageName): BuiltImage {
   const dir = join(FIXTURES, name);
   const buildJson = join(dir, "build.json");
   if (!existsSync(buildJson)) throw new Error(`fixture ${name} was not built (global setup)`);
-  const report = JSON.parse(readFileSync(buildJson, "utf8")) as { verity: { rootHash: string } };
+  const report = JSON.parse(readFileSync(buildJson, "utf8")) as {
+    verity: { rootHash: string };
+    bundle: { file: string };
+  };
   return {
     version,
     dir,
     disk: join(dir, "disk.img"),
-    bundle: join(dir, `demo-${version}.bundle`),
+    bundle: join(dir, basename(report.bundle.file)),
     rootHash: report.verity.rootHash,
   };
 }
