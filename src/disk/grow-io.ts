@@ -12,12 +12,12 @@ import { type FileHandle, open, readdir, readFile, realpath, stat } from "node:f
 import { join } from "node:path";
 import { ToolError } from "../errors.ts";
 import { run } from "../exec.ts";
-import { readAtSync, writeAt } from "../fileio.ts";
+import { writeAt } from "../fileio.ts";
 import { logger } from "../log.ts";
 import { type DecodedGpt, decodeGpt, encodeGpt } from "./codec.ts";
 import { GptError } from "./errors.ts";
 import { DEFAULT_STATE_NAME, type GrowPlan, growStateTable, resizeProtectiveMbr } from "./grow.ts";
-import { type DiskInfo, diskInfo, ioError, majorMinor } from "./io.ts";
+import { type DiskInfo, diskInfo, ioError, majorMinor, readAtFd } from "./io.ts";
 import { partitionRange } from "./plan.ts";
 import { entryArraySectors, type GptTable } from "./table.ts";
 
@@ -37,19 +37,6 @@ function refuse(message: string, details: Record<string, unknown> = {}): never {
 
 function u64(b: Uint8Array, offset: number): bigint {
   return new DataView(b.buffer, b.byteOffset, b.byteLength).getBigUint64(offset, true);
-}
-
-function readAtFd(fd: number, path: string) {
-  return (offset: number, length: number): Uint8Array => {
-    const buf = new Uint8Array(length);
-    let done: number;
-    try {
-      done = readAtSync(fd, buf, offset);
-    } catch (err) {
-      throw ioError(path, `cannot read ${length} bytes at byte ${offset}`, err);
-    }
-    return done === length ? buf : buf.subarray(0, done);
-  };
 }
 
 /** The decoded table and the raw head, with the disk's size. */

@@ -97,16 +97,7 @@ export async function readGpt(
   }
   try {
     const info = await diskInfo(path, { stats: fstatSync(fd) });
-    const readAt = (offset: number, length: number): Uint8Array => {
-      const buf = new Uint8Array(length);
-      let done: number;
-      try {
-        done = readAtSync(fd, buf, offset);
-      } catch (err) {
-        throw ioError(path, `cannot read ${length} bytes at byte ${offset}`, err);
-      }
-      return done === length ? buf : buf.subarray(0, done);
-    };
+    const readAt = readAtFd(fd, path);
     const decoded = decodeGpt(readAt, info.sizeBytes, {
       name: path,
       sectorSize: info.blockDevice ? info.sectorSize : undefined,
@@ -224,4 +215,18 @@ export async function createDisk(
   });
   await writeGpt(path, table);
   return table;
+}
+
+/** A positional reader of an open disk for the GPT decoder: short at the end, typed on error. */
+export function readAtFd(fd: number, path: string) {
+  return (offset: number, length: number): Uint8Array => {
+    const buf = new Uint8Array(length);
+    let done: number;
+    try {
+      done = readAtSync(fd, buf, offset);
+    } catch (err) {
+      throw ioError(path, `cannot read ${length} bytes at byte ${offset}`, err);
+    }
+    return done === length ? buf : buf.subarray(0, done);
+  };
 }

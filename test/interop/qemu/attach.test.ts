@@ -3,12 +3,13 @@
 // stopped as soon as the answers are in.
 import { execFileSync } from "node:child_process";
 import { existsSync, writeFileSync } from "node:fs";
-import { connect, createServer } from "node:net";
+import { connect } from "node:net";
 import { join } from "node:path";
 import { afterEach, describe, expect, it } from "vitest";
 import { Vm } from "../../../qemu/vm.ts";
 import { EXIT_CODES } from "../../../src/cli/exit-codes.ts";
 import { abforge } from "../../helpers/cli.ts";
+import { freePort } from "../../helpers/net.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-attach-");
@@ -18,17 +19,6 @@ afterEach(async () => {
   await vm?.kill();
   vm = undefined;
 });
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function canConnect(port: number): Promise<boolean> {
   return new Promise((resolve) => {

@@ -2,10 +2,10 @@
 // port, running as the current user with its own host key and config.
 import { type ChildProcess, spawn } from "node:child_process";
 import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { freePort } from "../../helpers/net.ts";
 import { copyTo, ssh, sshKeyPair, waitForSsh } from "../../helpers/ssh.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
@@ -16,17 +16,6 @@ let port: number;
 let key: string;
 let sshd: ChildProcess | undefined;
 let sshdLog = "";
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.once("error", reject);
-    s.listen(0, "127.0.0.1", () => {
-      const p = (s.address() as { port: number }).port;
-      s.close(() => resolve(p));
-    });
-  });
-}
 
 function startSshd(): void {
   // sshd run as root chroots its unprivileged child into /run/sshd (made by
