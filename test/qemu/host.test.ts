@@ -15,7 +15,7 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
-import { nextBootSlot } from "../../src/bootloader/index.ts";
+import { BootDisk, nextBootSlot } from "../../src/bootloader/index.ts";
 import { STATE_DIR } from "../../src/image/index.ts";
 import { STATE_FILE_NAME } from "../../src/updater/state-file.ts";
 import { freePort } from "../helpers/net.ts";
@@ -130,6 +130,37 @@ afterAll(async () => {
 });
 
 describe("the container host", () => {
+  it("the image holds nothing host-specific: no SSH host keys, an empty machine id, no apt lists, caches or logs", async () => {
+    const raw = join(image("hostV1").dir, "disk.img");
+    const d = await BootDisk.open(raw);
+    const { offset } = d.slotRange("A");
+    await d.close();
+    const listing = execFileSync("unsquashfs", ["-o", String(offset), "-lls", "-d", "", raw], {
+      encoding: "utf8",
+      maxBuffer: 256 * 1024 * 1024,
+    });
+    const entries = listing
+      .split("\n")
+      .map((l) => /^(\S+)\s+\S+\s+(\d+)\s+\S+\s+\S+\s+(\/\S*)/.exec(l))
+      .filter((m) => m !== null)
+      .map((m) => ({ mode: m[1]!, size: Number(m[2]), path: m[3]! }));
+    expect(entries.length).toBeGreaterThan(10_000);
+    const paths = entries.map((e) => e.path);
+    expect(paths.filter((p) => /^\/etc\/ssh\/ssh_host_/.test(p))).toEqual([]);
+    expect(entries.find((e) => e.path === "/etc/machine-id")).toMatchObject({ size: 0 });
+    expect(
+      paths.filter((p) => p.startsWith("/var/lib/apt/lists/") && !/\/(lock|partial)$/.test(p)),
+    ).toEqual([]);
+    expect(paths.filter((p) => /^\/var\/cache\/apt\/.*\.(bin|deb)$/.test(p))).toEqual([]);
+    expect(
+      entries.filter((e) => e.path.startsWith("/var/log/") && e.mode.startsWith("-") && e.size > 0),
+    ).toEqual([]);
+    // systemd is init, and abforge's units are enabled from /usr, not /etc
+    expect(paths).toContain("/usr/lib/systemd/system/abforge-mark-good.service");
+    expect(paths).toContain("/usr/lib/systemd/system/timers.target.wants/abforge-update.timer");
+    expect(paths).not.toContain("/etc/inittab");
+  });
+
   it("first boot from qcow2: provisioned once by cloud-init, reachable by SSH, its state grown to the disk", async () => {
     const v = vm!;
     expect(await banner(v, BOOT_MS)).toMatchObject({ slot: "A", version: "1.0.0" });
