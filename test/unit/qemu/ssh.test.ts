@@ -6,7 +6,7 @@ import { createServer } from "node:net";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { copyTo, ssh, sshKeyPair, waitForSsh } from "../../helpers/ssh.ts";
+import { copyTo, ssh, sshKeyPair, waitForSsh } from "../../../qemu/ssh.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-ssh-");
