@@ -2,8 +2,8 @@
  * A tiny container image for the container host's tests, demo and bench,
  * written as an OCI image archive (`podman load -i`, `skopeo ...
  * oci-archive:FILE`): one gzip layer holding Debian's static busybox
- * (busybox-static) as /bin/busybox with applet symlinks, a /www directory and any files the caller adds; a
- * config whose Cmd the caller gives. Byte-identical from run to run (fixed
+ * (busybox-static) as /bin/busybox with applet symlinks, a /www directory
+ * and any files the caller adds; a config whose Cmd the caller gives. Byte-identical from run to run (fixed
  * mtimes, owners and order; no timestamp in the gzip header).
  *
  * Archive layout (OCI image layout spec, in a tar):
