@@ -3,8 +3,9 @@
  * written as an OCI image archive (`podman load -i`, `skopeo ...
  * oci-archive:FILE`): one gzip layer holding Debian's static busybox
  * (busybox-static) as /bin/busybox with applet symlinks, a /www directory
- * and any files the caller adds; a config whose Cmd the caller gives. Byte-identical from run to run (fixed
- * mtimes, owners and order; no timestamp in the gzip header).
+ * and any files the caller adds; a config whose Cmd the caller gives.
+ * Byte-identical from run to run (fixed mtimes, owners and order; no
+ * timestamp in the gzip header).
  *
  * Archive layout (OCI image layout spec, in a tar):
  *   oci-layout                  {"imageLayoutVersion":"1.0.0"}
