@@ -120,8 +120,11 @@ async function memoryInUse(host: HostShell): Promise<{ used: number; total: numb
 
 /** Processes whose command line contains /usr/lib/abforge, while no update check runs. */
 async function agentBetweenChecks(host: HostShell) {
+  // a oneshot check is "activating" while it runs
   const inactive = async () =>
-    (await host.on("systemctl is-active abforge-update.service || true")).trim() !== "active";
+    ["inactive", "failed"].includes(
+      (await host.on("systemctl is-active abforge-update.service || true")).trim(),
+    );
   for (let i = 0; ; i++) {
     if (!(await inactive())) {
       if (i >= 60) throw new Error("abforge-update.service never went inactive in 5 minutes");
@@ -208,7 +211,7 @@ try {
   );
 
   await host.on("timeout 300 systemctl is-system-running --wait >/dev/null || true", 330_000);
-  await host.on("timeout 300 cloud-init status --wait >/dev/null || true", 330_000);
+  await host.on("sudo timeout 300 cloud-init status --wait >/dev/null || true", 330_000);
   const analyze = (await host.on("systemd-analyze 2>&1 | head -1 || true")).trim();
   const state = (await host.on("systemctl is-system-running || true")).trim();
   const memBase = await memoryInUse(host);
