@@ -64,6 +64,7 @@ const releases = [
   { name: "v2", spec: "images/host.yaml", version: "2.0.0" },
   { name: "v3", spec: "images/host-unhealthy.yaml", version: "3.0.0" },
 ];
+let built = 0;
 for (const r of releases) {
   const dir = join(OUT, r.name);
   if (!values.rebuild && existsSync(join(dir, "build.json"))) {
@@ -71,7 +72,11 @@ for (const r of releases) {
     continue;
   }
   say(
-    `building ${r.spec} version ${r.version} (the first build runs debootstrap, 4-5 minutes; it is cached, later builds take about a minute)`,
+    `building ${r.spec} version ${r.version} (${
+      built++ === 0
+        ? "on a machine's first build debootstrap runs, 4-5 minutes; its result is cached"
+        : "debootstrap's cached result is reused: about two minutes"
+    })`,
   );
   process.stdout.write(
     await step(
