@@ -5,8 +5,8 @@ import { chmodSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { userInfo } from "node:os";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { freePort } from "../../helpers/net.ts";
-import { copyTo, ssh, sshKeyPair, waitForSsh } from "../../helpers/ssh.ts";
+import { freePort } from "../../../qemu/net.ts";
+import { copyTo, ssh, sshKeyPair, waitForSsh } from "../../../qemu/ssh.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-ssh-");

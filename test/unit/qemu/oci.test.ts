@@ -1,4 +1,4 @@
-// The test helper's OCI archive, read by the real tool (skopeo, the same
+// qemu/oci.ts's OCI archive, read by the real tool (skopeo, the same
 // containers/image code podman load runs) and taken apart by hand.
 import { execFileSync } from "node:child_process";
 import { createHash } from "node:crypto";
@@ -7,7 +7,7 @@ import { join } from "node:path";
 import { gunzipSync } from "node:zlib";
 import tar from "tar-stream";
 import { describe, expect, it } from "vitest";
-import { BUSYBOX, MEDIA_TYPES, ociArchive } from "../../helpers/oci.ts";
+import { BUSYBOX, MEDIA_TYPES, ociArchive } from "../../../qemu/oci.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-oci-");
