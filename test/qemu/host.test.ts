@@ -44,6 +44,14 @@ async function on(command: string, timeoutMs = 120_000): Promise<string> {
   return r.stdout;
 }
 
+/** Wait (up to `polls` times 2 s) until abforge-mark-good.service is active: the boot is confirmed. */
+async function markedGood(polls: number, timeoutMs: number): Promise<void> {
+  await on(
+    `for i in $(seq 1 ${polls}); do systemctl is-active -q abforge-mark-good.service && exit 0; sleep 2; done; exit 1`,
+    timeoutMs,
+  );
+}
+
 async function sshUp(): Promise<void> {
   await waitForSsh(sshPort, key, "ops", { attempts: 120, totalMs: BOOT_MS, intervalMs: 3000 });
 }
@@ -180,10 +188,7 @@ describe("the container host", () => {
     const stateBytes = Number((await on("df -B1 --output=size /run/state | tail -1")).trim());
     expect(stateBytes).toBeGreaterThan(2.2 * 1024 ** 3);
     // the boot is confirmed, and nothing but an unreachable-repository check may fail
-    await on(
-      "for i in $(seq 1 120); do systemctl is-active -q abforge-mark-good.service && exit 0; sleep 2; done; exit 1",
-      300_000,
-    );
+    await markedGood(120, 300_000);
     const failed = (await on("systemctl --failed --no-legend --plain")).trim();
     expect(failed.split("\n").filter((l) => l && !l.startsWith("abforge-update.service"))).toEqual(
       [],
@@ -227,10 +232,7 @@ describe("the container host", () => {
     await v.waitFor(/resuming 2\.0\.0 at chunk \d+/, { timeoutMs: BOOT_MS });
     expect(await banner(v, BOOT_MS)).toMatchObject({ slot: "B", version: "2.0.0" });
     await sshUp();
-    await on(
-      "for i in $(seq 1 150); do systemctl is-active -q abforge-mark-good.service && exit 0; sleep 2; done; exit 1",
-      400_000,
-    );
+    await markedGood(150, 400_000);
     const status = await agentStatus();
     expect(status.booted).toMatchObject({ slot: "B", version: "2.0.0", good: true });
   });
@@ -265,10 +267,7 @@ describe("the container host", () => {
       expect(b).toMatchObject({ slot: "A", version: "3.0.0" });
     }
     await sshUp();
-    await on(
-      "for i in $(seq 1 150); do systemctl is-active -q abforge-mark-good.service && exit 0; sleep 2; done; exit 1",
-      400_000,
-    );
+    await markedGood(150, 400_000);
     const status = await agentStatus();
     expect(status.booted).toMatchObject({ slot: "B", version: "2.0.0", good: true });
     expect(status.badVersions).toContain("3.0.0");
