@@ -96,7 +96,7 @@ export function agentConfigOf(
     pollJitterMs: Math.floor(u.pollIntervalMs / 10),
     trustedKeys,
     tries: u.tries,
-    reboot: "auto",
+    reboot: u.reboot,
     confirm: u.confirm,
     healthChecks: u.healthChecks.map((c, i) => ({
       name: c.name ?? `check-${i + 1}`,

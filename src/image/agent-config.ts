@@ -18,6 +18,12 @@ import {
   repoUrlProblem,
 } from "./names.ts";
 import {
+  defaultRebootConfig,
+  type RebootConfig,
+  readRebootConfig,
+  rebootConfigYaml,
+} from "./reboot.ts";
+import {
   describe,
   get,
   Issues,
@@ -29,9 +35,6 @@ import {
   stringifyYaml,
   type YNode,
 } from "./yaml.ts";
-
-export type RebootPolicy = "auto" | "manual";
-export const REBOOT_POLICIES: readonly RebootPolicy[] = ["auto", "manual"];
 
 /**
  * When the agent confirms a boot of a good slot (src/bootloader `X_boots`):
@@ -73,8 +76,11 @@ export interface AgentConfig {
   trustedKeys: string[];
   /** Boot tries a newly installed slot gets (GRUB `X_tries`, 1-9). */
   tries: number;
-  reboot: RebootPolicy;
+  /** When and how an installed update is rebooted into (reboot.ts; `auto`/`manual` are shorthands). */
+  reboot: RebootConfig;
   rebootCommand: string[];
+  /** This host's name in the reboot lock and in reports; null: /etc/machine-id. */
+  machineId: string | null;
   healthChecks: HealthCheckConfig[];
   /** Built-in checks run after `healthChecks`, with the same consequences. */
   builtinChecks: BuiltinCheck[];
@@ -105,8 +111,9 @@ export function defaultConfig(): AgentConfig {
     pollJitterMs: 300_000,
     trustedKeys: [],
     tries: 3,
-    reboot: "auto",
+    reboot: defaultRebootConfig(),
     rebootCommand: ["reboot"],
+    machineId: null,
     healthChecks: [],
     builtinChecks: [],
     confirm: "started",
@@ -119,6 +126,11 @@ export function defaultConfig(): AgentConfig {
     maxBackoffMs: 3_600_000,
   };
 }
+
+/** A machine id: what /etc/machine-id holds (32 hex digits) or any name of that alphabet. */
+export const MACHINE_ID = /^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$/;
+const MACHINE_ID_RULE =
+  "a machine id: 1-64 letters, digits, '.', '_' or '-', the first a letter or digit";
 
 const KNOWN_FIELDS = Object.keys(defaultConfig()) as (keyof AgentConfig)[];
 const HEALTH_CHECK_FIELDS = ["name", "command", "timeoutMs"];
@@ -164,7 +176,8 @@ function readFields(r: Reader, root: MapNode, config: AgentConfig): void {
   set("pollJitterMs", r.integer(get(m, "pollJitterMs"), "pollJitterMs", 0));
   // A slot's tries live in a one-digit GRUB variable (layout.ts MAX_TRIES).
   set("tries", r.integer(get(m, "tries"), "tries", 1, MAX_TRIES));
-  set("reboot", r.enum(get(m, "reboot"), "reboot", REBOOT_POLICIES));
+  set("reboot", readRebootConfig(r, get(m, "reboot"), "reboot", root.loc));
+  set("machineId", r.string(get(m, "machineId"), "machineId", MACHINE_ID, MACHINE_ID_RULE));
   set("confirm", r.enum(get(m, "confirm"), "confirm", CONFIRM_POLICIES));
   set("rebootCommand", command(r, get(m, "rebootCommand"), "rebootCommand"));
   const keysNode = get(m, "trustedKeys");
@@ -281,7 +294,8 @@ export function serializeConfig(config: AgentConfig, comment?: string): string {
   const defaults = defaultConfig();
   const out: Record<string, unknown> = {};
   for (const key of KNOWN_FIELDS) {
-    if (!isDeepStrictEqual(config[key], defaults[key])) out[key] = config[key];
+    if (isDeepStrictEqual(config[key], defaults[key])) continue;
+    out[key] = key === "reboot" ? rebootConfigYaml(config.reboot) : config[key];
   }
   const head = comment === undefined ? "" : `${comment.replace(/^/gm, "# ")}\n`;
   return Object.keys(out).length === 0 ? head : head + stringifyYaml(out);

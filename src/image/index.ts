@@ -14,8 +14,8 @@ export {
   defaultConfig,
   type HealthCheckConfig,
   loadConfig,
+  MACHINE_ID,
   parseConfig,
-  type RebootPolicy,
   type SlotLocation,
   serializeConfig,
 } from "./agent-config.ts";
@@ -60,6 +60,23 @@ export {
   isCompatibleName,
   repoUrlProblem,
 } from "./names.ts";
+export {
+  DEFAULT_LOCK_TTL_MS,
+  defaultRebootConfig,
+  type EtcdLockConfig,
+  formatDuration,
+  formatWindowStart,
+  parseDuration,
+  parseWindowStart,
+  REBOOT_METHODS,
+  REBOOT_STRATEGIES,
+  type RebootConfig,
+  type RebootMethod,
+  type RebootStrategy,
+  type RebootWindow,
+  readRebootConfig,
+  WEEKDAYS,
+} from "./reboot.ts";
 export { parseRelease, type Release, serializeRelease } from "./release.ts";
 export {
   child,

@@ -295,7 +295,7 @@ function failedName(r: HealthResult): string {
   return r.builtin && r.error !== undefined ? `${r.name} (${r.error})` : r.name;
 }
 
-/** A failed check: recorded, and with `reboot: auto` a reboot without a mark, so GRUB counts it. */
+/** A failed check: recorded, and unless the reboot strategy is `off` a reboot without a mark, so GRUB counts it. */
 async function unhealthy(
   d: AfterBootDeps,
   slot: SlotName,
@@ -310,14 +310,16 @@ async function unhealthy(
     { details: { slot, version, failed: failed.map((f) => f.name) } },
   );
   await d.recordError(err);
-  const rebooting = d.config.reboot === "auto";
+  // A slot on trial reboots at once, whatever the window: the host is already
+  // out of service (and holds the reboot lock, with etcd-lock) until it is up.
+  const rebooting = d.config.reboot.strategy !== "off";
   if (rebooting) {
     d.log.warn({ slot }, `rebooting: ${err.message}; the bootloader counts the try`);
     await d.rebooter.reboot(err.message);
   } else
     d.log.warn(
       { slot },
-      `${err.message}; reboot policy is manual: reboot to let the bootloader count the try`,
+      `${err.message}; reboot strategy is off: reboot to let the bootloader count the try`,
     );
   return { action: "unhealthy", booted: slot, version, checks, rebooting };
 }

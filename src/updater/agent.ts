@@ -488,7 +488,7 @@ export class Agent {
 
   async #afterInstall(result: InstallResult): Promise<CheckResult> {
     if (result.outcome === "up-to-date") return { outcome: "up-to-date", version: result.version };
-    const rebooting = this.#o.config.reboot === "auto";
+    const rebooting = this.#o.config.reboot.strategy !== "off";
     if (result.outcome === "pending-reboot")
       this.#log.info(
         { version: result.version, slot: result.slot },

@@ -9,7 +9,7 @@ export {
   type HealthCheckConfig,
   loadConfig,
   parseConfig,
-  type RebootPolicy,
+  type RebootConfig,
   type Release,
   type SlotLocation,
 } from "../image/index.ts";

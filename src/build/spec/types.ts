@@ -2,7 +2,7 @@
  * The typed image spec (src/build/README.md, "The spec"): what the spec
  * parser returns, with units in the names.
  */
-import type { ConfirmPolicy, Issue } from "../../image/index.ts";
+import type { ConfirmPolicy, Issue, RebootConfig } from "../../image/index.ts";
 
 export type Compression = "gzip" | "xz";
 
@@ -118,6 +118,8 @@ export interface ImageSpec {
     keys: string[];
     healthChecks: HealthCheck[];
     pollIntervalMs: number;
+    /** When and how the agent reboots into an update (the agent config's `reboot:`). */
+    reboot: RebootConfig;
     /**
      * As written; absent: by the image's init (`timer` for systemd, `daemon`
      * for busybox), decided once the layers are applied.

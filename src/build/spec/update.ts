@@ -12,6 +12,7 @@ import {
   type Loc,
   MAX_TRIES,
   type MapNode,
+  readRebootConfig,
   repoUrlProblem,
   type SeqNode,
 } from "../../image/index.ts";
@@ -39,6 +40,7 @@ export function parseUpdate(
       "healthChecks",
       "pollIntervalMs",
       "mode",
+      "reboot",
     ],
     ["repo"],
     at,
@@ -88,6 +90,7 @@ export function parseUpdate(
   const pollIntervalMs = pollNode
     ? c.integer(pollNode, "update.pollIntervalMs", 1000, 31 * 24 * 3_600_000)
     : 300_000;
+  const reboot = readRebootConfig(c, get(u, "reboot"), "update.reboot", u?.loc ?? at);
   const modeNode = get(u, "mode");
   const mode = modeNode ? c.enum(modeNode, "update.mode", UPDATE_MODES) : undefined;
   if (
@@ -99,6 +102,7 @@ export function parseUpdate(
     confirm === undefined ||
     keys === undefined ||
     pollIntervalMs === undefined ||
+    reboot === undefined ||
     !hcOk
   )
     return undefined;
@@ -111,6 +115,7 @@ export function parseUpdate(
     keys,
     healthChecks,
     pollIntervalMs,
+    reboot,
     ...(modeNode && mode ? { mode: { value: mode, origin: modeNode.loc } } : {}),
   };
 }

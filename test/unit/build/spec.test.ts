@@ -109,6 +109,7 @@ describe("a valid spec", () => {
       keys: [join(dir, "signing.pub")],
       healthChecks: [{ name: "ok", command: "true", timeoutMs: 5000 }],
       pollIntervalMs: 30000,
+      reboot: { strategy: "immediate", window: null, method: "reboot", etcd: null },
     });
     const [tar, d, files, hb] = spec.rootfs.layers;
     expect(tar).toMatchObject({ kind: "tar", path: join(dir, "base.tar"), allowDevices: true });

@@ -12,7 +12,7 @@ import {
 import { FakeClock } from "../../helpers/clock.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { readBoot, testAgent, writeBoot } from "./harness.ts";
+import { REBOOT_OFF, readBoot, testAgent, writeBoot } from "./harness.ts";
 
 let w: UpdateWorld;
 beforeAll(async () => {
@@ -103,7 +103,7 @@ describe("after boot", () => {
   it("reboot policy manual: a failing check only logs", async () => {
     const d = await installed("unhealthy-manual", {});
     await powerOn(d.path);
-    const t = await testAgent(d.path, { config: { healthChecks: [broken], reboot: "manual" } });
+    const t = await testAgent(d.path, { config: { healthChecks: [broken], reboot: REBOOT_OFF } });
     expect(await t.agent.afterBoot()).toMatchObject({ action: "unhealthy", rebooting: false });
     expect(t.reboots).toHaveLength(0);
   });

@@ -207,7 +207,7 @@ describe("abforge agent --disk", () => {
     const installed = new Promise<void>((resolve) => {
       child.stderr.on("data", (b: Buffer) => {
         stderr += b.toString();
-        if (stderr.includes("reboot policy is manual")) resolve();
+        if (stderr.includes("reboot strategy is off")) resolve();
       });
     });
     const exited = new Promise<number | null>((r) => child.on("close", (code) => r(code)));

@@ -7,7 +7,7 @@ import type { HttpClient } from "../../../src/updater/index.ts";
 import { FakeClock } from "../../helpers/clock.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { readBoot, testAgent } from "./harness.ts";
+import { REBOOT_OFF, readBoot, testAgent } from "./harness.ts";
 
 let w: UpdateWorld;
 let repo: RepoServer;
@@ -86,7 +86,7 @@ describe("agent run", () => {
         channel: "stable",
         pollIntervalMs: 3_600_000,
         pollJitterMs: 0,
-        reboot: "manual",
+        reboot: REBOOT_OFF,
       },
       overrides: { clock },
     });
@@ -139,7 +139,7 @@ describe("agent run", () => {
       openRange: (url, o) => real.openRange(url, o),
     };
     const t = await testAgent(d.path, {
-      config: { repoUrl: repo.url, channel: "stable", reboot: "manual" },
+      config: { repoUrl: repo.url, channel: "stable", reboot: REBOOT_OFF },
       overrides: { http: terminating, clock: new FakeClock() },
     });
     await t.agent.run(stop.signal);

@@ -21,6 +21,14 @@ import {
   systemClock,
 } from "../../../src/updater/index.ts";
 
+/** `reboot: manual`: install and wait (the tests that watch what an install leaves). */
+export const REBOOT_OFF: AgentConfig["reboot"] = {
+  strategy: "off",
+  window: null,
+  method: "reboot",
+  etcd: null,
+};
+
 export interface LogLine {
   level: number;
   msg: string;

@@ -20,7 +20,7 @@ import {
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { readBoot, testAgent } from "./harness.ts";
+import { REBOOT_OFF, readBoot, testAgent } from "./harness.ts";
 
 let w: UpdateWorld;
 let repo: RepoServer;
@@ -71,7 +71,7 @@ afterAll(async () => {
 
 const bundle = (v: string) => w.bundles[v] as BundleFixture;
 const digest = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const config = () => ({ repoUrl: repo.url, channel: "stable", reboot: "manual" as const });
+const config = () => ({ repoUrl: repo.url, channel: "stable", reboot: REBOOT_OFF });
 
 async function snapshot(d: DiskFixture) {
   return {

@@ -18,7 +18,7 @@ import {
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { readBoot, testAgent } from "./harness.ts";
+import { REBOOT_OFF, readBoot, testAgent } from "./harness.ts";
 
 const MiB = 1024 * 1024;
 let w: UpdateWorld;
@@ -133,7 +133,7 @@ describe("install from a local bundle file", () => {
 
   it("after the install the image boots the new slot: the same bundle again is up to date", async () => {
     const d = await w.freshDisk("install-twice");
-    const t = await testAgent(d.path, { config: { reboot: "manual" } });
+    const t = await testAgent(d.path, { config: { reboot: REBOOT_OFF } });
     await t.agent.install((w.bundles["2.0.0"] as BundleFixture).path);
     const before = await snapshot(d);
     expect(await t.agent.install((w.bundles["2.0.0"] as BundleFixture).path)).toEqual({
@@ -147,7 +147,7 @@ describe("install from a local bundle file", () => {
     const d = await w.freshDisk("install-pending");
     const stillA = { bootedSlot: async () => "A" as const };
     const t = await testAgent(d.path, {
-      config: { reboot: "manual" },
+      config: { reboot: REBOOT_OFF },
       overrides: { bootedSlot: stillA },
     });
     await t.agent.install((w.bundles["2.0.0"] as BundleFixture).path);
@@ -239,7 +239,7 @@ describe("refusals leave both slots and the boot state as they were", () => {
 
   it("refuses to overwrite the fallback while the booted slot is not marked good", async () => {
     const d = await w.freshDisk("refuse-fallback");
-    const t = await testAgent(d.path, { config: { reboot: "manual" } });
+    const t = await testAgent(d.path, { config: { reboot: REBOOT_OFF } });
     await t.agent.install((w.bundles["2.0.0"] as BundleFixture).path); // B boots next, on trial
     const before = await snapshot(d);
     const err = await t.agent

@@ -20,7 +20,7 @@ import {
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { readBoot, testAgent } from "./harness.ts";
+import { REBOOT_OFF, readBoot, testAgent } from "./harness.ts";
 
 const MiB = 1024 * 1024;
 let w: UpdateWorld;
@@ -85,7 +85,7 @@ afterAll(async () => {
 
 const bundle = () => w.bundles["2.0.0"] as BundleFixture;
 const digest = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
-const config = () => ({ repoUrl: proxyUrl, channel: "stable", reboot: "manual" as const });
+const config = () => ({ repoUrl: proxyUrl, channel: "stable", reboot: REBOOT_OFF });
 const bundleRequests = () => requests.filter((r) => r.url.includes("/bundles/"));
 
 /** Check with an agent that is stopped (as by SIGTERM) once `afterChunks` chunks are written. */
@@ -227,7 +227,7 @@ describe("resume after an interrupted download", () => {
 
   it("a local bundle file resumes by seeking", async () => {
     const d = await w.freshDisk("resume-file");
-    const t1 = await testAgent(d.path, { config: { reboot: "manual" } });
+    const t1 = await testAgent(d.path, { config: { reboot: REBOOT_OFF } });
     const stop = new AbortController();
     t1.agent.onChunk = (done) => {
       if (done === 4) stop.abort(new Error("SIGTERM"));
@@ -235,7 +235,7 @@ describe("resume after an interrupted download", () => {
     await expect(t1.agent.install(bundle().path, stop.signal)).rejects.toMatchObject({
       code: "UPDATE_ABORTED",
     });
-    const t2 = await testAgent(d.path, { config: { reboot: "manual" } });
+    const t2 = await testAgent(d.path, { config: { reboot: REBOOT_OFF } });
     const written: number[] = [];
     t2.agent.onChunk = (done) => written.push(done);
     expect(await t2.agent.install(bundle().path)).toMatchObject({ outcome: "installed" });
@@ -269,7 +269,7 @@ describe("recording the progress (README.md, install step 5)", () => {
   it("saves at most once a second while chunks arrive, not after every chunk", async () => {
     const d = await w.freshDisk("record-fast");
     const clock = new FakeClock();
-    const t = await testAgent(d.path, { config: { reboot: "manual" }, overrides: { clock } });
+    const t = await testAgent(d.path, { config: { reboot: REBOOT_OFF }, overrides: { clock } });
     const r = recordSaves();
     try {
       // no time passes during the download: the record at the start and at the last chunk only
@@ -283,7 +283,7 @@ describe("recording the progress (README.md, install step 5)", () => {
   it("a second after the last save, the chunks written since are saved", async () => {
     const d = await w.freshDisk("record-second");
     const clock = new FakeClock();
-    const t = await testAgent(d.path, { config: { reboot: "manual" }, overrides: { clock } });
+    const t = await testAgent(d.path, { config: { reboot: REBOOT_OFF }, overrides: { clock } });
     t.agent.onChunk = (done) => {
       if (done === 2) clock.advance(1000);
     };

@@ -11,7 +11,7 @@ import {
 } from "../../../src/updater/index.ts";
 import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
-import { readBoot, testAgent, writeBoot } from "./harness.ts";
+import { REBOOT_OFF, readBoot, testAgent, writeBoot } from "./harness.ts";
 
 let w: UpdateWorld;
 beforeAll(async () => {
@@ -23,7 +23,7 @@ const status = async (disk: string) => (await testAgent(disk, { readOnly: true }
 describe("agent status", () => {
   it("a pending install is shown until its slot is good, then not", async () => {
     const d = await w.freshDisk("status-pending");
-    const t = await testAgent(d.path, { config: { reboot: "manual" } });
+    const t = await testAgent(d.path, { config: { reboot: REBOOT_OFF } });
     await t.agent.install((w.bundles["2.0.0"] as BundleFixture).path);
     expect((await status(d.path)).pending).toMatchObject({ slot: "B", version: "2.0.0" });
     // marked good by another hand (an operator's `slots mark-good`): the state file still
