@@ -38,6 +38,7 @@ import {
 import type { Logger } from "../log.ts";
 import { fetchIndex, openRange } from "../repo/index.ts";
 import { errText, UpdaterError } from "./errors.ts";
+import type { BootStore } from "./installer.ts";
 
 /** Randomness: poll jitter, and the host's rollout identity. */
 export interface Random {
@@ -55,6 +56,23 @@ export const systemRandom: Random = {
 /** Restarts the host. */
 export interface Rebooter {
   reboot(reason: string): Promise<void>;
+}
+
+/**
+ * Boots an installed slot without the firmware (kexec.ts, README.md "Reboot
+ * by kexec"): loads the slot's kernel and initramfs from the boot disk with
+ * the command line GRUB would build for it, counts the try in the boot state
+ * as GRUB does (src/bootloader `grubBoot`) and jumps. It returns only when it
+ * did not jump, with the reason; the caller then reboots through the
+ * firmware, and GRUB counts the tries from the boot state as always.
+ */
+export interface Kexec {
+  boot(o: {
+    slot: SlotName;
+    disk: BootStore;
+    diskPath: string;
+    slotRange: ByteRange;
+  }): Promise<{ why: string }>;
 }
 
 /** Runs the configured reboot command (busybox `reboot`, or `systemctl reboot` in a systemd image). */
