@@ -32,6 +32,10 @@ function common(cmd: Command): Command {
       "trust only this public key (SPKI PEM), instead of the config's or the image's; repeatable",
       (v: string, prev: string[] = []) => [...prev, v],
     )
+    .option(
+      "--reboot-command <command>",
+      "with --disk: run this (/bin/sh -c) where a host would reboot, instead of only logging it",
+    )
     .option("--json", "print JSON");
 }
 
@@ -90,6 +94,22 @@ export function register(program: Command): void {
       action(async (opts: Opts) => {
         const s = await (await createAgent(opts, log(), {}, { readOnly: true })).status();
         output(opts, s, () => formatStatus(s));
+      }),
+    );
+
+  common(agent.command("reboot"))
+    .description(
+      "reboot into the installed update now: also with strategy off or outside the window; with etcd-lock only holding a place in the lock",
+    )
+    .addHelpText(
+      "after",
+      "\nExamples:\n  abforge agent status          # shows what the reboot waits for\n  abforge agent reboot          # the operator says: now\n",
+    )
+    .action(
+      action(async (opts: Opts) => {
+        const r = await (await createAgent(opts, log())).reboot();
+        output(opts, r, () => formatCheck(r));
+        return r.rebooting ? 0 : exitCodeFor("REBOOT_WAITING");
       }),
     );
 

@@ -8,7 +8,7 @@ import type { BootState } from "../bootloader/index.ts";
 import { keyId } from "../bundle/index.ts";
 import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
-import type { AgentConfig, SlotName } from "../image/index.ts";
+import type { AgentConfig, EtcdLockConfig, SlotName } from "../image/index.ts";
 import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
 import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
@@ -29,12 +29,20 @@ import type {
   ByteRange,
   HttpClient,
   ImageFiles,
+  Kexec,
   Random,
   Rebooter,
+  RebootLockClient,
 } from "./machine.ts";
 import { locateSlots } from "./machine.ts";
 import { backoffMs, decideUpdate, otherSlot, pollDelayMs } from "./policy.ts";
-import { type AgentState, initialAgentState, StateStore } from "./state-file.ts";
+import {
+  type RebootDeps,
+  type RebootOutcome,
+  rebootIntoUpdate,
+  releaseRebootLock,
+} from "./reboot.ts";
+import { type AgentState, initialAgentState, type RebootWait, StateStore } from "./state-file.ts";
 import { type AgentStatus, statusOf } from "./status.ts";
 
 /** An open boot disk: the boot state, and closing it. */
@@ -63,6 +71,14 @@ export interface AgentOptions {
   pubkeys?: TrustedKey[];
   /** Keys from config.trustedKeys, loaded; when none, the booted image's keys directory. */
   configKeys?: TrustedKey[];
+  /** Boots an installed slot without the firmware (`reboot.method: kexec`); absent: not on a host. */
+  kexec?: Kexec;
+  /** The reboot semaphore of `reboot.etcd` (src/lock); absent: no etcd client. */
+  rebootLock?: (etcd: EtcdLockConfig) => RebootLockClient;
+  /** This host's /etc/machine-id; null or absent: none (the config's `machineId`, else the rollout id). */
+  machineId?: () => Promise<string | null>;
+  /** Time zone of the reboot window; default the host's. */
+  timeZone?: string;
 }
 
 /** A trusted public key and where it came from (logged, so an operator sees what is trusted). */
@@ -79,6 +95,8 @@ export type CheckResult =
       version: string;
       slot: SlotName;
       rebooting: boolean;
+      /** Not rebooting: what the reboot waits for (README.md, "Reboot"). */
+      waiting?: RebootWait;
     };
 
 interface Context {
@@ -277,8 +295,8 @@ export class Agent {
 
   #afterBoot(): Promise<AfterBootResult> {
     return this.#recording(() =>
-      this.#withContext((c) =>
-        afterBoot(
+      this.#withContext(async (c) => {
+        const r = await afterBoot(
           {
             config: this.#o.config,
             log: this.#log,
@@ -289,8 +307,11 @@ export class Agent {
             recordError: (err) => this.#recordError(err),
           },
           { ...c, diskPath: this.#o.diskPath },
-        ),
-      ),
+        );
+        if (r.action !== "await-reboot" && r.action !== "unhealthy")
+          await this.#releaseLockIfUp(c.booted, await c.disk.readState());
+        return r;
+      }),
     );
   }
 
@@ -316,6 +337,7 @@ export class Agent {
             `channels/${cfg.channel}.json`,
             cfg.repoUrl.endsWith("/") ? cfg.repoUrl : `${cfg.repoUrl}/`,
           ).href;
+          await this.#releaseLockIfUp(c.booted, c.boot);
           const now = this.#o.clock.now();
           this.#log.info({ url: indexUrl }, `checking ${indexUrl}`);
           const keys = await this.#trustedKeys(c);
@@ -413,7 +435,7 @@ export class Agent {
             ...(signal ? { signal } : {}),
           });
           await record(result.outcome);
-          return this.#afterInstall(result);
+          return this.#afterInstall(result, c);
         }),
       signal,
     );
@@ -453,7 +475,7 @@ export class Agent {
             this.#log.info({ version: result.version }, `up to date: ${result.version} is running`);
             return { outcome: "up-to-date", version: result.version };
           }
-          return this.#afterInstall(result);
+          return this.#afterInstall(result, c);
         }),
       signal,
     );
@@ -486,26 +508,115 @@ export class Agent {
   /** Test and progress hook: called after each chunk is written (installer.ts, onChunk). */
   onChunk?: (verifiedChunks: number, chunksTotal: number) => void;
 
-  async #afterInstall(result: InstallResult): Promise<CheckResult> {
+  async #afterInstall(result: InstallResult, c: Context): Promise<CheckResult> {
     if (result.outcome === "up-to-date") return { outcome: "up-to-date", version: result.version };
-    const rebooting = this.#o.config.reboot.strategy !== "off";
     if (result.outcome === "pending-reboot")
       this.#log.info(
         { version: result.version, slot: result.slot },
         `${result.version} is installed in slot ${result.slot}; it runs after a reboot`,
       );
-    if (rebooting) {
-      this.#log.info(
-        { version: result.version, slot: result.slot },
-        `rebooting into slot ${result.slot} (${result.version})`,
-      );
-      await this.#o.rebooter.reboot(`update ${result.version} installed in slot ${result.slot}`);
-    } else if (result.outcome === "installed")
-      this.#log.info(
-        { version: result.version },
-        `reboot policy is manual: reboot to run ${result.version}`,
-      );
-    return { outcome: result.outcome, version: result.version, slot: result.slot, rebooting };
+    const r = await this.#rebootInto(c, result.slot, result.version);
+    return {
+      outcome: result.outcome,
+      version: result.version,
+      slot: result.slot,
+      rebooting: r.rebooting,
+      ...(r.rebooting ? {} : { waiting: r.waiting }),
+    };
+  }
+
+  #rebootLockClient: RebootLockClient | undefined;
+
+  #lockClient(): RebootLockClient | undefined {
+    const etcd = this.#o.config.reboot.etcd;
+    if (!etcd || !this.#o.rebootLock) return undefined;
+    this.#rebootLockClient ??= this.#o.rebootLock(etcd);
+    return this.#rebootLockClient;
+  }
+
+  /** The holder name in the reboot lock: the config's machineId, /etc/machine-id, else the rollout id. */
+  async #machineId(): Promise<string> {
+    return (
+      this.#o.config.machineId ?? (await this.#o.machineId?.()) ?? this.state.rolloutId ?? "unknown"
+    );
+  }
+
+  async #rebootDeps(): Promise<RebootDeps> {
+    const lock = this.#lockClient();
+    return {
+      config: this.#o.config,
+      log: this.#log,
+      clock: this.#o.clock,
+      state: this.#state,
+      rebooter: this.#o.rebooter,
+      machineId: await this.#machineId(),
+      ...(this.#o.kexec ? { kexec: this.#o.kexec } : {}),
+      ...(lock ? { lock } : {}),
+      ...(this.#o.timeZone ? { timeZone: this.#o.timeZone } : {}),
+    };
+  }
+
+  async #rebootInto(
+    c: Context,
+    slot: SlotName,
+    version: string,
+    o: { operator?: boolean } = {},
+  ): Promise<RebootOutcome> {
+    return rebootIntoUpdate(
+      await this.#rebootDeps(),
+      { slot, version, disk: c.disk, diskPath: this.#o.diskPath, slotRange: c.slots[slot] },
+      o,
+    );
+  }
+
+  /**
+   * Give the reboot lock back when the host is up: the booted slot good and
+   * no installed update waiting for its reboot (README.md, "Reboot", step 7).
+   */
+  async #releaseLockIfUp(booted: SlotName, boot: BootState): Promise<void> {
+    const s = this.state;
+    if (!s.rebootLock || !boot.slots[booted].good) return;
+    if (s.pending && s.pending.slot !== booted) return;
+    const lock = this.#lockClient();
+    await releaseRebootLock({ log: this.#log, state: this.#state, ...(lock ? { lock } : {}) });
+  }
+
+  /**
+   * `abforge agent reboot`: reboot into the installed update now, whatever
+   * the strategy (`off` included) and the window; with `etcd-lock` only
+   * holding a place in the lock. Refused when no installed update waits.
+   */
+  reboot(): Promise<Extract<CheckResult, { rebooting: boolean }>> {
+    return this.#locked(() =>
+      this.#recording(() =>
+        this.#withContext(async (c) => {
+          const p = this.state.pending;
+          const slot = otherSlot(c.booted);
+          const x = c.boot.slots[slot];
+          if (
+            !p ||
+            p.slot !== slot ||
+            x.good ||
+            x.tries === 0 ||
+            x.rootHash !== p.rootHash ||
+            c.boot.order[0] !== slot
+          )
+            throw new UpdaterError(
+              "UPDATE_REFUSED",
+              `no installed update waits for a reboot (slot ${slot}: ${x.version || "empty"}, ${x.good ? "good" : `${x.tries} tries left`}); nothing to reboot into`,
+              { details: { slot } },
+            );
+          const r = await this.#rebootInto(c, slot, p.version, { operator: true });
+          return {
+            outcome: "pending-reboot" as const,
+            version: p.version,
+            slot,
+            rebooting: r.rebooting,
+            ...(r.rebooting ? {} : { waiting: r.waiting }),
+          };
+        }),
+      ),
+    );
   }
 
   /**
@@ -558,9 +669,14 @@ export class Agent {
       while (!signal.aborted) {
         let delay: number;
         try {
-          await this.check(signal);
+          const r = await this.check(signal);
           failures = 0;
           delay = pollDelayMs(cfg.pollIntervalMs, cfg.pollJitterMs, this.#o.random.fraction());
+          // A reboot that waits for its window or for the lock is tried again
+          // when the window opens or the lock's back-off ends, not a poll later.
+          const until = "waiting" in r && r.waiting?.until;
+          if (until)
+            delay = Math.min(delay, Math.max(0, Date.parse(until) - this.#o.clock.now().getTime()));
         } catch (err) {
           if (signal.aborted) break;
           if (isConfigError(err)) throw err;

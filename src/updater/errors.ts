@@ -22,7 +22,8 @@ export type UpdaterErrorCode =
   | "STATE_UNAVAILABLE"
   | "LOCK_FAILED"
   /** A validly signed bundle that is not the one the signed channel index names. */
-  | "UPDATE_INDEX_MISMATCH";
+  | "UPDATE_INDEX_MISMATCH"
+  | "REBOOT_WAITING";
 
 export class UpdaterError extends BaseError<UpdaterErrorCode> {}
 

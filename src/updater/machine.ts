@@ -75,6 +75,27 @@ export interface Kexec {
   }): Promise<{ why: string }>;
 }
 
+/**
+ * The cluster's reboot semaphore (src/lock, locksmith's): a place taken
+ * before the reboot, given back once the host is up again. Both are
+ * idempotent for the same holder.
+ */
+export interface RebootLockClient {
+  acquire(
+    holder: string,
+  ): Promise<{ acquired: boolean; holders: string[]; max: number; removedStale: string[] }>;
+  release(holder: string): Promise<{ released: boolean }>;
+}
+
+export const MACHINE_ID_PATH = "/etc/machine-id";
+
+/** The host's machine id (systemd's file: 32 hex digits); null when there is none. */
+export async function readMachineId(path: string): Promise<string | null> {
+  const text = await unlessMissing(`read ${path}`, readFile(path, "utf8"), "");
+  const id = text.trim();
+  return id && /^[0-9a-f]{32}$/.test(id) ? id : null;
+}
+
 /** Runs the configured reboot command (busybox `reboot`, or `systemctl reboot` in a systemd image). */
 export class CommandRebooter implements Rebooter {
   readonly #argv: string[];

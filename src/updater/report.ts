@@ -16,6 +16,14 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(
       `pending    ${s.pending.version} in slot ${s.pending.slot} (installed ${s.pending.installedAt})`,
     );
+  if (s.rebootWait)
+    lines.push(
+      `reboot     waiting for ${s.rebootWait.for === "operator" ? "the operator (abforge agent reboot)" : s.rebootWait.for === "window" ? `the window, until ${s.rebootWait.until}` : `the reboot lock, next try at ${s.rebootWait.until}`} (since ${s.rebootWait.since}): ${s.rebootWait.detail}`,
+    );
+  if (s.rebootLock)
+    lines.push(
+      `lock       held as ${s.rebootLock.holder}${s.rebootLock.group === null ? "" : ` in group ${s.rebootLock.group}`} since ${s.rebootLock.takenAt} (for ${s.rebootLock.version}); given back once the host is up`,
+    );
   if (s.progress)
     lines.push(
       `progress   ${s.progress.version} into slot ${s.progress.slot}: chunk ${s.progress.verifiedChunks} of ${s.progress.chunksTotal} (${s.progress.percent}%)`,
@@ -46,10 +54,15 @@ export function formatCheck(r: CheckResult): string {
     case "skipped":
       return `skipped ${r.version}: ${r.reason}`;
     case "installed":
-      return `installed ${r.version} into slot ${r.slot}${r.rebooting ? "; rebooting" : "; reboot to run it"}`;
+      return `installed ${r.version} into slot ${r.slot}${rebootText(r)}`;
     case "pending-reboot":
-      return `${r.version} is already installed in slot ${r.slot}${r.rebooting ? "; rebooting" : "; reboot to run it"}`;
+      return `${r.version} is installed in slot ${r.slot}${rebootText(r)}`;
   }
+}
+
+function rebootText(r: Extract<CheckResult, { rebooting: boolean }>): string {
+  if (r.rebooting) return "; rebooting";
+  return r.waiting ? `; ${r.waiting.detail}` : "; reboot to run it";
 }
 
 export function formatAfterBoot(r: AfterBootResult): string {

@@ -6,8 +6,9 @@
  * the image stands for the boot disk, the slot GRUB would boot now counts as
  * booted, and the agent reads what a host booted from it reads: the config,
  * the trusted keys and the release inside that slot. The state lives beside
- * the image, a reboot is only logged, and the image's health checks (commands
- * for the host it boots) are not run here.
+ * the image, a reboot is only logged (or runs `--reboot-command`, for a test
+ * or a simulation to observe), and the image's health checks (commands for
+ * the host it boots) are not run here.
  *
  * Trust: `--pubkey` limits it to the keys given (as `bundle verify --pubkey`
  * does); otherwise the config's trustedKeys, else the image's keys directory.
@@ -32,8 +33,10 @@ import {
   CmdlineBootedSlot,
   CommandRebooter,
   LogOnlyRebooter,
+  MACHINE_ID_PATH,
   RepoHttpClient,
   RootImageFiles,
+  readMachineId,
   SquashfsImageFiles,
   systemRandom,
 } from "./machine.ts";
@@ -43,6 +46,8 @@ export interface AgentCliOptions {
   disk?: string;
   stateDir?: string;
   pubkey?: string[];
+  /** With --disk: run this (`/bin/sh -c`) where a host would reboot. */
+  rebootCommand?: string;
 }
 
 /** The state directory for a disk image: beside it. */
@@ -124,7 +129,12 @@ export async function agentOptions(
     log,
     clock: systemClock,
     random: systemRandom,
-    rebooter: onImage ? new LogOnlyRebooter(log) : new CommandRebooter(config.rebootCommand),
+    rebooter: !onImage
+      ? new CommandRebooter(config.rebootCommand)
+      : o.rebootCommand
+        ? new CommandRebooter(["/bin/sh", "-c", o.rebootCommand])
+        : new LogOnlyRebooter(log),
+    ...(onImage ? {} : { machineId: () => readMachineId(MACHINE_ID_PATH) }),
     http: new RepoHttpClient({
       stallTimeoutMs: config.downloadStallTimeoutMs,
       log,

@@ -84,6 +84,31 @@ export interface FallbackRecord {
   at: string;
 }
 
+/**
+ * What an installed update waits for before its reboot (README.md,
+ * "Reboot"): the operator (`strategy: off`), the window, or a place in the
+ * reboot lock. `until`: when the window opens or the lock is tried again.
+ */
+export interface RebootWait {
+  slot: SlotName;
+  version: string;
+  for: "operator" | "window" | "lock";
+  since: string;
+  until: string | null;
+  /** Tries of the same wait in a row (the lock's back-off). */
+  attempts: number;
+  /** In words, for `agent status`. */
+  detail: string;
+}
+
+/** The place this host took in the reboot lock; given back once the host is up again. */
+export interface RebootLockRecord {
+  holder: string;
+  group: string | null;
+  version: string;
+  takenAt: string;
+}
+
 export interface AgentState {
   schemaVersion: number;
   /** Installed and activated; waits for its boot and health checks. */
@@ -102,6 +127,8 @@ export interface AgentState {
   index: { serial: number; sha256: string } | null;
   /** This host's random identity for staged rollouts (rollout bucket); made once. */
   rolloutId: string | null;
+  rebootWait: RebootWait | null;
+  rebootLock: RebootLockRecord | null;
 }
 
 export function initialAgentState(): AgentState {
@@ -118,6 +145,8 @@ export function initialAgentState(): AgentState {
     badVersions: [],
     index: null,
     rolloutId: null,
+    rebootWait: null,
+    rebootLock: null,
   };
 }
 
@@ -308,6 +337,21 @@ export function validateState(v: unknown): string[] {
   obj("lastError", { at: STR, code: STR, message: STR });
   obj("lastGood", { slot: SLOT, version: STR, at: STR });
   obj("index", { serial: INT, sha256: HEX });
+  obj("rebootWait", {
+    slot: SLOT,
+    version: STR,
+    for: (x) => x === "operator" || x === "window" || x === "lock",
+    since: STR,
+    until: (x) => x === null || STR(x),
+    attempts: INT,
+    detail: STR,
+  });
+  obj("rebootLock", {
+    holder: STR,
+    group: (x) => x === null || STR(x),
+    version: STR,
+    takenAt: STR,
+  });
   for (const name of ["rollbacks", "fallbacks", "badVersions"]) {
     if (s[name] !== undefined && !Array.isArray(s[name])) p.push(`${name}: not a list`);
   }

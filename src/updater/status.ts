@@ -44,6 +44,10 @@ export interface AgentStatus {
   /** Good slots that stopped booting, and the bootloader booted the other one. */
   fallbacks: AgentState["fallbacks"];
   badVersions: string[];
+  /** What the installed update waits for before its reboot; only while it is still pending. */
+  rebootWait: AgentState["rebootWait"];
+  /** The place this host holds in the reboot lock (given back once it is up again). */
+  rebootLock: AgentState["rebootLock"];
 }
 
 export interface StatusInput {
@@ -101,5 +105,8 @@ export function statusOf(o: StatusInput): AgentStatus {
     rollbacks: st.rollbacks,
     fallbacks: st.fallbacks,
     badVersions: st.badVersions,
+    rebootWait:
+      pending && st.rebootWait && st.rebootWait.version === pending.version ? st.rebootWait : null,
+    rebootLock: st.rebootLock,
   };
 }

@@ -157,6 +157,7 @@ describe("install from a local bundle file", () => {
       version: "2.0.0",
       slot: "B",
       rebooting: false,
+      waiting: expect.objectContaining({ for: "operator", version: "2.0.0" }),
     });
     expect(await snapshot(d)).toEqual(before);
   });

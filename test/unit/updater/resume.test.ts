@@ -108,6 +108,7 @@ describe("check against a served repository", () => {
       version: "2.0.0",
       slot: "B",
       rebooting: false,
+      waiting: expect.objectContaining({ for: "operator", version: "2.0.0" }),
     });
     expect(
       digest(await readRange(d.path, { offset: d.slots.B.offset, size: bundle().slot.size })),
