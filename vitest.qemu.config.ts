@@ -1,4 +1,5 @@
 import { defineConfig } from "vitest/config";
+import { QemuSequencer } from "./test/qemu/sequencer.ts";
 
 // Boot and update scenarios under QEMU: slow, so run one file at a time.
 export default defineConfig({
@@ -9,5 +10,6 @@ export default defineConfig({
     hookTimeout: 1_800_000,
     fileParallelism: false,
     pool: "forks",
+    sequence: { sequencer: QemuSequencer },
   },
 });

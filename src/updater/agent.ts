@@ -195,7 +195,9 @@ export class Agent {
     const disk = await this.#o.openBootDisk(this.#o.diskPath, { readOnly: this.#readOnly });
     try {
       const boot = await disk.readState();
-      const booted = await this.#o.bootedSlot.bootedSlot(boot);
+      const booted = await this.#o.bootedSlot.bootedSlot(boot, {
+        awaitingReboot: this.state.rebootWait?.slot ?? null,
+      });
       const slots = await locateSlots(this.#o.diskPath, this.#o.config.slots);
       return { disk, boot, booted, slots };
     } catch (err) {

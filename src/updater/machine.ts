@@ -29,6 +29,7 @@ import { unlessMissing } from "../fileio.ts";
 import {
   KEYS_DIR as IMAGE_KEYS_DIR,
   RELEASE_PATH as IMAGE_RELEASE_PATH,
+  otherSlot,
   parseRelease,
   type Release,
   type SlotLocation,
@@ -160,7 +161,12 @@ export class RepoHttpClient implements HttpClient {
 
 /** Which slot is running. */
 export interface BootedSlotSource {
-  bootedSlot(boot: BootState): Promise<SlotName>;
+  /**
+   * `awaitingReboot`: the slot of an installed update whose reboot has not
+   * happened yet (README.md, "Reboot": it waits for the window, the lock or
+   * the operator), for an image file, which has no kernel command line.
+   */
+  bootedSlot(boot: BootState, o?: { awaitingReboot: SlotName | null }): Promise<SlotName>;
 }
 
 /** On the host: `abforge.slot=X` on the kernel command line (GRUB puts it there). */
@@ -190,10 +196,19 @@ export class CmdlineBootedSlot implements BootedSlotSource {
   }
 }
 
-/** A disk image stands for the boot disk: the slot GRUB would boot now counts as booted. */
+/**
+ * A disk image stands for the boot disk: the slot GRUB would boot now counts
+ * as booted — unless that is an installed update still waiting for its
+ * reboot: the host it stands for has not rebooted, and runs the other slot.
+ */
 export const bootStateBootedSlot: BootedSlotSource = {
-  async bootedSlot(boot) {
-    const slot = nextBootSlot(boot);
+  async bootedSlot(boot, o) {
+    const next = nextBootSlot(boot);
+    const waiting = o?.awaitingReboot;
+    const slot =
+      waiting && next === waiting && boot.slots[otherSlot(waiting)].good
+        ? otherSlot(waiting)
+        : next;
     if (slot === null)
       throw new UpdaterError(
         "UPDATE_REFUSED",

@@ -42,19 +42,28 @@ export interface BuiltImage {
   rootHash: string;
 }
 
-export const IMAGES: Record<
-  "v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3",
-  { spec: string; version: string; formats?: string }
-> = {
+export interface FixtureSpec {
+  spec: string;
+  version: string;
+  formats?: string;
+  /**
+   * Built in the background while the suites that do not need it boot
+   * (build-images.ts); a suite that does waits for it (`waitForImage`) and
+   * runs last (sequencer.ts).
+   */
+  later?: boolean;
+}
+
+export const IMAGES: Record<"v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3", FixtureSpec> = {
   v1: { spec: "images/demo.yaml", version: "1.0.0" },
   v2: { spec: "images/demo.yaml", version: "2.0.0" },
   v3: { spec: "images/demo-unhealthy.yaml", version: "3.0.0" },
   // The container host (test/qemu/host.test.ts): 1.0.0 is booted as qcow2;
   // 2.0.0 adds a package with its own system user and changes /etc files;
   // 3.0.0 fails its health check.
-  hostV1: { spec: "images/host.yaml", version: "1.0.0", formats: "raw,qcow2" },
-  hostV2: { spec: "test/qemu/specs/host-2.yaml", version: "2.0.0" },
-  hostV3: { spec: "images/host-unhealthy.yaml", version: "3.0.0" },
+  hostV1: { spec: "images/host.yaml", version: "1.0.0", formats: "raw,qcow2", later: true },
+  hostV2: { spec: "test/qemu/specs/host-2.yaml", version: "2.0.0", later: true },
+  hostV3: { spec: "images/host-unhealthy.yaml", version: "3.0.0", later: true },
 };
 
 export type ImageName = keyof typeof IMAGES;
@@ -75,6 +84,26 @@ export function image(name: ImageName): BuiltImage {
     bundle: join(dir, basename(report.bundle.file)),
     rootHash: report.verity.rootHash,
   };
+}
+
+/** Written beside a fixture the background build could not make: its error. */
+export const FAILED_MARK = ".failed";
+
+/**
+ * Waits (bounded) for a fixture of the background build (`later`): its
+ * build.json, or the error the build left. The build itself is bounded by
+ * its own timeout, so this one only guards against a build that vanished.
+ */
+export async function waitForImage(name: ImageName, timeoutMs = 30 * 60_000): Promise<BuiltImage> {
+  const dir = join(FIXTURES, name);
+  const end = Date.now() + timeoutMs;
+  for (;;) {
+    if (existsSync(join(dir, "build.json"))) return image(name);
+    if (existsSync(join(dir, FAILED_MARK)))
+      throw new Error(`fixture ${name}: ${readFileSync(join(dir, FAILED_MARK), "utf8")}`);
+    if (Date.now() > end) throw new Error(`fixture ${name} not built within ${timeoutMs} ms`);
+    await new Promise((r) => setTimeout(r, 2000));
+  }
 }
 
 /** A private, sparse copy of an image's disk, so each test starts from the build's state. */

@@ -22,7 +22,7 @@ import { freePort } from "../helpers/net.ts";
 import { ociArchive } from "../helpers/oci.ts";
 import { copyTo, type SshResult, ssh, sshKeyPair, waitForSsh } from "../helpers/ssh.ts";
 import { tempDir } from "../helpers/tmp.ts";
-import { image, SIGNING_KEY } from "./fixtures.ts";
+import { image, SIGNING_KEY, waitForImage } from "./fixtures.ts";
 import { banner, bootState } from "./scenarios.ts";
 
 const BOOT_MS = 600_000;
@@ -82,6 +82,8 @@ async function agentStatus(): Promise<{
 }
 
 beforeAll(async () => {
+  // built in the background while the other suites booted (build-images.ts)
+  for (const name of ["hostV1", "hostV2", "hostV3"] as const) await waitForImage(name);
   execFileSync("cp", ["--sparse=always", join(image("hostV1").dir, "disk.qcow2"), disk]);
   // a host's disk is rarely the image's size: the state partition grows into the rest
   execFileSync("qemu-img", ["resize", "-q", disk, "4G"]);
