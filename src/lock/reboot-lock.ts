@@ -101,6 +101,13 @@ export class RebootLock {
       if (!t.succeeded) return RETRY;
       leaseUsed = p.putRecord;
       return { acquired: p.acquired, s, next: p.next, removedStale: p.removedStale };
+    }).catch(async (err: unknown) => {
+      // Every compare lost: the lease is certainly unused. (After any other
+      // error a write may have been applied; its lease then expires by itself.)
+      if (err instanceof LockError && err.code === "REBOOT_LOCK_CONFLICT" && lease !== null) {
+        await this.#revokeQuietly(lease);
+      }
+      throw err;
     });
     for (const h of r.removedStale) {
       this.#o.log.warn(

@@ -2,7 +2,7 @@
 // 127.0.0.1 random ports): src/lock/README.md's procedures, its staleness
 // rule and its failure behaviour. Each test uses its own group, so they
 // share one server.
-import { createServer as createHttpServer } from "node:http";
+import { createServer as createHttpServer, request } from "node:http";
 import { createServer as createTcpServer, type Server, type Socket } from "node:net";
 import { Writable } from "node:stream";
 import { pino } from "pino";
@@ -13,6 +13,7 @@ import {
   type RebootLockOptions,
   recordKey,
 } from "../../../src/lock/index.ts";
+import { FakeClock } from "../../helpers/clock.ts";
 import { rejection } from "../../helpers/errors.ts";
 import { type EtcdCluster, generateTls, startEtcd, startEtcdCluster } from "../../helpers/etcd.ts";
 import { tempDir } from "../../helpers/tmp.ts";
@@ -187,6 +188,104 @@ describe("acquire and release (README.md, Acquire, Release)", () => {
       max: 2,
       holders: [],
     });
+  });
+});
+
+/**
+ * A proxy in front of the test etcd that runs `before` ahead of every
+ * conditional transaction it forwards: another host writing between a
+ * host's read and its compare-and-swap, every time.
+ */
+async function interfering(before: () => Promise<void>) {
+  const target = new URL(etcd.endpoints[0] as string);
+  let conditional = 0;
+  const proxy = createHttpServer((req, res) => {
+    const chunks: Buffer[] = [];
+    req.on("data", (c: Buffer) => chunks.push(c));
+    req.on("end", async () => {
+      const body = Buffer.concat(chunks);
+      if (req.url === "/v3/kv/txn" && (JSON.parse(body.toString()).compare ?? []).length > 0) {
+        conditional++;
+        await before();
+      }
+      const fwd = request(
+        {
+          host: target.hostname,
+          port: target.port,
+          path: req.url,
+          method: req.method,
+          headers: req.headers,
+        },
+        (up) => {
+          res.writeHead(up.statusCode ?? 502, up.headers);
+          up.pipe(res);
+        },
+      );
+      fwd.end(body);
+    });
+  });
+  await new Promise<void>((r) => proxy.listen(0, "127.0.0.1", r));
+  const a = proxy.address();
+  return {
+    endpoint: `http://127.0.0.1:${typeof a === "object" && a ? a.port : 0}`,
+    conditionalTxns: () => conditional,
+    close: () => new Promise((r) => proxy.close(r)),
+  };
+}
+
+describe("compare-and-swap (README.md, Acquire 5)", () => {
+  it("another host taking the last place between the read and the write: the write loses, and the re-read sees it full", async () => {
+    const g = group();
+    const { l: other } = lock({ group: g });
+    let once = false;
+    const p = await interfering(async () => {
+      if (once) return;
+      once = true;
+      expect((await other.acquire("other")).acquired).toBe(true);
+    });
+    try {
+      const { log } = captureLog();
+      const l = new RebootLock({ endpoints: [p.endpoint], group: g, lockTTLMs: 60_000, log });
+      expect(await l.acquire("me")).toEqual({
+        acquired: false,
+        semaphore: { semaphore: 0, max: 1, holders: ["other"] },
+        removedStale: [],
+      });
+      expect(p.conditionalTxns()).toBe(1);
+    } finally {
+      await p.close();
+    }
+  });
+
+  it("losing every compare: REBOOT_LOCK_CONFLICT after a bounded number of backoffs, nothing written", async () => {
+    const g = group();
+    const { l: other } = lock({ group: g });
+    await other.setMax(2);
+    const before = (await raw(etcd.endpoints, other.key))?.text ?? "";
+    const p = await interfering(() => put(etcd.endpoints, other.key, before)); // same value, new revision
+    try {
+      const { log } = captureLog();
+      const clock = new FakeClock({ autoAdvance: true });
+      const l = new RebootLock({
+        endpoints: [p.endpoint],
+        group: g,
+        lockTTLMs: 60_000,
+        log,
+        clock,
+        random: () => 0.999,
+        maxAttempts: 4,
+      });
+      const e = await rejection(l.acquire("me"));
+      expect(e.code).toBe("REBOOT_LOCK_CONFLICT");
+      expect(e.message).toContain(other.key);
+      expect(e.message).toContain(p.endpoint);
+      expect(p.conditionalTxns()).toBe(4);
+      expect(clock.sleeps).toEqual([19, 39, 79]); // jittered exponential, below 1 s
+      expect((await raw(etcd.endpoints, other.key))?.text).toBe(before);
+      expect(await raw(etcd.endpoints, recordKey(other.key, "me"))).toBeUndefined();
+    } finally {
+      await p.close();
+    }
   });
 });
 
