@@ -6,6 +6,7 @@ import { type Command, InvalidArgumentError, Option } from "commander";
 import {
   DEFAULT_LOCK_TTL_MS,
   DEFAULT_TIMEOUT_MS,
+  endpointProblem,
   type HolderStatus,
   holderIdProblem,
   LockError,
@@ -31,13 +32,7 @@ function common(cmd: Command): Command {
     .option(
       "--etcd <url>",
       `etcd client URL of any cluster member; repeatable or comma-separated, tried in order (default: ${DEFAULT_ETCD})`,
-      (v: string, prev: string[] = []) => [
-        ...prev,
-        ...v
-          .split(",")
-          .map((s) => s.trim())
-          .filter(Boolean),
-      ],
+      (v: string, prev: string[] = []) => [...prev, ...endpointList(v)],
     )
     .option("--group <name>", "locksmith's reboot group (default: the default semaphore)")
     .option("--ca <file>", "CA certificate (PEM) that signed the etcd servers' (etcdctl --cacert)")
@@ -63,6 +58,18 @@ function open(o: LockCliOptions): RebootLock {
     lockTTLMs: DEFAULT_LOCK_TTL_MS,
     log: logger().child({ module: "lock" }),
   });
+}
+
+function endpointList(value: string): string[] {
+  const list = value
+    .split(",")
+    .map((s) => s.trim())
+    .filter(Boolean);
+  for (const e of list) {
+    const problem = endpointProblem(e);
+    if (problem) throw new InvalidArgumentError(problem);
+  }
+  return list;
 }
 
 function holderId(value: string): string {

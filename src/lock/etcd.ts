@@ -239,15 +239,25 @@ export class EtcdGateway {
   }
 }
 
-function normalizeEndpoint(e: string): string {
+/** Why `e` is not an etcd client URL (http:// or https://, host, optional port), or undefined. */
+export function endpointProblem(e: string): string | undefined {
   let u: URL;
   try {
     u = new URL(e);
   } catch {
-    throw new TypeError(`etcd endpoint is not a URL: ${e}`);
+    return `not a URL: ${e}`;
   }
   if (u.protocol !== "http:" && u.protocol !== "https:")
-    throw new TypeError(`etcd endpoint must be http:// or https://, got ${e}`);
+    return `an etcd endpoint is http:// or https://, got ${e}`;
+  if (u.username || u.password || u.search || u.hash)
+    return `an etcd endpoint has no user, query or fragment, got ${e}`;
+  return undefined;
+}
+
+function normalizeEndpoint(e: string): string {
+  const problem = endpointProblem(e);
+  if (problem) throw new TypeError(`etcd endpoint: ${problem}`);
+  const u = new URL(e);
   return `${u.protocol}//${u.host}${u.pathname.replace(/\/+$/, "")}`;
 }
 

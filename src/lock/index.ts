@@ -4,6 +4,7 @@ export {
   DEFAULT_TIMEOUT_MS,
   type EtcdEndpointOptions,
   EtcdGateway,
+  endpointProblem,
   MAX_RESPONSE_BYTES,
 } from "./etcd.ts";
 export {

@@ -47,6 +47,9 @@ export function staleHolders(s: Snapshot): string[] {
   return s.value.leased.filter((h) => !s.records.has(h));
 }
 
+/** etcd allows 128 operations in a transaction; each stale holder is one compare. Any more go at the next acquire. */
+export const MAX_STALE_PER_WRITE = 64;
+
 export interface AcquirePlan {
   acquired: boolean;
   /** The value to write; null: nothing to write (full, nothing stale). */
@@ -70,7 +73,7 @@ export function planAcquire(s: Snapshot, id: string): AcquirePlan {
   let base = v;
   let removedStale: string[] = [];
   if (v.semaphore <= 0) {
-    removedStale = staleHolders(s);
+    removedStale = staleHolders(s).slice(0, MAX_STALE_PER_WRITE);
     base = without(v, removedStale);
   }
   if (base.semaphore > 0) {

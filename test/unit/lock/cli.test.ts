@@ -128,6 +128,10 @@ describe("abforge lock", () => {
     expect((await abforge(["lock", "set-max", "-1"])).code).toBe(2);
     expect((await abforge(["lock", "set-max", "two"])).code).toBe(2);
     expect((await abforge(["lock", "status", "--timeout", "soon"])).code).toBe(2);
+    const url = await abforge(["lock", "status", "--etcd", `${dead},ftp://x`]);
+    expect(url.code).toBe(2);
+    expect(url.stderr).toContain("an etcd endpoint is http:// or https://, got ftp://x");
+    expect((await abforge(["lock", "unlock", "a\tb"])).code).toBe(2);
   });
 
   it("a bad value: status says so (exit 85) and set-max rewrites it", async () => {

@@ -2,9 +2,10 @@
 // "Value") and the compare-and-swap plans ("Acquire", "Release", "Operator").
 import fc from "fast-check";
 import { describe, expect, it } from "vitest";
-import { parseTxn, prefixEnd } from "../../../src/lock/etcd.ts";
+import { endpointProblem, parseTxn, prefixEnd } from "../../../src/lock/etcd.ts";
 import {
   compares,
+  MAX_STALE_PER_WRITE,
   planAcquire,
   planRelease,
   planSetMax,
@@ -204,6 +205,14 @@ describe("plans (README.md, Acquire, Release, Operator)", () => {
     });
   });
 
+  it("at most MAX_STALE_PER_WRITE stale holders go in one write (etcd's 128 operations per transaction)", () => {
+    const ids = Array.from({ length: 70 }, (_, i) => `h${String(i).padStart(2, "0")}`);
+    const p = planAcquire(snap({ semaphore: 0, max: 70, holders: ids, leased: ids }), "new");
+    expect(p.removedStale).toEqual(ids.slice(0, MAX_STALE_PER_WRITE));
+    expect(p.next?.holders).toEqual([...ids.slice(64), "new"]);
+    expect(compares(snap(p.next as SemaphoreValue), p.removedStale)).toHaveLength(65);
+  });
+
   it("full, nothing stale: nothing to write", () => {
     const v = { semaphore: 0, max: 1, holders: ["ls"], leased: [] };
     expect(planAcquire(snap(v), "new")).toEqual({
@@ -276,7 +285,16 @@ describe("plans (README.md, Acquire, Release, Operator)", () => {
   });
 });
 
-describe("gateway responses are validated", () => {
+describe("gateway requests and responses", () => {
+  it("endpoints are http(s) URLs without user, query or fragment", () => {
+    expect(endpointProblem("http://10.0.0.1:2379")).toBeUndefined();
+    expect(endpointProblem("https://etcd.example:2379/")).toBeUndefined();
+    expect(endpointProblem("localhost:2379")).toMatch(/http:\/\/ or https:\/\//);
+    expect(endpointProblem("10.0.0.1:2379")).toMatch(/not a URL/);
+    expect(endpointProblem("nope")).toMatch(/not a URL/);
+    expect(endpointProblem("http://u:p@h:1")).toMatch(/no user/);
+  });
+
   it("a transaction answer: zero fields left out, bad base64 and bad integers refused", () => {
     expect(parseTxn({ header: {} })).toEqual({ succeeded: false, ranges: [] });
     expect(
