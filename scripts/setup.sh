@@ -10,6 +10,7 @@ packages=(
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
   openssh-client openssh-server skopeo podman systemd
+  etcd-server etcd-client openssl
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -26,6 +27,16 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Debian's etcd-server enables and starts an etcd on 127.0.0.1:2379. Tests
+# start their own members on random ports and never use it; left running it
+# would only take memory, and answer anything that fell back to abforge
+# lock's default endpoint, so such a mistake would pass instead of failing.
+if [ -e /etc/systemd/system/multi-user.target.wants/etcd.service ]; then
+  echo "setup: disabling the packaged etcd service (tests run their own)" >&2
+  $sudo systemctl disable --quiet etcd.service 2>/dev/null || true
+  if [ -d /run/systemd/system ]; then $sudo systemctl stop etcd.service || true; fi
 fi
 
 if [ -L node_modules ]; then

@@ -14,6 +14,7 @@ import type { BundleErrorCode } from "../bundle/errors.ts";
 import type { GptErrorCode } from "../disk/errors.ts";
 import type { ToolErrorCode } from "../errors.ts";
 import type { ImageErrorCode } from "../image/errors.ts";
+import type { LockErrorCode } from "../lock/errors.ts";
 import type { RepoErrorCode } from "../repo/errors.ts";
 import type { UpdaterErrorCode } from "../updater/errors.ts";
 import type { VerityErrorCode } from "../verity/errors.ts";
@@ -27,6 +28,7 @@ export type ErrorCode =
   | BundleErrorCode
   | RepoErrorCode
   | UpdaterErrorCode
+  | LockErrorCode
   | ImageErrorCode
   | QemuErrorCode;
 
@@ -111,6 +113,10 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   HOST_DISK_NOT_FOUND: 81,
   STATE_SCHEMA_NEWER: 82,
   UPDATE_INDEX_MISMATCH: 83,
+  // the reboot lock (src/lock), which the agent takes before it reboots
+  REBOOT_LOCK_UNREACHABLE: 84,
+  REBOOT_LOCK_BAD_VALUE: 85,
+  REBOOT_LOCK_CONFLICT: 86,
   REBOOT_WAITING: 87,
   STATE_UNAVAILABLE: 88,
   LOCK_FAILED: 89,
