@@ -1,6 +1,6 @@
 /**
  * The images the QEMU tests boot: demo 1.0.0 and 2.0.0 from images/demo.yaml
- * and 3.0.0 from images/demo-unhealthy.yaml, all signed by one test key and
+ * and 3.0.0 from images/demo-unhealthy.yaml (and their kexec variants), all signed by one test key and
  * built by the real `abforge build`. They are built once per run by the
  * global setup (build-images.ts) into FIXTURES; each test boots a sparse copy.
  */
@@ -43,7 +43,7 @@ export interface BuiltImage {
 }
 
 export const IMAGES: Record<
-  "v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3",
+  "v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3" | "kexecV1" | "kexecV2" | "kexecV3",
   { spec: string; version: string; formats?: string }
 > = {
   v1: { spec: "images/demo.yaml", version: "1.0.0" },
@@ -55,6 +55,11 @@ export const IMAGES: Record<
   hostV1: { spec: "images/host.yaml", version: "1.0.0", formats: "raw,qcow2" },
   hostV2: { spec: "test/qemu/specs/host-2.yaml", version: "2.0.0" },
   hostV3: { spec: "images/host-unhealthy.yaml", version: "3.0.0" },
+  // Demo with `update.reboot.method: kexec` and one try (test/qemu/kexec.test.ts,
+  // bench/kexec): 2.0.0 is entered by kexec, 3.0.0 fails its health check.
+  kexecV1: { spec: "images/demo-kexec.yaml", version: "1.0.0" },
+  kexecV2: { spec: "images/demo-kexec.yaml", version: "2.0.0" },
+  kexecV3: { spec: "images/demo-kexec-unhealthy.yaml", version: "3.0.0" },
 };
 
 export type ImageName = keyof typeof IMAGES;
