@@ -9,7 +9,7 @@ packages=(
   qemu-system-x86 qemu-utils ovmf grub-efi-amd64-bin grub-common
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
-  openssh-client openssh-server skopeo podman systemd
+  openssh-client openssh-server skopeo podman systemd kexec-tools
   etcd-server etcd-client openssl
 )
 missing=()

@@ -24,6 +24,7 @@ export const TOOL_PACKAGES: Record<string, string> = {
   "mkfs.erofs": "erofs-utils",
   veritysetup: "cryptsetup-bin",
   dmsetup: "dmsetup",
+  kexec: "kexec-tools",
   sgdisk: "gdisk",
   sfdisk: "fdisk",
   "grub-editenv": "grub-common",

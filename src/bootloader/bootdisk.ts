@@ -142,9 +142,11 @@ export class BootDisk {
    * Writes the state (README.md, "BootDisk", step 4): the variables are set
    * in the block as it is (other variables keep their place), refused when
    * they would reach past the first 512 bytes, then the 1024 bytes are
-   * written in place with one pwrite and fdatasync.
+   * written in place with one pwrite and fdatasync. With `bootToken`, the
+   * same write sets `boot_token` too, as GRUB does at a boot (a kexec:
+   * README.md, "Booting by kexec").
    */
-  async writeState(s: BootState): Promise<void> {
+  async writeState(s: BootState, o: { bootToken?: string } = {}): Promise<void> {
     if (this.#readOnly) {
       throw new ToolError("IO_ERROR", `${this.path} was opened read-only`, {
         details: { path: this.path },
@@ -153,6 +155,7 @@ export class BootDisk {
     const vars = bootStateToEnv(s);
     let lines = await this.readEnv();
     for (const [name, value] of vars) lines = setEnvVar(lines, name, value);
+    if (o.bootToken !== undefined) lines = setEnvVar(lines, BOOT_TOKEN_VAR, o.bootToken);
     const used = envContentLength(lines);
     if (used > BOOT_STATE_MAX_BYTES) {
       throw new BootloaderError(

@@ -12,10 +12,15 @@ import { mkdir, mkdtemp, rename, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join } from "node:path";
 import { run } from "../exec.ts";
-import { BOOT_TOKEN_VAR, CMDLINE_KEYS as K } from "../image/index.ts";
+import {
+  BOOT_TOKEN_PATTERN,
+  BOOT_TOKEN_VAR,
+  CMDLINE_PREFIX,
+  CMDLINE_KEYS as K,
+} from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BootloaderError } from "./errors.ts";
-import { DEFAULT_GOOD_TRIES, MAX_TRIES, type SlotName } from "./state.ts";
+import { DEFAULT_GOOD_TRIES, MAX_TRIES, type SlotName, type SlotState } from "./state.ts";
 
 /** GPT partition number of each slot on an abforge disk (disk layout contract). */
 export const SLOT_PARTITIONS: Record<SlotName, number> = { A: 2, B: 3 };
@@ -52,6 +57,90 @@ const CMDLINE_SAFE = /^[A-Za-z0-9 =,._:/+@%-]*$/;
 export interface GrubConfigOptions {
   /** The spec's kernel command line (e.g. `console=ttyS0 quiet`). */
   cmdline: string;
+}
+
+/** What GRUB appends to every slot's command line, after the spec's: a panic restarts the machine, so GRUB counts the try. */
+export const GRUB_CMDLINE_TAIL = "panic=5";
+
+/** What GRUB's `linux` command puts first on the command line it hands over (`BOOT_IMAGE=<path>`). */
+const GRUB_BOOT_IMAGE = "BOOT_IMAGE=";
+
+/**
+ * The kernel command line GRUB builds for a slot (`slotFunction` below, the
+ * `linux` line): the `abforge.*` keys from the slot's boot state and this
+ * boot's token, the spec's command line, `panic=5`. Pure; for a kexec into
+ * the slot (README.md, "Booting by kexec"). Throws BOOT_REFUSED for an
+ * empty slot, GRUB_BAD_CMDLINE for a command line GRUB could not carry.
+ */
+export function slotCmdline(o: {
+  slot: SlotName;
+  state: SlotState;
+  /** 14 digits, or "" as GRUB passes when it could not save one. */
+  bootToken: string;
+  /** The spec's command line (`specCmdline` of the running one). */
+  cmdline: string;
+}): string {
+  const { slot, state } = o;
+  if (state.rootHash === "")
+    throw new BootloaderError("BOOT_REFUSED", `slot ${slot} is empty: it has no command line`, {
+      details: { slot },
+    });
+  const cmdline = o.cmdline.trim().replace(/\s+/g, " ");
+  if (!CMDLINE_SAFE.test(cmdline) || cmdline.split(" ").some((w) => w.startsWith(CMDLINE_PREFIX)))
+    throw new BootloaderError(
+      "GRUB_BAD_CMDLINE",
+      `kernel command line "${o.cmdline}": GRUB would not pass it (quotes, $, abforge.* keys)`,
+      { details: { cmdline: o.cmdline } },
+    );
+  return [
+    `${K.slot}=${slot}`,
+    `${K.rootHash}=${state.rootHash}`,
+    `${K.verity}=${state.verity}`,
+    `${K.version}=${state.version}`,
+    `${K.bootToken}=${o.bootToken}`,
+    ...(cmdline ? [cmdline] : []),
+    GRUB_CMDLINE_TAIL,
+  ].join(" ");
+}
+
+/**
+ * The spec's command line inside a command line GRUB built (`/proc/cmdline`
+ * of a booted slot): without GRUB's `BOOT_IMAGE=`, the `abforge.*` keys and
+ * the last `panic=5`. The spec's line lives in the ESP's GRUB image and an
+ * update never changes it, so the running one is the one the next slot gets.
+ */
+export function specCmdline(running: string): string {
+  const words = running
+    .trim()
+    .split(/\s+/)
+    .filter((w) => w !== "");
+  if (words[0]?.startsWith(GRUB_BOOT_IMAGE)) words.shift();
+  if (words.at(-1) === GRUB_CMDLINE_TAIL) words.pop();
+  return words.filter((w) => !w.startsWith(CMDLINE_PREFIX)).join(" ");
+}
+
+/**
+ * A boot token for a boot that GRUB does not see (a kexec): the clock's time
+ * in GRUB's form, `YYYYMMDDhhmmss` (UTC, as QEMU's and most servers' RTC),
+ * and always later than the token of the boot running now, so a disk copied
+ * during this boot never holds the next one (README.md, "Boot token").
+ */
+export function nextBootToken(now: Date, previous: string | null): string {
+  const format = (d: Date) => d.toISOString().replace(/[-:T]/g, "").slice(0, 14);
+  let token = format(now);
+  if (previous !== null && BOOT_TOKEN_PATTERN.test(previous) && token <= previous) {
+    const p = previous;
+    const t = Date.UTC(
+      +p.slice(0, 4),
+      +p.slice(4, 6) - 1,
+      +p.slice(6, 8),
+      +p.slice(8, 10),
+      +p.slice(10, 12),
+      +p.slice(12, 14),
+    );
+    token = format(new Date(t + 1000));
+  }
+  return token;
 }
 
 function slotFunction(slot: SlotName, cmdline: string): string {
@@ -98,7 +187,7 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     `      echo "abforge: slot ${slot} is empty"`,
     "    else",
     `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries boots=$${slot}_boots)"`,
-    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version" "${K.bootToken}=$abforge_token"${cmdline ? ` ${cmdline}` : ""} panic=5; then`,
+    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version" "${K.bootToken}=$abforge_token"${cmdline ? ` ${cmdline}` : ""} ${GRUB_CMDLINE_TAIL}; then`,
     `        if initrd ${dev}/boot/initrd.img; then`,
     "          boot",
     "        fi",

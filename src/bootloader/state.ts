@@ -394,3 +394,25 @@ function checkTries(tries: number, what: string): void {
     );
   }
 }
+
+/**
+ * The boot state a kexec into `slot` leaves (README.md, "Booting by kexec"):
+ * what GRUB's boot of it would (`grubBoot`: a try taken, or an unconfirmed
+ * boot added). Refused (BOOT_REFUSED) when the slot is empty or GRUB would
+ * boot another slot now, so a kexec never enters a slot the firmware path
+ * would not.
+ */
+export function kexecBoot(s: BootState, slot: SlotName): BootState {
+  if (isEmptySlot(s.slots[slot]))
+    throw new BootloaderError("BOOT_REFUSED", `cannot boot slot ${slot} by kexec: it is empty`, {
+      details: { slot },
+    });
+  const r = grubBoot(s);
+  if (r.slot !== slot)
+    throw new BootloaderError(
+      "BOOT_REFUSED",
+      `cannot boot slot ${slot} by kexec: GRUB would boot ${r.slot === null ? "no slot" : `slot ${r.slot}`} now`,
+      { details: { slot, grubSlot: r.slot } },
+    );
+  return r.state;
+}

@@ -616,6 +616,12 @@ export async function systemLayers(o: {
       await symlink(l.target, join(sys, l.path));
     }
     initFiles = units.files;
+    if (o.spec.update.reboot.method === "kexec" && !hasKexec(o.tree))
+      throw new BuildError(
+        "SPEC_INVALID",
+        "update.reboot.method is kexec but the image has no kexec tool: add kexec-tools to the debootstrap layer's packages",
+        { details: { field: "update.reboot.method" } },
+      );
   } else {
     const boot = (await rootfsBootFiles()).map((f) => ({
       path: `/${f.path}`,
@@ -647,6 +653,17 @@ export async function systemLayers(o: {
       binaries: [{ binary: NODE_BINARY, to: "/usr/bin/node" }],
       origin: ORIGIN("node runtime"),
     },
+    // A busybox image that reboots by kexec gets the build host's kexec-tools
+    // (README.md, "Reboot by kexec"); a systemd image carries Debian's package.
+    ...(o.init.kind !== "systemd" && o.spec.update.reboot.method === "kexec"
+      ? [
+          {
+            kind: "host-binaries" as const,
+            binaries: [{ binary: "kexec", to: "/usr/sbin/kexec" }],
+            origin: ORIGIN("kexec-tools (update.reboot.method: kexec)"),
+          },
+        ]
+      : []),
     { kind: "dir", path: sys, origin: ORIGIN("abforge agent code") },
     {
       kind: "files",
@@ -658,6 +675,14 @@ export async function systemLayers(o: {
       ],
     },
   ];
+}
+
+/** The debootstrap layers installed kexec-tools (`/usr/sbin/kexec` or `/sbin/kexec`). */
+function hasKexec(tree: StagingTree): boolean {
+  return ["usr/sbin/kexec", "sbin/kexec"].some((p) => {
+    const rel = tree.resolve(p.split("/"), { followLast: true, create: false });
+    return rel !== undefined && tree.exists(rel);
+  });
 }
 
 /**

@@ -57,7 +57,8 @@ export function fileSource(path: string): BundleSource {
 /** The boot state on the boot disk: read it, and write it in one commit. */
 export interface BootStore {
   readState(): Promise<BootState>;
-  writeState(s: BootState): Promise<void>;
+  /** One write; with `bootToken`, `boot_token` is set in it too (a kexec counts a boot as GRUB does). */
+  writeState(s: BootState, o?: { bootToken?: string }): Promise<void>;
 }
 
 /** The agent's state, and a way to change it durably. */

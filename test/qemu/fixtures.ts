@@ -1,6 +1,6 @@
 /**
  * The images the QEMU tests boot: demo 1.0.0 and 2.0.0 from images/demo.yaml
- * and 3.0.0 from images/demo-unhealthy.yaml, all signed by one test key and
+ * and 3.0.0 from images/demo-unhealthy.yaml (and their kexec variants), all signed by one test key and
  * built by the real `abforge build`. They are built once per run by the
  * global setup (build-images.ts) into FIXTURES; each test boots a sparse copy.
  */
@@ -54,7 +54,10 @@ export interface FixtureSpec {
   later?: boolean;
 }
 
-export const IMAGES: Record<"v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3", FixtureSpec> = {
+export const IMAGES: Record<
+  "v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3" | "kexecV1" | "kexecV2" | "kexecV3",
+  FixtureSpec
+> = {
   v1: { spec: "images/demo.yaml", version: "1.0.0" },
   v2: { spec: "images/demo.yaml", version: "2.0.0" },
   v3: { spec: "images/demo-unhealthy.yaml", version: "3.0.0" },
@@ -64,6 +67,11 @@ export const IMAGES: Record<"v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3",
   hostV1: { spec: "images/host.yaml", version: "1.0.0", formats: "raw,qcow2", later: true },
   hostV2: { spec: "test/qemu/specs/host-2.yaml", version: "2.0.0", later: true },
   hostV3: { spec: "images/host-unhealthy.yaml", version: "3.0.0", later: true },
+  // Demo with `update.reboot.method: kexec` and one try (test/qemu/kexec.test.ts,
+  // bench/kexec): 2.0.0 is entered by kexec, 3.0.0 fails its health check.
+  kexecV1: { spec: "images/demo-kexec.yaml", version: "1.0.0" },
+  kexecV2: { spec: "images/demo-kexec.yaml", version: "2.0.0" },
+  kexecV3: { spec: "images/demo-kexec-unhealthy.yaml", version: "3.0.0" },
 };
 
 export type ImageName = keyof typeof IMAGES;
