@@ -10,6 +10,7 @@ packages=(
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
   openssh-client openssh-server skopeo podman systemd
+  postgresql chromium
 )
 missing=()
 for p in "${packages[@]}"; do
