@@ -6,7 +6,9 @@
  * Everything a report changes is one transaction, so several servers on one
  * PostgreSQL agree.
  */
+import { isBug } from "../errors.ts";
 import type { Sql } from "./db.ts";
+import { FleetError } from "./errors.ts";
 import { migrate } from "./migrations.ts";
 import type { Report, ReportEvent } from "./report.ts";
 
@@ -196,7 +198,18 @@ export class FleetStore {
 
   /** The store over `sql`, its schema migrated to the newest. */
   static async open(sql: Sql, o: StoreOptions & { now?: () => Date } = {}): Promise<FleetStore> {
-    await migrate(sql, o.now ?? (() => new Date()));
+    try {
+      await migrate(sql, o.now ?? (() => new Date()));
+    } catch (cause) {
+      if (cause instanceof FleetError || isBug(cause)) throw cause;
+      throw new FleetError(
+        "FLEET_DB_FAILED",
+        `cannot migrate the fleet database: ${(cause as Error).message}`,
+        {
+          cause,
+        },
+      );
+    }
     return new FleetStore(sql, o);
   }
 
