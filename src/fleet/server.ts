@@ -381,13 +381,14 @@ export async function startFleetServer(o: FleetServerOptions): Promise<FleetServ
   const server = createServer((req, res) => {
     const started = clock.monotonicMs();
     const ctx: Record<string, unknown> = {};
+    const remote = req.socket.remoteAddress;
     res.on("close", () => {
       const fields = {
         method: req.method,
         path: (req.url ?? "").split("?")[0],
         status: res.statusCode,
         ms: Math.round(clock.monotonicMs() - started),
-        remote: req.socket.remoteAddress,
+        remote,
         ...ctx,
       };
       if (res.statusCode >= 500) log.error(fields, "request failed");
