@@ -341,6 +341,10 @@ export class FleetStore {
   ): Promise<Hold | undefined> {
     const policy = this.halt;
     if (!policy) return undefined;
+    // Servers sharing a PostgreSQL count one version's failures in turn, so
+    // two failures arriving at once through two servers are not both missed.
+    if (tx.dialect === "postgres")
+      await tx.query("SELECT pg_advisory_xact_lock(hashtext(?))", [`${channel} ${version}`]);
     const [held] = await tx.query("SELECT 1 AS x FROM holds WHERE channel = ? AND version = ?", [
       channel,
       version,
