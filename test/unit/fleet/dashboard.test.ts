@@ -9,7 +9,7 @@
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
-import { type Browser, chromium, type Page } from "playwright-core";
+import { type Browser, chromium, type Locator, type Page } from "playwright-core";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { openSqlite } from "../../../src/fleet/db.ts";
 import { type FleetServer, startFleetServer } from "../../../src/fleet/server.ts";
@@ -21,6 +21,12 @@ import { report, rolledBack, updated } from "./fixtures.ts";
 const OPERATOR = "dashboard-operator-token-0123456789";
 const ENROLL = "dashboard-enroll-token-0123456789";
 const RESULTS = fileURLToPath(new URL("../../../test-results/", import.meta.url));
+
+/** The text a person reads (rendered, CSS applied), not the DOM's textContent. */
+function seen(l: Locator): Promise<string> {
+  // biome-ignore lint/performance/useDomNodeTextContent: Playwright's innerText is what is shown
+  return l.innerText();
+}
 
 let server: FleetServer;
 let browser: Browser;
@@ -106,20 +112,20 @@ describe("the fleet dashboard in Chromium", () => {
   it("shows the halted version and why", async () => {
     const hold = page.locator("#holds .hold");
     await expect.poll(() => hold.count()).toBe(1);
-    const text = await hold.innerText();
+    const text = await seen(hold);
     expect(text).toContain("stable 3.0.0");
     expect(text).toContain("halted automatically");
     expect(text).toContain(
       "halted: 3 of 4 hosts that tried 3.0.0 rolled back: host-08: health check nginx.service failed: inactive; host-09: slot B did not come up after 3 tries; web-frontend-7: health check nginx.service failed: inactive",
     );
-    const failures = await page.locator("#failures").innerText();
+    const failures = await seen(page.locator("#failures"));
     expect(failures).toContain(
       "host-09 rollback of 3.0.0 (stable): slot B did not come up after 3 tries",
     );
   });
 
   it("shows the stuck host with its last error in words", async () => {
-    const stuck = await page.locator("#stuck").innerText();
+    const stuck = await seen(page.locator("#stuck"));
     expect(stuck).toContain("host-10");
     expect(stuck).toContain(
       "no report for 4 h (3 poll intervals are 3 min); last event download-started; last error REPO_STALLED: no byte for 60 s from the repository",
@@ -129,15 +135,15 @@ describe("the fleet dashboard in Chromium", () => {
   it("draws the rollout chart and finds a host by name, with its timeline", async () => {
     // beta, the first channel: its two hosts moved from 2.0.0 to 3.1.0
     await expect.poll(() => page.locator("#rollout svg polyline").count()).toBe(2);
-    expect(await page.locator("#rollout .legend").innerText()).toBe("2.0.0: 0 hosts3.1.0: 2 hosts");
+    expect(await seen(page.locator("#rollout .legend"))).toBe("2.0.0: 0 hosts3.1.0: 2 hosts");
     await page.getByLabel("channel").first().selectOption("stable");
-    await expect.poll(() => page.locator("#rollout .legend").innerText()).toBe("2.0.0: 8 hosts");
+    await expect.poll(() => seen(page.locator("#rollout .legend"))).toBe("2.0.0: 8 hosts");
     await page.getByPlaceholder("hostname or machine id").fill("FRONTEND");
     await expect.poll(() => page.locator("#hosts tbody tr").count()).toBe(1);
     await page.locator("#hosts tbody tr", { hasText: "web-frontend-7" }).click();
     const timeline = page.locator("#timeline li");
     await expect.poll(() => timeline.count()).toBe(4);
-    expect(await timeline.first().innerText()).toMatch(
+    expect(await seen(timeline.first())).toMatch(
       /rollback 3\.0\.0 \(running 2\.0\.0\) — health check nginx\.service failed: inactive/,
     );
     await page.getByPlaceholder("hostname or machine id").fill("");
@@ -153,9 +159,7 @@ describe("the fleet dashboard in Chromium", () => {
       .poll(async () => (await holds("beta")).map((h) => [h.version, h.by]))
       .toEqual([["3.1.0", "operator"]]);
     await expect.poll(() => page.locator("#holds .hold").count()).toBe(2);
-    expect(await page.locator("#holds").innerText()).toContain(
-      "beta 3.1.0 held — paused by an operator",
-    );
+    expect(await seen(page.locator("#holds"))).toContain("beta 3.1.0 held — paused by an operator");
     mkdirSync(RESULTS, { recursive: true });
     await page.screenshot({ path: join(RESULTS, "fleet-dashboard.png"), fullPage: true });
     await page.getByRole("button", { name: "Resume stable 3.0.0" }).click();
