@@ -46,11 +46,18 @@ CREATE TABLE hosts (
   reported_at TEXT NOT NULL,
   received_at BIGINT NOT NULL,
   state_since BIGINT NOT NULL,
-  first_seen BIGINT NOT NULL
+  first_seen BIGINT NOT NULL,
+  silent_at BIGINT NOT NULL,
+  slow_at BIGINT,
+  prev_channel TEXT,
+  prev_version TEXT,
+  prev_event TEXT,
+  event_count INTEGER NOT NULL
 );
-CREATE INDEX hosts_channel_version ON hosts (channel, version);
+CREATE INDEX hosts_summary ON hosts (channel, version, event);
 CREATE INDEX hosts_hostname ON hosts (hostname);
-CREATE INDEX hosts_received ON hosts (received_at);
+CREATE INDEX hosts_silent ON hosts (silent_at);
+CREATE INDEX hosts_slow ON hosts (slow_at);
 CREATE TABLE events (
   id {{ID}},
   machine_id TEXT NOT NULL,

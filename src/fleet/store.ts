@@ -7,7 +7,7 @@
  * PostgreSQL agree.
  */
 import { isBug } from "../errors.ts";
-import type { Sql } from "./db.ts";
+import type { Row, Sql } from "./db.ts";
 import { FleetError } from "./errors.ts";
 import { migrate } from "./migrations.ts";
 import type { Report, ReportEvent } from "./report.ts";
@@ -145,13 +145,12 @@ type HostDbRow = Record<string, unknown> & {
 
 const iso = (ms: number) => new Date(Number(ms)).toISOString();
 
-/** The stuck condition in SQL (hosts columns), `?` = now, now (see stuckOf). */
-function stuckSql(defaultPollMs: number): string {
-  const cases = Object.entries(STATE_LIMITS_MS)
-    .map(([e, ms]) => `WHEN '${e}' THEN ${ms}`)
-    .join(" ");
-  return `(received_at < CAST(? AS BIGINT) - ${SILENT_POLLS} * COALESCE(poll_interval_ms, ${defaultPollMs}) OR state_since < CAST(? AS BIGINT) - (CASE event ${cases} ELSE NULL END))`;
-}
+/**
+ * The stuck condition in SQL, `?` = now, now: `silent_at` and `slow_at` are
+ * written with each report (received + 3 polls; state since + its limit),
+ * so it is two index range scans (see stuckOf, its twin in words).
+ */
+const STUCK_SQL = "(silent_at < ? OR slow_at < ?)";
 
 export function describeDuration(ms: number): string {
   const m = Math.round(ms / 60_000);
@@ -161,22 +160,22 @@ export function describeDuration(ms: number): string {
   return `${Math.floor(h / 24)} days`;
 }
 
-/** Why a host is stuck, in words, or null: the JS twin of stuckSql. */
+/** Why a host is stuck, in words, or null: the condition of STUCK_SQL. */
 export function stuckOf(r: HostDbRow, nowMs: number, defaultPollMs: number): Stuck | null {
   const poll = Number(r.poll_interval_ms ?? defaultPollMs);
   const error = r.error_code ? `; last error ${r.error_code}: ${r.error_message}` : "";
-  const silentFor = nowMs - Number(r.received_at);
-  if (silentFor > SILENT_POLLS * poll)
+  if (Number(r.silent_at) < nowMs) {
+    const silentFor = nowMs - Number(r.received_at);
     return {
       kind: "silent",
       why: `no report for ${describeDuration(silentFor)} (${SILENT_POLLS} poll intervals are ${describeDuration(SILENT_POLLS * poll)}); last event ${r.event}${error}`,
     };
+  }
   const limit = STATE_LIMITS_MS[r.event];
-  const inState = nowMs - Number(r.state_since);
-  if (limit !== undefined && inState > limit)
+  if (r.slow_at != null && Number(r.slow_at) < nowMs && limit !== undefined)
     return {
       kind: "slow",
-      why: `${r.event} for ${describeDuration(inState)} (expected under ${describeDuration(limit)})${error}`,
+      why: `${r.event} for ${describeDuration(nowMs - Number(r.state_since))} (expected under ${describeDuration(limit)})${error}`,
     };
   return null;
 }
@@ -217,24 +216,27 @@ export class FleetStore {
     return this.sql.close();
   }
 
-  /** One valid report, received at `nowMs`: all it changes in one transaction. */
+  /**
+   * One valid report, received at `nowMs`: all it changes in one transaction,
+   * in two or three statements (the hot path: the host's upsert returns what
+   * it replaced, so nothing is read first).
+   */
   record(r: Report, nowMs: number): Promise<RecordResult> {
+    const err = r.lastError ?? null;
+    const poll = r.pollIntervalMs ?? this.defaultPollIntervalMs;
+    const limit = STATE_LIMITS_MS[r.event];
     return this.sql.transaction(async (tx) => {
       const [prev] = await tx.query<{
-        channel: string;
-        version: string;
-        event: string;
-        state_since: number;
-      }>("SELECT channel, version, event, state_since FROM hosts WHERE machine_id = ?", [
-        r.machineId,
-      ]);
-      const stateSince = prev && prev.event === r.event ? Number(prev.state_since) : nowMs;
-      const err = r.lastError ?? null;
-      await tx.run(
+        prev_channel: string | null;
+        prev_version: string | null;
+        prev_event: string | null;
+        event_count: number;
+      }>(
         `INSERT INTO hosts (machine_id, hostname, channel, seed, running_slot, version, other_version,
            other_state, event, target, progress_percent, reason, error_code, error_message, boot_id,
-           uptime_ms, agent_version, poll_interval_ms, reported_at, received_at, state_since, first_seen)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+           uptime_ms, agent_version, poll_interval_ms, reported_at, received_at, state_since, first_seen,
+           silent_at, slow_at, event_count)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)
          ON CONFLICT (machine_id) DO UPDATE SET hostname = excluded.hostname, channel = excluded.channel,
            seed = excluded.seed, running_slot = excluded.running_slot, version = excluded.version,
            other_version = excluded.other_version, other_state = excluded.other_state,
@@ -242,7 +244,13 @@ export class FleetStore {
            reason = excluded.reason, error_code = excluded.error_code, error_message = excluded.error_message,
            boot_id = excluded.boot_id, uptime_ms = excluded.uptime_ms, agent_version = excluded.agent_version,
            poll_interval_ms = excluded.poll_interval_ms, reported_at = excluded.reported_at,
-           received_at = excluded.received_at, state_since = excluded.state_since`,
+           received_at = excluded.received_at, silent_at = excluded.silent_at,
+           state_since = CASE WHEN hosts.event = excluded.event THEN hosts.state_since ELSE excluded.state_since END,
+           slow_at = CASE WHEN hosts.event = excluded.event THEN hosts.slow_at ELSE excluded.slow_at END,
+           prev_channel = hosts.channel, prev_version = hosts.version, prev_event = hosts.event,
+           event_count = hosts.event_count
+             + CASE WHEN hosts.event = 'checked' AND excluded.event = 'checked' THEN 0 ELSE 1 END
+         RETURNING prev_channel, prev_version, prev_event, event_count`,
         [
           r.machineId,
           r.hostname,
@@ -264,26 +272,24 @@ export class FleetStore {
           r.pollIntervalMs ?? null,
           r.time,
           nowMs,
-          stateSince,
           nowMs,
+          nowMs,
+          nowMs + SILENT_POLLS * poll,
+          limit === undefined ? null : nowMs + limit,
         ],
       );
-      if (!prev || prev.version !== r.running.version || prev.channel !== r.channel) {
-        if (prev)
+      const first = !prev || prev.prev_version === null;
+      if (first || prev.prev_version !== r.running.version || prev.prev_channel !== r.channel) {
+        if (!first)
           await tx.run(
             "INSERT INTO version_changes (channel, version, at, delta) VALUES (?, ?, ?, -1)",
-            [prev.channel, prev.version, nowMs],
+            [prev.prev_channel, prev.prev_version, nowMs],
           );
         await tx.run(
           "INSERT INTO version_changes (channel, version, at, delta) VALUES (?, ?, ?, 1)",
           [r.channel, r.running.version, nowMs],
         );
       }
-      // A timeline keeps its host's newest events; a repeated "checked" replaces the one before.
-      const [last] = await tx.query<{ id: number; event: string }>(
-        "SELECT id, event FROM events WHERE machine_id = ? ORDER BY id DESC LIMIT 1",
-        [r.machineId],
-      );
       const eventRow = [
         nowMs,
         r.time,
@@ -295,11 +301,13 @@ export class FleetStore {
         err?.code ?? null,
         err?.message ?? null,
       ];
-      if (last && last.event === "checked" && r.event === "checked")
+      // A timeline keeps its host's newest events; a repeated "checked" replaces the one before.
+      if (!first && prev?.prev_event === "checked" && r.event === "checked")
         await tx.run(
           `UPDATE events SET received_at = ?, reported_at = ?, event = ?, version = ?, target = ?,
-             progress_percent = ?, reason = ?, error_code = ?, error_message = ? WHERE id = ?`,
-          [...eventRow, last.id],
+             progress_percent = ?, reason = ?, error_code = ?, error_message = ?
+           WHERE id = (SELECT MAX(id) FROM events WHERE machine_id = ?)`,
+          [...eventRow, r.machineId],
         );
       else {
         await tx.run(
@@ -307,12 +315,17 @@ export class FleetStore {
              progress_percent, reason, error_code, error_message) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
           [r.machineId, ...eventRow],
         );
-        if (last && Number(last.id) % 16 === 0)
+        // trimmed in steps of 16, so the delete runs once per 16 events of a host
+        if (Number(prev?.event_count ?? 1) > EVENTS_PER_HOST + 16) {
           await tx.run(
             `DELETE FROM events WHERE machine_id = ? AND id <= (SELECT id FROM events WHERE machine_id = ?
                ORDER BY id DESC LIMIT 1 OFFSET ${EVENTS_PER_HOST})`,
             [r.machineId, r.machineId],
           );
+          await tx.run(`UPDATE hosts SET event_count = ${EVENTS_PER_HOST} WHERE machine_id = ?`, [
+            r.machineId,
+          ]);
+        }
       }
       const tried = r.target ?? (r.event === "marked-good" ? r.running.version : undefined);
       if (tried === undefined) return {};
@@ -461,7 +474,7 @@ export class FleetStore {
     };
     if (f.channel !== undefined) add("channel = ?", f.channel);
     if (f.version !== undefined) add("version = ?", f.version);
-    if (f.state === "stuck") add(stuckSql(this.defaultPollIntervalMs), nowMs, nowMs);
+    if (f.state === "stuck") add(STUCK_SQL, nowMs, nowMs);
     else if (f.state !== undefined) add("event = ?", f.state);
     if (f.search !== undefined && f.search !== "") {
       const like = `%${f.search.toLowerCase().replace(/[\\%_]/g, (c) => `\\${c}`)}%`;
@@ -504,18 +517,14 @@ export class FleetStore {
   }
 
   async summary(nowMs: number): Promise<Summary> {
-    const stuck = stuckSql(this.defaultPollIntervalMs);
-    const [versions, events, [counts], stuckRows, failures, holds] = await Promise.all([
+    // One scan of a covering index for the counts; the stuck ones by their two indexes.
+    const [groups, [counts], stuckRows, failures, holds] = await Promise.all([
       this.sql.query(
-        "SELECT channel, version, COUNT(*) AS n FROM hosts GROUP BY channel, version ORDER BY channel, version",
+        "SELECT channel, version, event, COUNT(*) AS n FROM hosts GROUP BY channel, version, event",
       ),
-      this.sql.query("SELECT event, COUNT(*) AS n FROM hosts GROUP BY event ORDER BY event"),
-      this.sql.query(
-        `SELECT COUNT(*) AS hosts, COALESCE(SUM(CASE WHEN ${stuck} THEN 1 ELSE 0 END), 0) AS stuck FROM hosts`,
-        [nowMs, nowMs],
-      ),
+      this.sql.query(`SELECT COUNT(*) AS stuck FROM hosts WHERE ${STUCK_SQL}`, [nowMs, nowMs]),
       this.sql.query<HostDbRow>(
-        `SELECT * FROM hosts WHERE ${stuck} ORDER BY received_at LIMIT 100`,
+        `SELECT * FROM hosts WHERE ${STUCK_SQL} ORDER BY received_at LIMIT 100`,
         [nowMs, nowMs],
       ),
       this.sql.query(
@@ -527,20 +536,21 @@ export class FleetStore {
       ),
       this.holds(undefined, true),
     ]);
-    const channels = new Map<string, number>();
-    for (const v of versions)
-      channels.set(String(v.channel), (channels.get(String(v.channel)) ?? 0) + Number(v.n));
+    const sum = <K extends string>(keyOf: (g: Row) => K) => {
+      const m = new Map<K, number>();
+      for (const g of groups) m.set(keyOf(g), (m.get(keyOf(g)) ?? 0) + Number(g.n));
+      return [...m].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    };
     return {
       now: iso(nowMs),
-      hosts: Number(counts?.hosts ?? 0),
+      hosts: groups.reduce((n, g) => n + Number(g.n), 0),
       stuck: Number(counts?.stuck ?? 0),
-      channels: [...channels].map(([channel, hosts]) => ({ channel, hosts })),
-      versions: versions.map((v) => ({
-        channel: String(v.channel),
-        version: String(v.version),
-        hosts: Number(v.n),
-      })),
-      events: events.map((e) => ({ event: String(e.event), hosts: Number(e.n) })),
+      channels: sum((g) => String(g.channel)).map(([channel, hosts]) => ({ channel, hosts })),
+      versions: sum((g) => `${g.channel}\u0000${g.version}`).map(([k, hosts]) => {
+        const [channel = "", version = ""] = k.split("\u0000");
+        return { channel, version, hosts };
+      }),
+      events: sum((g) => String(g.event)).map(([event, hosts]) => ({ event, hosts })),
       holds,
       failures: failures.map((f) => ({
         machineId: String(f.machine_id),
