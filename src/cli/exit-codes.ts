@@ -5,6 +5,7 @@
  *   0 ok · 1 unexpected (a bug) · 2 usage (commander)
  *   3-9 tools and I/O · 10-19 build/spec · 20-29 verity · 30-39 disk
  *   40-49 bootloader · 50-59 bundle · 60-69 repo · 70-89 updater · 90-99 qemu
+ *   100-109 fleet
  * Each module's owner adds its rows in its own section only.
  */
 import type { QemuErrorCode } from "../../qemu/errors.ts";
@@ -13,6 +14,7 @@ import type { BuildErrorCode } from "../build/errors.ts";
 import type { BundleErrorCode } from "../bundle/errors.ts";
 import type { GptErrorCode } from "../disk/errors.ts";
 import type { ToolErrorCode } from "../errors.ts";
+import type { FleetErrorCode } from "../fleet/errors.ts";
 import type { ImageErrorCode } from "../image/errors.ts";
 import type { LockErrorCode } from "../lock/errors.ts";
 import type { RepoErrorCode } from "../repo/errors.ts";
@@ -30,7 +32,8 @@ export type ErrorCode =
   | UpdaterErrorCode
   | LockErrorCode
   | ImageErrorCode
-  | QemuErrorCode;
+  | QemuErrorCode
+  | FleetErrorCode;
 
 export const EXIT_OK = 0;
 export const EXIT_UNEXPECTED = 1;
@@ -126,6 +129,17 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   QEMU_BAD_DISK: 92,
   QEMU_BAD_SEED: 93,
   QEMU_BAD_FORWARD: 94,
+  // fleet
+  FLEET_BAD_REPORT: 100,
+  FLEET_TOKEN_EXISTS: 101,
+  FLEET_TOKEN_UNREADABLE: 102,
+  FLEET_BAD_DB_URL: 103,
+  FLEET_DB_FAILED: 104,
+  FLEET_DB_NEWER: 105,
+  FLEET_SERVE_FAILED: 106,
+  FLEET_REQUEST_FAILED: 107,
+  FLEET_UNAUTHORIZED: 108,
+  FLEET_NOT_FOUND: 109,
 };
 
 export function exitCodeFor(code: string): number {

@@ -10,6 +10,7 @@ import { register as registerBuild } from "./build.ts";
 import { register as registerBundle } from "./bundle.ts";
 import { register as registerDisk } from "./disk.ts";
 import { EXIT_USAGE } from "./exit-codes.ts";
+import { register as registerFleet } from "./fleet.ts";
 import { register as registerLock } from "./lock.ts";
 import { register as registerQemu } from "./qemu.ts";
 import { register as registerRepo } from "./repo.ts";
@@ -54,6 +55,7 @@ export function createProgram(): Command {
     registerRepo,
     registerAgent,
     registerLock,
+    registerFleet,
   ]) {
     registerGroup(program);
   }

@@ -260,8 +260,6 @@ async function takeLock(
     d.log.warn({ code: err.code, retryInMs: retryMs }, detail);
     return { ok: false, wait: { for: "lock", until, detail } };
   }
-  for (const id of r.removedStale)
-    d.log.warn({ holder: id }, `removed stale holder ${id} of ${name} (no release within lockTTL)`);
   if (!r.acquired) {
     const detail = `${name}: all ${r.max} place(s) held (by ${r.holders.join(", ") || "nobody listed"}); next try at ${until}`;
     d.log.info({ holders: r.holders, max: r.max, retryInMs: retryMs }, detail);

@@ -25,9 +25,11 @@ import {
   loadConfig,
   parseConfig,
 } from "../image/index.ts";
+import { RebootLock } from "../lock/index.ts";
 import type { Logger } from "../log.ts";
 import { Agent, type AgentOptions, type TrustedKey } from "./agent.ts";
 import { ProcessHealthRunner } from "./health.ts";
+import { SystemKexec } from "./kexec.ts";
 import {
   bootStateBootedSlot,
   CmdlineBootedSlot,
@@ -134,7 +136,35 @@ export async function agentOptions(
       : o.rebootCommand
         ? new CommandRebooter(["/bin/sh", "-c", o.rebootCommand])
         : new LogOnlyRebooter(log),
-    ...(onImage ? {} : { machineId: () => readMachineId(MACHINE_ID_PATH) }),
+    ...(onImage
+      ? {}
+      : {
+          machineId: () => readMachineId(MACHINE_ID_PATH),
+          kexec: new SystemKexec({ log, clock: systemClock, rebootCommand: config.rebootCommand }),
+        }),
+    rebootLock: (etcd) => {
+      const lock = new RebootLock({
+        endpoints: etcd.endpoints,
+        ...(etcd.ca ? { ca: etcd.ca } : {}),
+        ...(etcd.cert ? { cert: etcd.cert } : {}),
+        ...(etcd.key ? { key: etcd.key } : {}),
+        group: etcd.group,
+        lockTTLMs: etcd.lockTTLMs,
+        log,
+      });
+      return {
+        acquire: async (id) => {
+          const r = await lock.acquire(id);
+          return {
+            acquired: r.acquired,
+            holders: r.semaphore.holders,
+            max: r.semaphore.max,
+            removedStale: r.removedStale,
+          };
+        },
+        release: (id) => lock.release(id),
+      };
+    },
     http: new RepoHttpClient({
       stallTimeoutMs: config.downloadStallTimeoutMs,
       log,
