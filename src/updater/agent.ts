@@ -196,7 +196,12 @@ export class Agent {
     try {
       const boot = await disk.readState();
       const booted = await this.#o.bootedSlot.bootedSlot(boot, {
-        awaitingReboot: this.state.rebootWait?.slot ?? null,
+        // strategy off leaves the reboot to whoever runs the image; a window or
+        // the lock means the host it stands for has not rebooted yet
+        awaitingReboot:
+          this.state.rebootWait && this.state.rebootWait.for !== "operator"
+            ? this.state.rebootWait.slot
+            : null,
       });
       const slots = await locateSlots(this.#o.diskPath, this.#o.config.slots);
       return { disk, boot, booted, slots };
