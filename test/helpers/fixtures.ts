@@ -43,6 +43,7 @@ import {
 } from "../../src/bundle/index.ts";
 import { PARTITION_TYPES, partitionRange, planDisk, writeGpt } from "../../src/disk/index.ts";
 import { requireTool } from "../../src/exec.ts";
+import { publish, type RepoServer, serve } from "../../src/repo/index.ts";
 import { formatVerity, type VerityParams } from "../../src/verity/index.ts";
 
 const MiB = 1024 * 1024;
@@ -380,4 +381,25 @@ export async function secondUpdateDisk(
     await disk.close();
   }
   return d;
+}
+
+/**
+ * An update world (1.0.0 disk, a 2.0.0 bundle) with 2.0.0 published to
+ * `stable` in `<dir>/repo` and served on 127.0.0.1: the agent tests that poll.
+ * `now` and `expiresInMs` set the index's issuedAt and lifetime (fake clocks).
+ */
+export async function servedUpdateWorld(
+  dir: string,
+  o: { now?: Date; expiresInMs?: number } = {},
+): Promise<{ w: UpdateWorld; repo: RepoServer }> {
+  const w = await makeUpdateWorld(dir, { versions: ["2.0.0"] });
+  const repoDir = join(w.dir, "repo");
+  await publish({
+    repoDir,
+    bundlePath: (w.bundles["2.0.0"] as BundleFixture).path,
+    channel: "stable",
+    key: w.key.privateKey,
+    ...o,
+  });
+  return { w, repo: await serve({ repoDir, host: "127.0.0.1", port: 0 }) };
 }

@@ -1,26 +1,17 @@
 // The daemon loop (src/updater/README.md, "The daemon"): after-boot handling, a check at once,
 // then every pollIntervalMs ± jitter; errors back off and never end the loop; abort stops it.
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { publish, RepoError, type RepoServer, serve } from "../../../src/repo/index.ts";
+import { RepoError, type RepoServer } from "../../../src/repo/index.ts";
 import type { HttpClient } from "../../../src/updater/index.ts";
 import { FakeClock } from "../../helpers/clock.ts";
-import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
+import { servedUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { REBOOT_OFF, readBoot, testAgent } from "./harness.ts";
 
 let w: UpdateWorld;
 let repo: RepoServer;
 beforeAll(async () => {
-  w = await makeUpdateWorld(tempDir(), { versions: ["2.0.0"] });
-  const repoDir = join(w.dir, "repo");
-  await publish({
-    repoDir,
-    bundlePath: (w.bundles["2.0.0"] as BundleFixture).path,
-    channel: "stable",
-    key: w.key.privateKey,
-  });
-  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+  ({ w, repo } = await servedUpdateWorld(tempDir()));
 });
 afterAll(async () => {
   await repo?.close();

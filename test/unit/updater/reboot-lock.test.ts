@@ -7,25 +7,17 @@ import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { RebootLock } from "../../../src/lock/index.ts";
 import { logger } from "../../../src/log.ts";
-import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
+import type { RepoServer } from "../../../src/repo/index.ts";
 import { abforge, type RunningCli, startAbforge } from "../../helpers/cli.ts";
 import { type EtcdCluster, startEtcd, startEtcdCluster } from "../../helpers/etcd.ts";
-import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
+import { servedUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 let w: UpdateWorld;
 let repo: RepoServer;
 const clusters: EtcdCluster[] = [];
 beforeAll(async () => {
-  w = await makeUpdateWorld(tempDir(), { versions: ["2.0.0"] });
-  const repoDir = join(w.dir, "repo");
-  await publish({
-    repoDir,
-    bundlePath: (w.bundles["2.0.0"] as BundleFixture).path,
-    channel: "stable",
-    key: w.key.privateKey,
-  });
-  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+  ({ w, repo } = await servedUpdateWorld(tempDir()));
 }, 60_000);
 afterAll(async () => {
   await repo?.close();

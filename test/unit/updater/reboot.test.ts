@@ -1,12 +1,11 @@
 // The reboot into an installed update (src/updater/README.md, "Reboot"): the window, with a
 // fake clock; strategy off and `agent reboot`; what status says while the reboot waits.
-import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { parseDuration, parseWindowStart } from "../../../src/image/index.ts";
-import { publish, type RepoServer, serve } from "../../../src/repo/index.ts";
+import type { RepoServer } from "../../../src/repo/index.ts";
 import { formatStatus, type Rebooter } from "../../../src/updater/index.ts";
 import { FakeClock } from "../../helpers/clock.ts";
-import { type BundleFixture, makeUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
+import { servedUpdateWorld, type UpdateWorld } from "../../helpers/fixtures.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { readBoot, testAgent } from "./harness.ts";
 
@@ -15,17 +14,10 @@ const ISSUED = new Date("2026-12-09T00:00:00Z");
 let w: UpdateWorld;
 let repo: RepoServer;
 beforeAll(async () => {
-  w = await makeUpdateWorld(tempDir(), { versions: ["2.0.0"] });
-  const repoDir = join(w.dir, "repo");
-  await publish({
-    repoDir,
-    bundlePath: (w.bundles["2.0.0"] as BundleFixture).path,
-    channel: "stable",
-    key: w.key.privateKey,
+  ({ w, repo } = await servedUpdateWorld(tempDir(), {
     now: ISSUED,
     expiresInMs: 60 * 24 * 3_600_000,
-  });
-  repo = await serve({ repoDir, host: "127.0.0.1", port: 0 });
+  }));
 });
 afterAll(async () => {
   await repo?.close();
