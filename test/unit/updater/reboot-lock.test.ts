@@ -69,7 +69,8 @@ class Host {
       if (msg(l).startsWith("released the reboot lock")) this.releasedAt = Date.now();
       return false;
     };
-    void run.logLine(watch);
+    // never matches: it only watches, and ends (rejected) when the run does
+    run.logLine(watch).catch(() => undefined);
     return run;
   }
 
