@@ -17,8 +17,23 @@ export const HTTPD_PORT = 8080;
 export const HTTPD_IMAGE = "localhost/httpd:1";
 export const USER = "ops";
 
-/** cloud-config user-data: hostname, user `ops` (key, passwordless sudo), web.service. */
-export function hostUserData(o: { hostname: string; publicKey: string }): string {
+/**
+ * cloud-config user-data: hostname, user `ops` (key, passwordless sudo),
+ * web.service; `motd` adds /etc/motd, `runcmd` commands run once per instance.
+ */
+export function hostUserData(o: {
+  hostname: string;
+  publicKey: string;
+  motd?: string;
+  runcmd?: readonly string[];
+}): string {
+  const motd =
+    o.motd === undefined
+      ? ""
+      : `  - path: /etc/motd\n    content: ${JSON.stringify(`${o.motd}\n`)}\n`;
+  const runcmd = o.runcmd?.length
+    ? `runcmd:\n${o.runcmd.map((c) => `  - [sh, -c, ${JSON.stringify(c)}]\n`).join("")}`
+    : "";
   return `#cloud-config
 hostname: ${o.hostname}
 users:
@@ -28,7 +43,7 @@ users:
     ssh_authorized_keys:
       - ${o.publicKey}
 write_files:
-  - path: /etc/systemd/system/web.service
+${motd}  - path: /etc/systemd/system/web.service
     content: |
       [Unit]
       Description=web: busybox httpd in a container, its pages on a volume under /var
@@ -41,7 +56,7 @@ write_files:
       Restart=on-failure
       [Install]
       WantedBy=multi-user.target
-`;
+${runcmd}`;
 }
 
 /** A booted host reached as `ops` over 127.0.0.1:sshPort. */

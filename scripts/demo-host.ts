@@ -16,11 +16,12 @@
  * commands run on this machine or (`ops@host $`) on the host over SSH.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { basename, join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConsoleView } from "../qemu/console-view.ts";
-import { abforgeCommand, BANNER, publishBundle, serveRepo } from "../qemu/fleet.ts";
+import { buildReleases, say, signingKey } from "../qemu/demo-steps.ts";
+import { BANNER, publishBundle, serveRepo } from "../qemu/fleet.ts";
 import { HostShell, HTTPD_PORT, hostUserData, webPage } from "../qemu/host.ts";
 import { freePort } from "../qemu/net.ts";
 import { sshKeyPair } from "../qemu/ssh.ts";
@@ -38,63 +39,18 @@ const OUT = resolve(values.out);
 const BOOT_MS = 600_000;
 const PAGE = "hello from busybox httpd in a podman container; this page lives on /var/lib/web";
 
-function say(text: string): void {
-  process.stdout.write(`\n\x1b[1mdemo: ${text}\x1b[0m\n`);
-}
-
-async function step(args: string[], what: string): Promise<string> {
-  const r = await abforgeCommand(args, { ABFORGE_LOG_FORMAT: "pretty" });
-  if (r.code !== 0) {
-    process.stderr.write(r.stderr);
-    throw new Error(`${what} failed (exit ${r.code})`);
-  }
-  return r.stdout;
-}
-
-const keys = join(OUT, "keys");
-const key = join(keys, "signing.key");
-mkdirSync(OUT, { recursive: true });
-if (!existsSync(key)) {
-  say("making a signing key");
-  process.stdout.write(await step(["keygen", "--out", keys], "keygen"));
-}
+const key = await signingKey(OUT);
 
 const releases = [
   { name: "v1", spec: "images/host.yaml", version: "1.0.0", formats: "raw,qcow2" },
   { name: "v2", spec: "images/host.yaml", version: "2.0.0" },
   { name: "v3", spec: "images/host-unhealthy.yaml", version: "3.0.0" },
 ];
-let built = 0;
-for (const r of releases) {
-  const dir = join(OUT, r.name);
-  if (!values.rebuild && existsSync(join(dir, "build.json"))) {
-    say(`reusing ${r.spec} ${r.version} from ${dir} (--rebuild to build again)`);
-    continue;
-  }
-  say(
-    `building ${r.spec} version ${r.version} (${
-      built++ === 0
-        ? "on a machine's first build debootstrap runs, 4-5 minutes; its result is cached"
-        : "debootstrap's cached result is reused: about two minutes"
-    })`,
-  );
-  process.stdout.write(
-    await step(
-      [
-        "build",
-        join(ROOT, r.spec),
-        "--out",
-        dir,
-        "--version",
-        r.version,
-        "--key",
-        key,
-        ...(r.formats ? ["--format", r.formats] : []),
-      ],
-      "build",
-    ),
-  );
-}
+await buildReleases({ root: ROOT, out: OUT, key, rebuild: values.rebuild }, releases, (n) =>
+  n === 0
+    ? "on a machine's first build debootstrap runs, 4-5 minutes; its result is cached"
+    : "debootstrap's cached result is reused: about two minutes",
+);
 /** A release's bundle, as its build.json names it. */
 const bundleOf = (name: string): string => {
   const report = JSON.parse(readFileSync(join(OUT, name, "build.json"), "utf8")) as {

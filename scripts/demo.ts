@@ -12,11 +12,12 @@
  * `demo:` say what just happened.
  */
 import { execFileSync } from "node:child_process";
-import { existsSync, mkdirSync, rmSync } from "node:fs";
+import { mkdirSync, rmSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import { ConsoleView } from "../qemu/console-view.ts";
-import { ABFORGE_BIN, abforgeCommand, BANNER, publishBundle, serveRepo } from "../qemu/fleet.ts";
+import { buildReleases, say, signingKey } from "../qemu/demo-steps.ts";
+import { ABFORGE_BIN, BANNER, publishBundle, serveRepo } from "../qemu/fleet.ts";
 import { Vm } from "../qemu/vm.ts";
 
 const ROOT = resolve(import.meta.dirname, "..");
@@ -29,48 +30,18 @@ const { values } = parseArgs({
 const OUT = resolve(values.out);
 const BOOT_MS = 300_000;
 
-function say(text: string): void {
-  process.stdout.write(`\n\x1b[1mdemo: ${text}\x1b[0m\n`);
-}
-
-async function step(args: string[], what: string): Promise<string> {
-  const r = await abforgeCommand(args, { ABFORGE_LOG_FORMAT: "pretty" });
-  if (r.code !== 0) {
-    process.stderr.write(r.stderr);
-    throw new Error(`${what} failed (exit ${r.code})`);
-  }
-  return r.stdout;
-}
-
-const keys = join(OUT, "keys");
-const key = join(keys, "signing.key");
-mkdirSync(OUT, { recursive: true });
-if (!existsSync(key)) {
-  say("making a signing key");
-  process.stdout.write(await step(["keygen", "--out", keys], "keygen"));
-}
+const key = await signingKey(OUT);
 
 const releases = [
   { name: "v1", spec: "images/demo.yaml", version: "1.0.0" },
   { name: "v2", spec: "images/demo.yaml", version: "2.0.0" },
   { name: "v3", spec: "images/demo-unhealthy.yaml", version: "3.0.0" },
 ];
-for (const r of releases) {
-  const dir = join(OUT, r.name);
-  if (!values.rebuild && existsSync(join(dir, "build.json"))) {
-    say(`reusing ${r.spec} ${r.version} from ${dir} (--rebuild to build again)`);
-    continue;
-  }
-  say(
-    `building ${r.spec} version ${r.version} (a minute or two: most of it is mksquashfs compressing the Node runtime)`,
-  );
-  process.stdout.write(
-    await step(
-      ["build", join(ROOT, r.spec), "--out", dir, "--version", r.version, "--key", key],
-      "build",
-    ),
-  );
-}
+await buildReleases(
+  { root: ROOT, out: OUT, key, rebuild: values.rebuild },
+  releases,
+  () => "a minute or two: most of it is mksquashfs compressing the Node runtime",
+);
 
 const repoDir = join(OUT, "repo");
 rmSync(repoDir, { recursive: true, force: true });

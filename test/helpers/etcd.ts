@@ -248,40 +248,17 @@ export interface TlsFiles {
 export function generateTls(dir: string): TlsFiles {
   const f = (name: string) => join(dir, name);
   const openssl = (...args: string[]) => execFileSync("openssl", args, { stdio: "pipe" });
-  const key = (name: string) =>
+  // a new P-256 key in NAME.key and a request for it (-x509: a self-signed certificate) in `out`
+  const request = (name: string, out: string, ...extra: string[]) =>
     openssl(
       "req",
-      "-x509",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      f(`${name}.key`),
-      "-out",
-      f(`${name}.crt`),
-      "-days",
-      "1",
-      "-subj",
-      `/CN=abforge test ${name}`,
+      ...extra,
+      ...["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"],
+      ...["-keyout", f(`${name}.key`), "-out", f(out), "-subj", `/CN=abforge test ${name}`],
     );
-  key("ca");
+  request("ca", "ca.crt", "-x509", "-days", "1");
   const leaf = (name: string, ext: string) => {
-    openssl(
-      "req",
-      "-newkey",
-      "ec",
-      "-pkeyopt",
-      "ec_paramgen_curve:prime256v1",
-      "-nodes",
-      "-keyout",
-      f(`${name}.key`),
-      "-out",
-      f(`${name}.csr`),
-      "-subj",
-      `/CN=abforge test ${name}`,
-    );
+    request(name, `${name}.csr`);
     writeFileSync(f(`${name}.ext`), ext);
     openssl(
       "x509",

@@ -14,6 +14,7 @@ import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
+import { HTTPD_PORT, hostUserData } from "../../qemu/host.ts";
 import { Vm } from "../../qemu/vm.ts";
 import { BootDisk, nextBootSlot } from "../../src/bootloader/index.ts";
 import { STATE_DIR } from "../../src/image/index.ts";
@@ -26,7 +27,7 @@ import { image, SIGNING_KEY, waitForImage } from "./fixtures.ts";
 import { banner, bootState } from "./scenarios.ts";
 
 const BOOT_MS = 600_000;
-const WEB_PORT = 8080;
+const WEB_PORT = HTTPD_PORT;
 const dir = tempDir("abforge-host-test-");
 const disk = join(dir, "disk.qcow2");
 const repoDir = join(dir, "repo");
@@ -94,33 +95,12 @@ beforeAll(async () => {
   const userData = join(dir, "user-data");
   writeFileSync(
     userData,
-    `#cloud-config
-hostname: edge-1
-users:
-  - name: ops
-    sudo: "ALL=(ALL) NOPASSWD:ALL"
-    shell: /bin/bash
-    ssh_authorized_keys:
-      - ${pair.publicKey}
-write_files:
-  - path: /etc/motd
-    content: "edge-1, managed by ops\\n"
-  - path: /etc/systemd/system/web.service
-    content: |
-      [Unit]
-      Description=web: busybox httpd in a container, its pages on a volume under /var
-      Wants=network-online.target
-      After=network-online.target
-      [Service]
-      ExecStartPre=-/usr/bin/podman rm -f web
-      ExecStart=/usr/bin/podman run --rm --name web -p ${WEB_PORT}:${WEB_PORT} -v /var/lib/web:/www localhost/httpd:1
-      ExecStop=/usr/bin/podman stop -t 5 web
-      Restart=on-failure
-      [Install]
-      WantedBy=multi-user.target
-runcmd:
-  - [sh, -c, "echo provisioned >> /var/lib/provision-runs"]
-`,
+    hostUserData({
+      hostname: "edge-1",
+      publicKey: pair.publicKey,
+      motd: "edge-1, managed by ops",
+      runcmd: ["echo provisioned >> /var/lib/provision-runs"],
+    }),
   );
   mkdirSync(repoDir);
   server = await serveRepo(repoDir);
