@@ -129,6 +129,23 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
     return copy;
   }
 
+  // A slot image of the root without /boot/initrd.img, built once for the cases that use it.
+  let noInitrdSlot: ReturnType<typeof buildSlotImage> | undefined;
+  function slotWithoutInitrd(): ReturnType<typeof buildSlotImage> {
+    noInitrdSlot ??= (async () => {
+      const noInitrd = join(dir, "noinitrd-rootfs");
+      execFileSync("cp", ["-a", root, noInitrd]);
+      rmSync(join(noInitrd, "boot/initrd.img"));
+      const sq = await buildSquashfs({
+        sourceDir: noInitrd,
+        outPath: join(dir, "noinitrd.squashfs"),
+        compression: "gzip",
+      });
+      return buildSlotImage({ squashfsPath: sq.path, outPath: join(dir, "noinitrd-slot.img") });
+    })();
+    return noInitrdSlot;
+  }
+
   async function slotState(path: string, slotName: "A" | "B") {
     const d = await BootDisk.open(path);
     try {
@@ -228,18 +245,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   it("restarts into a fresh GRUB when a slot's kernel loads but its initrd does not, then falls back", async () => {
     // Slot B without /boot/initrd.img: `linux` succeeds, `initrd` fails. GRUB 2.06 cannot
     // boot another kernel after that, so the slot gives up its tries and GRUB restarts.
-    const noInitrd = join(dir, "noinitrd-rootfs");
-    execFileSync("cp", ["-a", root, noInitrd]);
-    rmSync(join(noInitrd, "boot/initrd.img"));
-    const sq = await buildSquashfs({
-      sourceDir: noInitrd,
-      outPath: join(dir, "noinitrd.squashfs"),
-      compression: "gzip",
-    });
-    const b = await buildSlotImage({
-      squashfsPath: sq.path,
-      outPath: join(dir, "noinitrd-slot.img"),
-    });
+    const b = await slotWithoutInitrd();
     const copy = await variant(
       "noinitrd",
       {
@@ -268,18 +274,7 @@ describe("boot chain: OVMF → GRUB → kernel + initramfs → dm-verity root", 
   });
 
   it("a good slot whose initrd does not load restarts, counted, until GRUB passes it over and boots the other good slot", async () => {
-    const noInitrd = join(dir, "good-noinitrd-rootfs");
-    execFileSync("cp", ["-a", root, noInitrd]);
-    rmSync(join(noInitrd, "boot/initrd.img"));
-    const sq = await buildSquashfs({
-      sourceDir: noInitrd,
-      outPath: join(dir, "good-noinitrd.squashfs"),
-      compression: "gzip",
-    });
-    const b = await buildSlotImage({
-      squashfsPath: sq.path,
-      outPath: join(dir, "good-noinitrd-slot.img"),
-    });
+    const b = await slotWithoutInitrd();
     const copy = await variant(
       "good-noinitrd",
       {
