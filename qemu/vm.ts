@@ -31,6 +31,14 @@ import { makeSeed } from "./seed.ts";
 
 export const OVMF_CODE = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 export const OVMF_VARS_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/** OVMF with Secure Boot, which needs SMM (q35,smm=on and a secure pflash) to keep its variables safe. */
+export const OVMF_CODE_SECURE_BOOT = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+/**
+ * Variables with Secure Boot on and Debian's test key ("snakeoil",
+ * /usr/share/ovmf/PkKek-1-snakeoil.pem) enrolled as PK, KEK and db: what
+ * the tests sign with. Test use only: its private key is public.
+ */
+export const OVMF_VARS_SECURE_BOOT_TEMPLATE = "/usr/share/OVMF/OVMF_VARS_4M.snakeoil.fd";
 const PROXY = fileURLToPath(new URL("./proxy.ts", import.meta.url));
 
 export interface GuestForward {
@@ -95,8 +103,13 @@ export interface VmOptions {
   metaData?: string;
   /** A seed image made already (makeSeed), attached read-only; not with `userData`. */
   seedDisk?: string;
-  /** Writable OVMF variables; default `<disk>.ovmf-vars.fd`, created from the template. */
+  /** Writable OVMF variables; default `<disk>.ovmf-vars.fd` (`.ovmf-vars-sb.fd` with secureBoot), created from the template. */
   varsPath?: string;
+  /**
+   * Secure Boot enforced: OVMF_CODE_4M.secboot.fd with SMM, and variables
+   * from OVMF_VARS_4M.snakeoil.fd (Debian's test key in db).
+   */
+  secureBoot?: boolean;
   /** Called with each chunk of console output (e.g. to mirror it to stdout). */
   onConsole?: (text: string) => void;
 }
@@ -151,9 +164,12 @@ export class Vm {
   /** Build QEMU's argument list (exported for the CLI's --dry-run and for tests). */
   static args(options: VmOptions, qmpPath: string, varsPath: string): string[] {
     const hostForwards = checkHostForwards(options);
+    const sb = options.secureBoot === true;
     const args = [
       "-machine",
-      "q35",
+      sb ? "q35,smm=on" : "q35",
+      // Secure Boot OVMF keeps its variables writable only from SMM.
+      ...(sb ? ["-global", "driver=cfi.pflash01,property=secure,value=on"] : []),
       "-accel",
       options.kvm ? "kvm" : "tcg",
       "-m",
@@ -168,7 +184,7 @@ export class Vm {
       "-vga",
       "std",
       "-drive",
-      `if=pflash,format=raw,readonly=on,file=${OVMF_CODE}`,
+      `if=pflash,format=raw,readonly=on,file=${sb ? OVMF_CODE_SECURE_BOOT : OVMF_CODE}`,
       "-drive",
       `if=pflash,format=raw,file=${varsPath}`,
       // Fixed PCI addresses and bootindex: the OVMF variables kept beside the
@@ -241,7 +257,10 @@ export class Vm {
         });
       }
     }
-    for (const f of [OVMF_CODE, OVMF_VARS_TEMPLATE]) {
+    const [code, template] = options.secureBoot
+      ? [OVMF_CODE_SECURE_BOOT, OVMF_VARS_SECURE_BOOT_TEMPLATE]
+      : [OVMF_CODE, OVMF_VARS_TEMPLATE];
+    for (const f of [code, template]) {
       if (!existsSync(f)) {
         throw new QemuError(
           "QEMU_FAILED",
@@ -261,7 +280,8 @@ export class Vm {
       });
     }
     checkHostForwards(options);
-    const varsPath = options.varsPath ?? `${options.disk}.ovmf-vars.fd`;
+    const varsPath =
+      options.varsPath ?? `${options.disk}.ovmf-vars${options.secureBoot ? "-sb" : ""}.fd`;
     const workDir = mkdtempSync(join(tmpdir(), "abforge-qemu-"));
     let resolved: VmOptions = {
       ...options,
@@ -280,7 +300,7 @@ export class Vm {
       rmSync(workDir, { recursive: true, force: true });
       throw err;
     }
-    if (!existsSync(varsPath)) copyFileSync(OVMF_VARS_TEMPLATE, varsPath);
+    if (!existsSync(varsPath)) copyFileSync(template, varsPath);
     const qmpPath = join(workDir, "qmp.sock");
     const child = spawn(qemu, Vm.args(resolved, qmpPath, varsPath), {
       stdio: ["pipe", "pipe", "pipe"],

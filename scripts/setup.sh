@@ -11,6 +11,7 @@ packages=(
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
   openssh-client openssh-server skopeo podman systemd kexec-tools
   etcd-server etcd-client openssl
+  sbsigntool efitools gpg
   postgresql chromium
 )
 missing=()

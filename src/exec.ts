@@ -30,6 +30,8 @@ export const TOOL_PACKAGES: Record<string, string> = {
   "grub-editenv": "grub-common",
   "grub-mkimage": "grub-common",
   "grub-mkstandalone": "grub-common",
+  sbsign: "sbsigntool",
+  sbverify: "sbsigntool",
   "mkfs.vfat": "dosfstools",
   "mkfs.ext4": "e2fsprogs",
   resize2fs: "e2fsprogs",

@@ -15,6 +15,8 @@ import { BaseError } from "../errors.ts";
  * - BOOT_DISK_NOT_FOUND: the running host's boot disk or booted slot could not
  *   be found.
  * - GRUB_BAD_CMDLINE: a kernel command line that GRUB script would misread.
+ * - SECURE_BOOT_KEY_BAD: the Secure Boot key or certificate cannot be read,
+ *   is encrypted, is not RSA, or the two do not match.
  */
 export type BootloaderErrorCode =
   | "ENV_BAD_BLOCK"
@@ -25,6 +27,7 @@ export type BootloaderErrorCode =
   | "BOOT_REFUSED"
   | "ESP_BAD"
   | "BOOT_DISK_NOT_FOUND"
-  | "GRUB_BAD_CMDLINE";
+  | "GRUB_BAD_CMDLINE"
+  | "SECURE_BOOT_KEY_BAD";
 
 export class BootloaderError extends BaseError<BootloaderErrorCode> {}

@@ -22,6 +22,8 @@ export interface BuildEspOptions {
   volumeId: string;
   /** Timestamp of the files (default: SOURCE_DATE_EPOCH, else 0). */
   mtime?: number;
+  /** More files for the root directory, after the EFI image (8.3 names: the Secure Boot slot files). */
+  rootFiles?: readonly { name: string; data: Uint8Array }[];
 }
 
 /** The fewest clusters a FAT32 volume may have (fewer and it reads as FAT16). */
@@ -117,6 +119,20 @@ export async function buildEsp(o: BuildEspOptions): Promise<void> {
     await run("mcopy", ["-m", "-i", tmp, envFile, "::/GRUBENV"], { env });
     await run("mmd", ["-i", tmp, "::/EFI", "::/EFI/BOOT"], { env });
     await run("mcopy", ["-m", "-i", tmp, efiFile, "::/EFI/BOOT/BOOTX64.EFI"], { env });
+    for (const f of o.rootFiles ?? []) {
+      if (!/^[A-Z0-9_]{1,8}(\.[A-Z0-9_]{1,3})?$/.test(f.name))
+        throw new BootloaderError(
+          "ESP_BAD",
+          `ESP file name ${f.name}: not an upper-case 8.3 name`,
+          {
+            details: { name: f.name },
+          },
+        );
+      const path = join(work, f.name);
+      await writeFile(path, f.data);
+      await utimes(path, mtime, mtime);
+      await run("mcopy", ["-m", "-i", tmp, path, `::/${f.name}`], { env });
+    }
     await rename(tmp, o.outPath);
     logger()
       .child({ module: "bootloader", step: "esp" })

@@ -20,6 +20,14 @@ import {
 } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BootloaderError } from "./errors.ts";
+import {
+  detachedSignature,
+  INITRD_CPIO_SIGNATURE,
+  type SecureBootKeys,
+  SLOT_BOOT_FILES,
+  sbsignEfi,
+  signatureName,
+} from "./secureboot.ts";
 import { DEFAULT_GOOD_TRIES, MAX_TRIES, type SlotName, type SlotState } from "./state.ts";
 
 /** GPT partition number of each slot on an abforge disk (disk layout contract). */
@@ -57,7 +65,22 @@ const CMDLINE_SAFE = /^[A-Za-z0-9 =,._:/+@%-]*$/;
 export interface GrubConfigOptions {
   /** The spec's kernel command line (e.g. `console=ttyS0 quiet`). */
   cmdline: string;
+  /**
+   * The Secure Boot script (README.md, "Secure Boot"): root hash, verity and
+   * version only from the slot's signed boot file, the initrd's signature
+   * checked before the kernel is loaded, only counters and the order read
+   * from /GRUBENV.
+   */
+  secureBoot?: boolean;
 }
+
+/** Modules a Secure Boot image adds: OpenPGP signatures (RSA, SHA-256) and `source`. */
+export const GRUB_SECURE_BOOT_MODULES: readonly string[] = [
+  "pgp",
+  "gcry_rsa",
+  "gcry_sha256",
+  "configfile",
+];
 
 /** What GRUB appends to every slot's command line, after the spec's: a panic restarts the machine, so GRUB counts the try. */
 export const GRUB_CMDLINE_TAIL = "panic=5";
@@ -143,7 +166,7 @@ export function nextBootToken(now: Date, previous: string | null): string {
   return token;
 }
 
-function slotFunction(slot: SlotName, cmdline: string): string {
+function slotFunction(slot: SlotName, cmdline: string, secureBoot: boolean): string {
   const part = SLOT_PARTITIONS[slot];
   const decrements: string[] = [];
   for (let n = 1; n <= MAX_TRIES; n++) {
@@ -183,11 +206,54 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     `    echo "abforge: skipping slot ${slot} (not good, no tries left)"`,
     "  fi",
     '  if [ "$abforge_boot" = 1 ]; then',
+    ...(secureBoot ? secureBootBody(slot, cmdline, dev) : plainBody(slot, cmdline, dev)),
+    "  fi",
+    "}",
+  ].join("\n");
+}
+
+/** Booting slot X without Secure Boot: root hash, verity and version from /GRUBENV. */
+function plainBody(slot: SlotName, cmdline: string, dev: string): string[] {
+  return [
     `    if [ -z "$${slot}_roothash" ]; then`,
     `      echo "abforge: slot ${slot} is empty"`,
     "    else",
     `      echo "abforge: booting slot ${slot} version $${slot}_version (good=$${slot}_good tries=$${slot}_tries boots=$${slot}_boots)"`,
-    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=$${slot}_roothash" "${K.verity}=$${slot}_verity" "${K.version}=$${slot}_version" "${K.bootToken}=$abforge_token"${cmdline ? ` ${cmdline}` : ""} ${GRUB_CMDLINE_TAIL}; then`,
+    ...loadAndBoot(slot, cmdline, dev, `$${slot}_`),
+    `      echo "abforge: slot ${slot}: cannot load its kernel or initrd"`,
+    "    fi",
+  ];
+}
+
+/**
+ * Booting slot X under Secure Boot (README.md, "Secure Boot", link 3): the
+ * slot's signed boot file sets `abforge_roothash`, `abforge_verity` and
+ * `abforge_version` (a file whose signature does not verify is not run);
+ * the initrd's signature is checked before the kernel is loaded, since
+ * GRUB 2.06 cannot boot another kernel after a loaded one's initrd failed.
+ */
+function secureBootBody(slot: SlotName, cmdline: string, dev: string): string[] {
+  return [
+    '    set abforge_roothash=""',
+    '    set abforge_verity=""',
+    '    set abforge_version=""',
+    `    source "($abforge_esp)/${SLOT_BOOT_FILES[slot]}"`,
+    '    if [ -z "$abforge_roothash" ]; then',
+    `      echo "abforge: slot ${slot}: no signed boot file (the slot is empty, or its signature does not verify)"`,
+    `    elif verify_detached ${dev}/boot/initrd.img ${dev}/boot/${INITRD_CPIO_SIGNATURE}; then`,
+    `      echo "abforge: booting slot ${slot} version $abforge_version (good=$${slot}_good tries=$${slot}_tries boots=$${slot}_boots)"`,
+    ...loadAndBoot(slot, cmdline, dev, "$abforge_"),
+    `      echo "abforge: slot ${slot}: cannot load its kernel (its signature does not verify, or it is missing)"`,
+    "    else",
+    `      echo "abforge: slot ${slot}: its initrd's signature does not verify"`,
+    "    fi",
+  ];
+}
+
+/** `linux`, `initrd`, `boot`, and what GRUB does when the initrd fails after the kernel loaded. */
+function loadAndBoot(slot: SlotName, cmdline: string, dev: string, v: string): string[] {
+  return [
+    `      if linux ${dev}/boot/vmlinuz ${K.slot}=${slot} "${K.rootHash}=${v}roothash" "${K.verity}=${v}verity" "${K.version}=${v}version" "${K.bootToken}=$abforge_token"${cmdline ? ` ${cmdline}` : ""} ${GRUB_CMDLINE_TAIL}; then`,
     `        if initrd ${dev}/boot/initrd.img; then`,
     "          boot",
     "        fi",
@@ -208,11 +274,7 @@ function slotFunction(slot: SlotName, cmdline: string): string {
     "          reboot",
     "        fi",
     "      fi",
-    `      echo "abforge: slot ${slot}: cannot load its kernel or initrd"`,
-    "    fi",
-    "  fi",
-    "}",
-  ].join("\n");
+  ];
 }
 
 /** grub.cfg: try the slots in the boot state's order (steps 4 and 5 run it). */
@@ -238,11 +300,14 @@ export function grubConfig(o: GrubConfigOptions): string {
       { details: { cmdline: o.cmdline } },
     );
   }
+  const secureBoot = o.secureBoot === true;
   const vars = ["order", "good_tries"];
   for (const s of ["A", "B"] as const) {
     for (const v of ["tries", "good", "boots", "roothash", "verity", "version"])
       vars.push(`${s}_${v}`);
   }
+  // Under Secure Boot /GRUBENV is unsigned: only the counters and the order come from it.
+  const loaded = secureBoot ? vars.filter((v) => !/_(roothash|verity|version)$/.test(v)) : vars;
   return `# abforge grub.cfg: the boot rule of src/build/README.md, "GRUB".
 set timeout=0
 set pager=0
@@ -269,7 +334,7 @@ ${vars
   .slice(2)
   .map((v) => `set ${v}=${/_(tries|good|boots)$/.test(v) ? "0" : '""'}`)
   .join("\n")}
-load_env --file "$abforge_env" ${vars.join(" ")}
+load_env ${secureBoot ? "--skip-sig " : ""}--file "$abforge_env" ${loaded.join(" ")}
 
 #    This boot's token: the firmware clock's time, YYYYMMDDhhmmss, saved in
 #    this disk's block as ${BOOT_TOKEN_VAR} and passed as ${K.bootToken}=, so
@@ -304,9 +369,9 @@ fi
 #    increment and the decrement are unrolled, so each counter stays one
 #    digit. A kernel or initrd that does not load falls through to the next
 #    slot. In the last pass (step 5) a good slot boots whatever its count.
-${slotFunction("A", cmdline)}
+${slotFunction("A", cmdline, secureBoot)}
 
-${slotFunction("B", cmdline)}
+${slotFunction("B", cmdline, secureBoot)}
 
 # 4. The slot order.
 ${TRY_IN_ORDER}
@@ -337,59 +402,98 @@ halt
  * the memdisk GRUB reads grub.cfg from. Pure and deterministic.
  */
 export function ustarSingleFile(name: string, data: Uint8Array): Uint8Array {
+  return ustarFiles([{ name, data }]);
+}
+
+/** A ustar archive of regular files (owner 0:0, mode 0644, mtime 0), in the given order. Pure. */
+export function ustarFiles(files: readonly { name: string; data: Uint8Array }[]): Uint8Array {
   const enc = new TextEncoder();
-  if (enc.encode(name).length > 99) throw new Error(`ustar name too long: ${name}`);
-  const header = new Uint8Array(512);
-  const put = (offset: number, text: string) => header.set(enc.encode(text), offset);
-  const octal = (n: number, width: number) => `${n.toString(8).padStart(width - 1, "0")}\0`;
-  put(0, name);
-  put(100, octal(0o644, 8));
-  put(108, octal(0, 8));
-  put(116, octal(0, 8));
-  put(124, octal(data.length, 12));
-  put(136, octal(0, 12));
-  put(148, "        "); // checksum field counts as spaces while summing
-  put(156, "0");
-  put(257, "ustar\0");
-  put(263, "00");
-  let sum = 0;
-  for (const b of header) sum += b;
-  put(148, `${sum.toString(8).padStart(6, "0")}\0 `);
-  const dataBlocks = Math.ceil(data.length / 512) * 512;
-  const out = new Uint8Array(512 + dataBlocks + 1024);
-  out.set(header, 0);
-  out.set(data, 512);
+  const parts: Uint8Array[] = [];
+  for (const { name, data } of files) {
+    if (enc.encode(name).length > 99) throw new Error(`ustar name too long: ${name}`);
+    const header = new Uint8Array(512);
+    const put = (offset: number, text: string) => header.set(enc.encode(text), offset);
+    const octal = (n: number, width: number) => `${n.toString(8).padStart(width - 1, "0")}\0`;
+    put(0, name);
+    put(100, octal(0o644, 8));
+    put(108, octal(0, 8));
+    put(116, octal(0, 8));
+    put(124, octal(data.length, 12));
+    put(136, octal(0, 12));
+    put(148, "        "); // checksum field counts as spaces while summing
+    put(156, "0");
+    put(257, "ustar\0");
+    put(263, "00");
+    let sum = 0;
+    for (const b of header) sum += b;
+    put(148, `${sum.toString(8).padStart(6, "0")}\0 `);
+    const body = new Uint8Array(Math.ceil(data.length / 512) * 512);
+    body.set(data, 0);
+    parts.push(header, body);
+  }
+  parts.push(new Uint8Array(1024));
+  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
+  let at = 0;
+  for (const p of parts) {
+    out.set(p, at);
+    at += p.length;
+  }
   return out;
 }
 
 /**
  * Build the EFI image (`/EFI/BOOT/BOOTX64.EFI`) carrying `cfg` (README.md,
  * "GRUB"): `grub-mkimage -O x86_64-efi` with the memdisk and the early
- * config. Byte-identical for the same cfg and GRUB version.
+ * config. Byte-identical for the same cfg and GRUB version. With
+ * `secureBoot` (README.md, "Secure Boot"): the OpenPGP public key embedded
+ * (so GRUB enforces signatures on every file it opens), grub.cfg's signature
+ * in the memdisk, the prefix in the memdisk (no module or list is ever read
+ * from the ESP), no shim_lock verifier, and the image signed with sbsign.
  */
-export async function buildGrubEfi(outPath: string, cfg: string): Promise<void> {
+export async function buildGrubEfi(
+  outPath: string,
+  cfg: string,
+  secureBoot?: SecureBootKeys,
+): Promise<void> {
   const started = Date.now();
   const work = await mkdtemp(join(tmpdir(), "abforge-grub-"));
   const tmp = `${outPath}.tmp-${process.pid}`;
   try {
     const memdisk = join(work, "memdisk.tar");
     const early = join(work, "early.cfg");
-    await writeFile(memdisk, ustarSingleFile("grub.cfg", new TextEncoder().encode(cfg)));
+    const cfgBytes = new TextEncoder().encode(cfg);
+    const files: { name: string; data: Uint8Array }[] = [{ name: "grub.cfg", data: cfgBytes }];
+    if (secureBoot)
+      files.push({
+        name: signatureName("grub.cfg"),
+        data: detachedSignature(cfgBytes, secureBoot),
+      });
+    await writeFile(memdisk, ustarFiles(files));
     await writeFile(early, EARLY_CONFIG);
     await mkdir(dirname(outPath), { recursive: true });
+    const sbArgs: string[] = [];
+    if (secureBoot) {
+      const pub = join(work, "pubkey.gpg");
+      await writeFile(pub, secureBoot.pgp.packet);
+      sbArgs.push("--pubkey", pub, "--disable-shim-lock");
+    }
+    const unsigned = secureBoot ? join(work, "grub.efi") : tmp;
     await run("grub-mkimage", [
       "-O",
       "x86_64-efi",
       "-p",
-      "/EFI/BOOT",
+      secureBoot ? "(memdisk)" : "/EFI/BOOT",
       "-c",
       early,
       "-m",
       memdisk,
+      ...sbArgs,
       "-o",
-      tmp,
+      unsigned,
       ...GRUB_MODULES,
+      ...(secureBoot ? GRUB_SECURE_BOOT_MODULES : []),
     ]);
+    if (secureBoot) await sbsignEfi(unsigned, tmp, secureBoot);
     await rename(tmp, outPath);
   } finally {
     await rm(work, { recursive: true, force: true });
@@ -397,5 +501,8 @@ export async function buildGrubEfi(outPath: string, cfg: string): Promise<void> 
   }
   logger()
     .child({ module: "bootloader", step: "grub" })
-    .info({ path: outPath, ms: Date.now() - started }, "GRUB EFI image built");
+    .info(
+      { path: outPath, secureBoot: secureBoot !== undefined, ms: Date.now() - started },
+      "GRUB EFI image built",
+    );
 }

@@ -10,4 +10,6 @@ export * from "./errors.ts";
 export * from "./esp.ts";
 export * from "./fat.ts";
 export * from "./grub.ts";
+export * from "./openpgp.ts";
+export * from "./secureboot.ts";
 export * from "./state.ts";

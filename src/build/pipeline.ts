@@ -30,13 +30,20 @@ import {
   writeFile,
 } from "node:fs/promises";
 import { basename, dirname, join, resolve } from "node:path";
+import { gunzipSync } from "node:zlib";
 import {
   bootStateToEnv,
   buildEsp,
   buildGrubEfi,
+  detachedSignature,
   encodeEnv,
   grubConfig,
+  INITRD_CPIO_SIGNATURE,
   initialBootState,
+  loadSecureBootKeys,
+  SLOT_BOOT_FILES,
+  signatureName,
+  slotBootFile,
 } from "../bootloader/index.ts";
 import {
   hashSlotImage,
@@ -203,6 +210,10 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
 
   const spec = await step("spec", () => loadSpec(o.specPath, { version: o.version }));
   const key = await step("key", () => loadPrivateKey(o.keyPath));
+  const sb = spec.secureBoot;
+  const sbKeys = sb
+    ? await step("secure boot key", () => loadSecureBootKeys(sb.keyPath, sb.certPath))
+    : undefined;
   const trusted = await trustedKeys(spec, key);
 
   const createdOut = await makeOutDir(o.outDir);
@@ -226,6 +237,22 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
         }),
       (r) => r.path,
     );
+    // Secure Boot: GRUB checks these detached signatures before it runs the
+    // kernel and the initrd (src/bootloader/README.md, "Secure Boot").
+    const bootSignatures = sbKeys
+      ? await step("boot signatures", async () => {
+          const sigs = {
+            vmlinuz: join(work, signatureName("vmlinuz")),
+            initrd: join(work, signatureName("initrd.img")),
+            initrdCpio: join(work, INITRD_CPIO_SIGNATURE),
+          };
+          const initrdBytes = await readFile(initrd.path);
+          await writeFile(sigs.vmlinuz, detachedSignature(await readFile(kernel.vmlinuz), sbKeys));
+          await writeFile(sigs.initrd, detachedSignature(initrdBytes, sbKeys));
+          await writeFile(sigs.initrdCpio, detachedSignature(gunzipSync(initrdBytes), sbKeys));
+          return sigs;
+        })
+      : undefined;
 
     const rootDir = join(work, "rootfs");
     const pseudoPath = join(work, "rootfs.pseudo");
@@ -247,6 +274,7 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
         kernel,
         vmlinuz: kernel.vmlinuz,
         initrd: initrd.path,
+        ...(bootSignatures ? { bootSignatures } : {}),
         trusted,
         init,
         mode,
@@ -298,21 +326,34 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
       "esp",
       async () => {
         const efi = join(work, "BOOTX64.EFI");
-        await buildGrubEfi(efi, grubConfig({ cmdline: spec.kernel.cmdline }));
-        const state = initialBootState(
-          {
-            rootHash: slot.verity.rootHash,
-            verity: formatSlotVerity(slot.verity),
-            version: spec.version,
-          },
-          spec.update.goodSlotTries,
+        await buildGrubEfi(
+          efi,
+          grubConfig({ cmdline: spec.kernel.cmdline, secureBoot: sbKeys !== undefined }),
+          sbKeys,
         );
+        const image = {
+          rootHash: slot.verity.rootHash,
+          verity: formatSlotVerity(slot.verity),
+          version: spec.version,
+        };
+        const state = initialBootState(image, spec.update.goodSlotTries);
+        // Secure Boot: slot A's signed boot file (root hash, verity, version).
+        const rootFiles: { name: string; data: Uint8Array }[] = [];
+        if (sbKeys) {
+          const file = new TextEncoder().encode(slotBootFile(image));
+          const name = SLOT_BOOT_FILES.A;
+          rootFiles.push(
+            { name, data: file },
+            { name: `${name}.SIG`, data: detachedSignature(file, sbKeys) },
+          );
+        }
         await buildEsp({
           outPath: espPath,
           sizeBytes: spec.disk.espSizeBytes,
           efiPath: efi,
           env: encodeEnv(bootStateToEnv(state)),
           volumeId: volumeId(spec.name),
+          rootFiles,
         });
       },
       () => espPath,
@@ -574,6 +615,8 @@ export async function systemLayers(o: {
   kernel?: KernelTree;
   vmlinuz: string;
   initrd: string;
+  /** Secure Boot: the detached signatures GRUB checks, beside the kernel and initrd. */
+  bootSignatures?: { vmlinuz: string; initrd: string; initrdCpio: string };
   trusted: KeyObject[];
   init: InitSystem;
   mode: UpdateMode;
@@ -672,6 +715,28 @@ export async function systemLayers(o: {
         ...[...initFiles, ...agent].map((f) => text(f.path, f.content, f.mode)),
         { path: "/boot/vmlinuz", source: o.vmlinuz, mode: 0o644, ...root },
         { path: "/boot/initrd.img", source: o.initrd, mode: 0o644, ...root },
+        ...(o.bootSignatures
+          ? [
+              {
+                path: `/boot/${signatureName("vmlinuz")}`,
+                source: o.bootSignatures.vmlinuz,
+                mode: 0o644,
+                ...root,
+              },
+              {
+                path: `/boot/${signatureName("initrd.img")}`,
+                source: o.bootSignatures.initrd,
+                mode: 0o644,
+                ...root,
+              },
+              {
+                path: `/boot/${INITRD_CPIO_SIGNATURE}`,
+                source: o.bootSignatures.initrdCpio,
+                mode: 0o644,
+                ...root,
+              },
+            ]
+          : []),
       ],
     },
   ];

@@ -79,6 +79,7 @@ export const EXIT_CODES: Record<ErrorCode, number> = {
   ENV_NOT_FOUND: 46,
   BOOT_DISK_NOT_FOUND: 47,
   GRUB_BAD_CMDLINE: 48,
+  SECURE_BOOT_KEY_BAD: 49,
   // bundle
   BUNDLE_MALFORMED: 50,
   BUNDLE_BAD_SIGNATURE: 51,

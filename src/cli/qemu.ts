@@ -13,6 +13,7 @@ interface QemuOptions {
   metaData?: string;
   sshPort?: number;
   forward?: { hostPort: number; guestPort: number }[];
+  secureBoot?: boolean;
 }
 
 const port = portOption("--forward", { anyPort: false });
@@ -50,6 +51,10 @@ export function register(program: Command): void {
     .option("--mem <MB>", "guest memory in MiB", intOption("--mem"), 1024)
     .option("--kvm", "use KVM instead of TCG (KVM guests hang on some hosts)")
     .option(
+      "--secure-boot",
+      "Secure Boot enforced: OVMF_CODE_4M.secboot.fd (q35 with SMM) and a copy of OVMF_VARS_4M.snakeoil.fd beside the disk (Debian's test key in db: boots images built with secureBoot and /usr/share/ovmf/PkKek-1-snakeoil.*)",
+    )
+    .option(
       "--repo-port <port>",
       "carry the guest's update-repository address to 127.0.0.1:PORT (1-65535)",
       portOption("--repo-port", { anyPort: false }),
@@ -76,6 +81,16 @@ export function register(program: Command): void {
       "--forward <hostport:guestport>",
       "forward 127.0.0.1:HOSTPORT to the guest's TCP GUESTPORT; repeatable",
       forwardOption,
+    )
+    .addHelpText(
+      "after",
+      `
+Examples:
+  abforge qemu out/disk.img --timeout 120
+  abforge qemu out/disk.img --secure-boot     # an image built with secureBoot: { key, cert }
+
+With --secure-boot the firmware refuses a GRUB image it cannot verify against db
+(src/bootloader/README.md, "Secure Boot").`,
     )
     .action(
       action(async (disk: string, opts: QemuOptions) => {
@@ -104,6 +119,7 @@ export function register(program: Command): void {
           serialLog: opts.serial,
           memMb: opts.mem,
           kvm: opts.kvm,
+          secureBoot: opts.secureBoot === true,
           forward:
             opts.repoPort === undefined
               ? undefined
@@ -119,6 +135,7 @@ export function register(program: Command): void {
             sshPort: opts.sshPort,
             forward: opts.forward,
             seed: opts.userData !== undefined,
+            secureBoot: opts.secureBoot === true,
           },
           "VM started",
         );

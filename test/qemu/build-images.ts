@@ -10,7 +10,7 @@
  * that child: it builds NAME... one after another and leaves `.failed` with
  * the error beside a fixture it could not build.
  */
-import { type ChildProcess, spawn } from "node:child_process";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { existsSync, mkdirSync, readdirSync, rmSync, writeFileSync } from "node:fs";
 import { basename, dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -23,10 +23,41 @@ import {
   KEY_DIR,
   ROOT,
   SIGNING_KEY,
+  SNAKEOIL_KEY,
+  SNAKEOIL_KEY_PACKAGED,
 } from "./fixtures.ts";
 
 /** A background build that outlives this bound is stopped (its suites then fail with it). */
 const LATER_TIMEOUT_MS = 40 * 60_000;
+
+/**
+ * Build fixture `name` unless it is built: the key pair and the Secure Boot
+ * test key first. For a suite run on its own, without this global setup.
+ */
+export async function buildFixture(name: ImageName): Promise<void> {
+  await ensureKeys();
+  await build(name);
+}
+
+async function ensureKeys(): Promise<void> {
+  mkdirSync(FIXTURES, { recursive: true });
+  if (!existsSync(SIGNING_KEY)) {
+    const r = await abforge(["keygen", "--out", KEY_DIR]);
+    if (r.code !== 0) throw new Error(`keygen failed: ${r.stderr}`);
+  }
+  if (!existsSync(SNAKEOIL_KEY)) {
+    mkdirSync(dirname(SNAKEOIL_KEY), { recursive: true });
+    execFileSync("openssl", [
+      "pkey",
+      "-in",
+      SNAKEOIL_KEY_PACKAGED,
+      "-passin",
+      "pass:snakeoil",
+      "-out",
+      SNAKEOIL_KEY,
+    ]);
+  }
+}
 
 async function build(name: ImageName): Promise<void> {
   const { spec, version, formats } = IMAGES[name];
@@ -70,10 +101,7 @@ export default async function setup(): Promise<() => void> {
   if (all === join(ROOT, ".cache", "qemu-fixtures"))
     for (const old of readdirSync(all))
       if (old !== basename(FIXTURES)) rmSync(join(all, old), { recursive: true, force: true });
-  if (!existsSync(SIGNING_KEY)) {
-    const r = await abforge(["keygen", "--out", KEY_DIR]);
-    if (r.code !== 0) throw new Error(`keygen failed: ${r.stderr}`);
-  }
+  await ensureKeys();
   const names = Object.keys(IMAGES) as ImageName[];
   for (const name of names.filter((n) => !IMAGES[n].later)) await build(name);
   const rest = names.filter((n) => IMAGES[n].later && !existsSync(join(FIXTURES, n, "build.json")));

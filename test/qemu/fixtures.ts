@@ -55,7 +55,16 @@ export interface FixtureSpec {
 }
 
 export const IMAGES: Record<
-  "v1" | "v2" | "v3" | "hostV1" | "hostV2" | "hostV3" | "kexecV1" | "kexecV2" | "kexecV3",
+  | "v1"
+  | "v2"
+  | "v3"
+  | "hostV1"
+  | "hostV2"
+  | "hostV3"
+  | "kexecV1"
+  | "kexecV2"
+  | "kexecV3"
+  | "secureBootV1",
   FixtureSpec
 > = {
   v1: { spec: "images/demo.yaml", version: "1.0.0" },
@@ -72,7 +81,15 @@ export const IMAGES: Record<
   kexecV1: { spec: "images/demo-kexec.yaml", version: "1.0.0" },
   kexecV2: { spec: "images/demo-kexec.yaml", version: "2.0.0" },
   kexecV3: { spec: "images/demo-kexec-unhealthy.yaml", version: "3.0.0" },
+  // Demo with secureBoot, signed with Debian's OVMF test key (test/qemu/secure-boot.test.ts).
+  secureBootV1: { spec: "test/qemu/specs/demo-secure-boot.yaml", version: "1.0.0" },
 };
+
+/** Debian's OVMF test key, packaged with the passphrase "snakeoil" (README.Debian of ovmf). */
+export const SNAKEOIL_KEY_PACKAGED = "/usr/share/ovmf/PkKek-1-snakeoil.key";
+export const SNAKEOIL_CERT = "/usr/share/ovmf/PkKek-1-snakeoil.pem";
+/** Its unencrypted copy, where test/qemu/specs/demo-secure-boot.yaml reads it. */
+export const SNAKEOIL_KEY = join(ROOT, ".cache", "secure-boot", "snakeoil.key");
 
 export type ImageName = keyof typeof IMAGES;
 

@@ -27,6 +27,7 @@ import {
 } from "./fields.ts";
 import { parseDisk, parseKernel } from "./kernel-disk.ts";
 import { parseRootfs } from "./layers.ts";
+import { parseSecureBoot } from "./secure-boot.ts";
 import type { ImageSpec, ParseSpecOptions, SpecIssue } from "./types.ts";
 import { parseUpdate } from "./update.ts";
 
@@ -46,7 +47,17 @@ export function parseInternal(text: string, file: string, options: ParseSpecOpti
   const root = c.map(
     top,
     "",
-    ["extends", "name", "version", "compatible", "kernel", "rootfs", "disk", "update"],
+    [
+      "extends",
+      "name",
+      "version",
+      "compatible",
+      "kernel",
+      "rootfs",
+      "disk",
+      "update",
+      "secureBoot",
+    ],
     ["name", "version", "compatible", "kernel", "rootfs", "disk", "update"],
     at,
   );
@@ -93,9 +104,20 @@ export function parseInternal(text: string, file: string, options: ParseSpecOpti
   const rootfs = parseRootfs(s, root, at);
   const disk = parseDisk(s, root, at);
   const update = parseUpdate(s, root, at);
+  const secureBoot = parseSecureBoot(s, root, at);
 
   if (issues.list.length > 0) return fail();
-  if (!name || !version || !compatible || !kernel || !rootfs || !disk || !update) return fail();
+  if (
+    !name ||
+    !version ||
+    !compatible ||
+    !kernel ||
+    !rootfs ||
+    !disk ||
+    !update ||
+    secureBoot === undefined
+  )
+    return fail();
   const spec: ImageSpec = {
     file,
     specFiles: chain.files,
@@ -106,6 +128,7 @@ export function parseInternal(text: string, file: string, options: ParseSpecOpti
     rootfs,
     disk,
     update,
+    secureBoot,
   };
   return { spec, issues: [], references, hostBinaries };
 }

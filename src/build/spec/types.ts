@@ -126,6 +126,11 @@ export interface ImageSpec {
      */
     mode?: { value: UpdateMode; origin: SpecOrigin };
   };
+  /**
+   * The Secure Boot signing key and its certificate (absolute PEM paths), or
+   * null: an image without Secure Boot (src/bootloader/README.md, "Secure Boot").
+   */
+  secureBoot: { keyPath: string; certPath: string } | null;
 }
 
 /** `not-found`: a referenced file is missing; `unsafe`: a tar layer entry that the layer step would refuse (LAYER_UNSAFE); `invalid`: anything else. */

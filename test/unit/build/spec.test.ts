@@ -442,6 +442,23 @@ describe("invalid specs: every error names file, line and field", () => {
     expect(err.message).toContain(`rootfs.layers[0].tar: ${join(dir, "nope.tar")} not found`);
   });
 
+  it("reads secureBoot's key and certificate as host paths, absent means none, and names a missing one", async () => {
+    expect(parseSpec(VALID, join(dir, "s.yaml")).secureBoot).toBeNull();
+    const text = `${VALID}secureBoot: { key: sb.key, cert: /abs/sb.pem }\n`;
+    expect(parseSpec(text, join(dir, "s.yaml")).secureBoot).toEqual({
+      keyPath: join(dir, "sb.key"),
+      certPath: "/abs/sb.pem",
+    });
+    const { issues } = await issuesOf(() =>
+      parseSpec(`${VALID}secureBoot: { key: sb.key, extra: 1 }\n`, "/x/s.yaml"),
+    );
+    expect(issues.map((i) => i.field).sort()).toEqual(["secureBoot.cert", "secureBoot.extra"]);
+    const missing = await issuesOf(loadSpec(write("sb-missing.yaml", text)));
+    expect(missing.err.code).toBe("SPEC_NOT_FOUND");
+    expect(missing.issues.map((i) => i.field)).toEqual(["secureBoot.key", "secureBoot.cert"]);
+    expect(missing.err.message).toContain(`secureBoot.key: ${join(dir, "sb.key")} not found`);
+  });
+
   it("reports a missing file together with invalid fields as SPEC_INVALID", async () => {
     const file = write(
       "mixed.yaml",

@@ -27,6 +27,16 @@ describe("qemu arguments", () => {
     expect(args).not.toContain("-no-reboot");
   });
 
+  it("boots the Secure Boot firmware with SMM only when asked", () => {
+    const sb = Vm.args({ disk: "/d/disk.img", secureBoot: true }, "/q/qmp.sock", "/d/vars.fd");
+    expect(values(sb, "-machine")).toEqual(["q35,smm=on"]);
+    expect(values(sb, "-global")).toEqual(["driver=cfi.pflash01,property=secure,value=on"]);
+    expect(sb.join(" ")).toContain("readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.secboot.fd");
+    const plain = Vm.args({ disk: "/d/disk.img" }, "/q/qmp.sock", "/d/vars.fd");
+    expect(values(plain, "-machine")).toEqual(["q35"]);
+    expect(values(plain, "-global")).toEqual([]);
+  });
+
   it("attaches extra disks before the boot disk in PCI order, none with a bootindex", async () => {
     const args = Vm.args(
       { disk: "/d/boot.img", extraDisks: ["/d/copy.img", "/d/third.img"] },
