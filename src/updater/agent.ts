@@ -186,7 +186,7 @@ export class Agent {
       reboot: async (reason) => {
         const target =
           this.state.pending?.version ?? this.#seen?.boot.slots[this.#seen.booted].version;
-        this.#report("rebooting", target ? { target, reason } : { reason });
+        await this.#reportNow("rebooting", target ? { target, reason } : { reason });
         // a bounded wait: the report may go out before the host goes down, never holding it up
         await this.#reporter?.flush(REBOOT_REPORT_WAIT_MS);
         await o.rebooter.reboot(reason);
@@ -219,12 +219,23 @@ export class Agent {
     extra: Pick<Report, "target" | "progressPercent" | "reason"> = {},
     withError = false,
   ): void {
+    void this.#reportNow(event, extra, withError);
+  }
+
+  /** As #report, resolving once the report is queued (never rejecting). */
+  async #reportNow(
+    event: ReportEvent,
+    extra: Pick<Report, "target" | "progressPercent" | "reason"> = {},
+    withError = false,
+  ): Promise<void> {
     const reporter = this.#reporter;
     const seen = this.#seen;
     if (!reporter || !seen) return;
-    void this.#buildReport(event, extra, withError, seen)
-      .then((r) => reporter.send(r))
-      .catch((err: unknown) => this.#log.error(`cannot build a report: ${errText(err)}`));
+    try {
+      reporter.send(await this.#buildReport(event, extra, withError, seen));
+    } catch (err) {
+      this.#log.error(`cannot build a report: ${errText(err)}`);
+    }
   }
 
   #hostFacts(): HostFacts {
@@ -548,7 +559,7 @@ export class Agent {
           }
           if (decision.action === "none") {
             await record(decision.reason);
-            this.#report("checked", { target: latest.version, reason: decision.message });
+            this.#report("checked", { reason: decision.message });
             if (decision.reason === "bad-version") {
               this.#log.info(
                 { version: latest.version },
@@ -566,8 +577,7 @@ export class Agent {
           ) {
             await record("rollout");
             this.#report("checked", {
-              target: latest.version,
-              reason: `not in the ${percent}% rollout`,
+              reason: `skip ${latest.version}: not in the ${percent}% rollout`,
             });
             this.#log.info(
               { version: latest.version, percent },
@@ -587,17 +597,18 @@ export class Agent {
               { version: latest.version, startsAt: waiting.startsAt },
               `skip ${latest.version}: ${reason}`,
             );
-            this.#report("checked", { target: latest.version, reason });
+            this.#report("checked", { reason });
             return { outcome: "skipped", version: latest.version, reason };
           }
           const held = await this.#heldBy(latest.version, now);
           if (held) {
             await record("held");
             this.#log.info({ version: latest.version }, `skip ${latest.version}: ${held}`);
-            this.#report("checked", { target: latest.version, reason: held });
+            this.#report("checked", { reason: `skip ${latest.version}: ${held}` });
             return { outcome: "skipped", version: latest.version, reason: held };
           }
-          this.#report("checked", { target: latest.version });
+          // no target: the server counts a report with one as a try of that version
+          this.#report("checked", { reason: `update ${latest.version} available` });
           const url = resolveBundleUrl(indexUrl, latest.bundle).href;
           const http = this.#o.http;
           const source: BundleSource = {
