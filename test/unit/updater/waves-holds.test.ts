@@ -189,10 +189,16 @@ describe("holds", () => {
     expect((r as { reason: string }).reason).toMatch(
       /the fleet server's holds cannot be read .*; report.onUnreachable is wait/,
     );
-    await a.agent.close();
+    // its reports wait in the queue: closing gives them 2 s (of the fake clock), then drops them
+    const closing = a.agent.close();
+    a.clock.advance(2000);
+    await closing;
+    expect(a.agent.reports).toMatchObject({ queued: 0, sent: 0 });
     const b = await agentAt("unreachable-go", 0, at, { url: down });
     expect(await b.agent.check()).toMatchObject({ outcome: "installed" });
     expect(b.lines.some((l) => l.msg.includes("going on (report.onUnreachable: go)"))).toBe(true);
-    await b.agent.close();
+    const closingB = b.agent.close();
+    b.clock.advance(2000);
+    await closingB;
   });
 });
