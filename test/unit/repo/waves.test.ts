@@ -1,11 +1,18 @@
 // Staged waves (src/repo/README.md, "Waves"): the text form, the rules a signed index holds
 // them to, and each host's start time from its seed, checked on a fake clock's instants.
+import { generateKeyPairSync } from "node:crypto";
 import { describe, expect, it } from "vitest";
+import { keyId, signBytes } from "../../../src/bundle/index.ts";
 import {
   formatWaves,
+  type IndexSigned,
   MAX_WAVES,
   parseWaves,
+  RepoError,
   SEED_RANGE,
+  signedBytes,
+  signIndex,
+  verifyIndex,
   type Wave,
   waveSlot,
   wavesProblems,
@@ -108,5 +115,107 @@ describe("waves", () => {
     expect(started() / SEED_RANGE).toBeCloseTo(0.75, 2);
     clock.advance(60 * 60_000);
     expect(started()).toBe(SEED_RANGE);
+  });
+});
+
+describe("waves in the signed index", () => {
+  const key = generateKeyPairSync("ed25519");
+  const base = (rollout: unknown): IndexSigned =>
+    ({
+      type: "abforge-channel-index",
+      formatVersion: 2,
+      channel: "stable",
+      name: "demo",
+      compatible: "demo-x86_64",
+      serial: 3,
+      issuedAt: "2026-03-01T00:00:00.000Z",
+      expiresAt: "2026-03-31T00:00:00.000Z",
+      latest: {
+        version: "2.0.0",
+        bundle: "../bundles/demo-2.0.0.bundle",
+        size: 123456,
+        sha256: "ab".repeat(32),
+        slotDataOffset: 2048,
+        manifestSha256: "cd".repeat(32),
+        minUpdateFrom: "0.0.0",
+      },
+      rollout,
+    }) as IndexSigned;
+  /** Signed by a trusted key, bypassing signIndex's own check: what a careless or hostile publisher could serve. */
+  const served = (s: IndexSigned) =>
+    new TextEncoder().encode(
+      JSON.stringify({
+        signed: s,
+        signatures: [
+          {
+            keyid: keyId(key.publicKey),
+            sig: Buffer.from(signBytes(signedBytes(s), key.privateKey)).toString("base64"),
+          },
+        ],
+      }),
+    );
+  const verify = (s: IndexSigned) =>
+    verifyIndex(served(s), {
+      channel: "stable",
+      trustedKeys: [key.publicKey],
+      now: new Date("2026-03-02T00:00:00.000Z"),
+      minSerial: 0,
+    });
+  const problems = (s: IndexSigned): string[] => {
+    try {
+      verify(s);
+    } catch (err) {
+      expect(err).toBeInstanceOf(RepoError);
+      expect((err as RepoError).code).toBe("REPO_BAD_INDEX");
+      return (err as RepoError).details.problems as string[];
+    }
+    return [];
+  };
+
+  it("a valid list verifies and reaches the agent", () => {
+    const w = waves("1h=1%,3d=100%");
+    expect(verify(base({ percent: 100, waves: w })).signed.rollout.waves).toEqual(w);
+  });
+
+  it("a signed index with bad waves is refused as a bad index, every problem named", () => {
+    expect(problems(base({ percent: 100, waves: [{ afterSeconds: 60, percent: 50 }] }))).toEqual([
+      "signed.rollout.waves[0].percent: the last wave must reach 100%, got 50",
+    ]);
+    expect(
+      problems(
+        base({
+          percent: 100,
+          waves: [
+            { afterSeconds: 60, percent: 50 },
+            { afterSeconds: 30, percent: 100 },
+          ],
+        }),
+      ),
+    ).toEqual([
+      "signed.rollout.waves[1].afterSeconds: 30 is not later than the wave before (60): times must strictly increase",
+    ]);
+    expect(problems(base({ percent: 40, waves: waves("1h=100%") }))).toEqual([
+      "signed.rollout.percent: must be 100 with waves (got 40): the waves say who takes it when",
+    ]);
+    const many = Array.from({ length: 40 }, (_, i) => ({
+      afterSeconds: i + 1,
+      percent: Math.min(100, i + 61),
+    }));
+    expect(problems(base({ percent: 100, waves: many }))).toEqual([
+      "signed.rollout.waves: 40 waves, more than the 32 allowed",
+    ]);
+    expect(problems(base({ percent: 100, waves: "1h=100%" }))).toEqual([
+      "signed.rollout.waves: must be a list of {afterSeconds, percent}",
+    ]);
+    // (a fraction cannot even be signed: canonical JSON holds integers only)
+    expect(wavesProblems([{ afterSeconds: 1.5, percent: 100 }], "w")).toEqual([
+      `w[0].afterSeconds: must be an integer 0-${366 * 86_400}, got 1.5`,
+    ]);
+  });
+
+  it("publish and signIndex refuse them before anything is signed", () => {
+    expect(() =>
+      signIndex(base({ percent: 100, waves: [{ afterSeconds: 1, percent: 5 }] }), key.privateKey),
+    ).toThrow(/the last wave must reach 100%/);
   });
 });
