@@ -182,16 +182,24 @@ export class Agent {
             log: o.log,
           })
         : undefined;
+    // after boot, an unhealthy slot's reboot (the update's own goes through beforeReboot)
     this.#rebooter = {
       reboot: async (reason) => {
-        const target =
-          this.state.pending?.version ?? this.#seen?.boot.slots[this.#seen.booted].version;
-        await this.#reportNow("rebooting", target ? { target, reason } : { reason });
-        // a bounded wait: the report may go out before the host goes down, never holding it up
-        await this.#reporter?.flush(REBOOT_REPORT_WAIT_MS);
+        const booted = this.#seen?.boot.slots[this.#seen.booted].version;
+        await this.#announceReboot(booted, reason);
         await o.rebooter.reboot(reason);
       },
     };
+  }
+
+  /**
+   * The `rebooting` report, and a bounded wait (REBOOT_REPORT_WAIT_MS) for
+   * the queue to go out before the host goes down, never holding it up.
+   */
+  async #announceReboot(target: string | undefined, reason: string): Promise<void> {
+    if (!this.#reporter) return;
+    await this.#reportNow("rebooting", target ? { target, reason } : { reason });
+    await this.#reporter.flush(REBOOT_REPORT_WAIT_MS);
   }
 
   /** The reports still queued, sent (sent, dropped), for status and tests. */
@@ -825,7 +833,8 @@ export class Agent {
       log: this.#log,
       clock: this.#o.clock,
       state: this.#state,
-      rebooter: this.#rebooter,
+      rebooter: this.#o.rebooter,
+      beforeReboot: (version, reason) => this.#announceReboot(version, reason),
       machineId: await this.#machineId(),
       ...(this.#o.kexec ? { kexec: this.#o.kexec } : {}),
       ...(lock ? { lock } : {}),
