@@ -176,9 +176,16 @@ export class FleetReporter {
         `report queue full (${this.#capacity}): dropped the oldest report`,
       );
     }
-    this.#pumping ??= this.#pump().finally(() => {
+    this.#kick();
+  }
+
+  /** Start the sender unless it runs; a report queued as it was ending starts it again. */
+  #kick(): void {
+    if (this.#pumping || this.#stop.signal.aborted) return;
+    this.#pumping = this.#pump().finally(() => {
       this.#pumping = undefined;
-      for (const f of this.#idle.splice(0)) f();
+      if (this.#queue.length > 0 && !this.#stop.signal.aborted) this.#kick();
+      else for (const f of this.#idle.splice(0)) f();
     });
   }
 
