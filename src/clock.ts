@@ -37,3 +37,13 @@ export const systemClock: Clock = {
     };
   },
 };
+
+/**
+ * The system clock with its wall time moved by `offsetMs()` (read at every
+ * `now()`): sleeps and timers stay real. For tests that run agent processes
+ * and move their idea of the date forward (src/updater README.md, "A clock
+ * for tests"); never on a host.
+ */
+export function offsetClock(offsetMs: () => number): Clock {
+  return { ...systemClock, now: () => new Date(Date.now() + offsetMs()) };
+}

@@ -71,7 +71,8 @@ export function register(program: Command): void {
     .description("one poll: fetch and verify the channel index, install the update if there is one")
     .action(
       action(async (opts: Opts) => {
-        const r = await (await createAgent(opts, log())).check();
+        const a = await createAgent(opts, log());
+        const r = await a.check().finally(() => a.close());
         output(opts, r, () => formatCheck(r));
       }),
     );
@@ -81,7 +82,8 @@ export function register(program: Command): void {
     .argument("<bundle-or-url>", "bundle file or URL")
     .action(
       action(async (location: string, opts: Opts) => {
-        const r = await (await createAgent(opts, log())).install(location);
+        const a = await createAgent(opts, log());
+        const r = await a.install(location).finally(() => a.close());
         output(opts, r, () => formatCheck(r));
       }),
     );
@@ -107,7 +109,8 @@ export function register(program: Command): void {
     )
     .action(
       action(async (opts: Opts) => {
-        const r = await (await createAgent(opts, log())).reboot();
+        const a = await createAgent(opts, log());
+        const r = await a.reboot().finally(() => a.close());
         output(opts, r, () => formatCheck(r));
         return r.rebooting ? 0 : exitCodeFor("REBOOT_WAITING");
       }),
@@ -119,7 +122,8 @@ export function register(program: Command): void {
     )
     .action(
       action(async (opts: Opts) => {
-        const r = await (await createAgent(opts, log())).afterBoot();
+        const a = await createAgent(opts, log());
+        const r = await a.afterBoot().finally(() => a.close());
         output(opts, r, () => formatAfterBoot(r));
         return r.action === "unhealthy" ? exitCodeFor("HEALTH_CHECK_FAILED") : 0;
       }),

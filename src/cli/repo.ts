@@ -1,6 +1,13 @@
 import { type Command, InvalidArgumentError } from "commander";
 import { loadPrivateKey } from "../bundle/index.ts";
-import { DEFAULT_EXPIRES_IN_MS, publish, serve } from "../repo/index.ts";
+import {
+  DEFAULT_EXPIRES_IN_MS,
+  formatWaves,
+  parseWaves,
+  publish,
+  serve,
+  type Wave,
+} from "../repo/index.ts";
 import { action, intOption, type JsonOption, output, portOption } from "./command.ts";
 
 interface PublishCliOptions extends JsonOption {
@@ -10,6 +17,7 @@ interface PublishCliOptions extends JsonOption {
   expiresIn: number;
   minUpdateFrom?: string;
   rolloutPercent: number;
+  waves?: Wave[];
 }
 
 interface ServeCliOptions extends JsonOption {
@@ -36,6 +44,12 @@ export function parseDuration(value: string): number {
       `must be a positive duration like 30d, 12h, 90m, 45s or 500ms, got "${value}"`,
     );
   return n;
+}
+
+function wavesOption(value: string): Wave[] {
+  const r = parseWaves(value);
+  if ("problems" in r) throw new InvalidArgumentError(r.problems.join("; "));
+  return r.waves;
 }
 
 export function register(program: Command): void {
@@ -65,7 +79,16 @@ export function register(program: Command): void {
       intOption("--rollout-percent"),
       100,
     )
+    .option(
+      "--waves <list>",
+      'staged waves: TIME=PERCENT% after the index\'s issuedAt, cumulative, the last 100%, e.g. "1h=1%,6h=5%,1d=25%,3d=100%"',
+      wavesOption,
+    )
     .option("--json", "print the result as JSON")
+    .addHelpText(
+      "after",
+      "\nExamples:\n  abforge repo publish demo-2.0.0.bundle --repo ./repo --channel stable --key signing.key\n  abforge repo publish demo-3.0.0.bundle --repo ./repo --channel stable --key signing.key --waves 1h=1%,6h=5%,1d=25%,3d=100%\n",
+    )
     .action(
       action(async (bundle: string, opts: PublishCliOptions) => {
         const key = await loadPrivateKey(opts.key);
@@ -76,6 +99,7 @@ export function register(program: Command): void {
           key,
           expiresInMs: opts.expiresIn,
           rolloutPercent: opts.rolloutPercent,
+          ...(opts.waves ? { waves: opts.waves } : {}),
           now: new Date(),
           ...(opts.minUpdateFrom === undefined ? {} : { minUpdateFrom: opts.minUpdateFrom }),
         });
@@ -85,7 +109,7 @@ export function register(program: Command): void {
           () =>
             `published ${r.name} ${r.version} to channel ${r.channel} (serial ${r.serial}, expires ${r.expiresAt})\n` +
             `  bundle ${r.bundlePath} (${r.size} bytes, sha256 ${r.sha256}${r.bundleCopied ? "" : ", already present"})\n` +
-            `  index  ${r.indexPath} signed by ${r.keyId}`,
+            `  index  ${r.indexPath} signed by ${r.keyId}${opts.waves ? `\n  waves  ${formatWaves(opts.waves)} after ${r.issuedAt}` : ""}`,
         );
       }),
     );

@@ -98,7 +98,31 @@ export interface AgentConfig {
   maxIndexBytes: number;
   /** Back-off after a failed poll grows from pollIntervalMs/8 up to this. */
   maxBackoffMs: number;
+  /** The fleet server the agent reports to and reads holds from; null: none. */
+  report: ReportConfig | null;
 }
+
+/**
+ * What an agent does when the fleet server's hold document cannot be read
+ * (src/updater README.md, "Holds"): `go` installs as if no hold were set,
+ * `wait` installs nothing until it can be read.
+ */
+export type HoldUnreachablePolicy = "go" | "wait";
+export const HOLD_UNREACHABLE_POLICIES: readonly HoldUnreachablePolicy[] = ["go", "wait"];
+
+/** `report:` (src/fleet): the fleet server and the enrollment token, inline or in a file. */
+export interface ReportConfig {
+  /** Base URL of the fleet server; the API is under `<url>/v1/`. */
+  url: string;
+  /** The enrollment token itself (a config on the host, never one in an image). */
+  token: string | null;
+  /** Or an absolute path to a file holding it (one line). */
+  tokenFile: string | null;
+  onUnreachable: HoldUnreachablePolicy;
+}
+
+/** A bearer token: 1-512 printable ASCII characters, no space. */
+export const REPORT_TOKEN = /^[\x21-\x7e]{1,512}$/;
 
 export const DEFAULT_CONFIG_PATH = AGENT_CONFIG_PATH;
 export const DEFAULT_STATE_DIR = STATE_DIR;
@@ -124,6 +148,7 @@ export function defaultConfig(): AgentConfig {
     downloadStallTimeoutMs: 30_000,
     maxIndexBytes: 1_048_576,
     maxBackoffMs: 3_600_000,
+    report: null,
   };
 }
 
@@ -135,6 +160,7 @@ const MACHINE_ID_RULE =
 const KNOWN_FIELDS = Object.keys(defaultConfig()) as (keyof AgentConfig)[];
 const HEALTH_CHECK_FIELDS = ["name", "command", "timeoutMs"];
 const SLOT_FIELDS = ["partitionLabel", "partitionIndex"];
+const REPORT_FIELDS = ["url", "token", "tokenFile", "onUnreachable"];
 
 /**
  * Parse and validate the YAML text of a config; `source` names it in errors.
@@ -213,6 +239,8 @@ function readFields(r: Reader, root: MapNode, config: AgentConfig): void {
       if (location) config.slots[name] = location;
     }
   }
+  const reportNode = get(m, "report");
+  if (reportNode) set("report", readReport(r, reportNode));
   // Jitter is checked against the interval once both are valid numbers.
   const jitterNode = get(m, "pollJitterMs") ?? get(m, "pollIntervalMs");
   const timing = r.issues.list.some(
@@ -225,6 +253,38 @@ function readFields(r: Reader, root: MapNode, config: AgentConfig): void {
       `must be smaller than pollIntervalMs (${config.pollIntervalMs})`,
     );
   }
+}
+
+/** `report: {url, token | tokenFile, onUnreachable?}`; undefined when anything is wrong. */
+function readReport(r: Reader, n: YNode): ReportConfig | undefined {
+  const m = r.map(n, "report", REPORT_FIELDS, ["url"], n.loc);
+  if (!m) return undefined;
+  const before = r.issues.list.length;
+  const url = r.url(get(m, "url"), "report.url", repoUrlProblem);
+  const tokenNode = get(m, "token");
+  const token = r.string(
+    tokenNode,
+    "report.token",
+    REPORT_TOKEN,
+    "a token: 1-512 printable characters, no space",
+  );
+  const tokenFile = r.string(
+    get(m, "tokenFile"),
+    "report.tokenFile",
+    /^\//,
+    "an absolute path on the host",
+  );
+  if (get(m, "token") && get(m, "tokenFile"))
+    r.issues.add(m.loc, "report.token", "set one of token and tokenFile, not both");
+  else if (!get(m, "token") && !get(m, "tokenFile"))
+    r.issues.add(
+      m.loc,
+      "report.token",
+      "is required: set token or tokenFile (the fleet's enroll.token)",
+    );
+  const policy = r.enum(get(m, "onUnreachable"), "report.onUnreachable", HOLD_UNREACHABLE_POLICIES);
+  if (r.issues.list.length > before || url === undefined) return undefined;
+  return { url, token: token ?? null, tokenFile: tokenFile ?? null, onUnreachable: policy ?? "go" };
 }
 
 function healthCheck(r: Reader, n: YNode, index: number): HealthCheckConfig | undefined {
@@ -295,10 +355,24 @@ export function serializeConfig(config: AgentConfig, comment?: string): string {
   const out: Record<string, unknown> = {};
   for (const key of KNOWN_FIELDS) {
     if (isDeepStrictEqual(config[key], defaults[key])) continue;
-    out[key] = key === "reboot" ? rebootConfigYaml(config.reboot) : config[key];
+    out[key] =
+      key === "reboot"
+        ? rebootConfigYaml(config.reboot)
+        : key === "report" && config.report
+          ? reportConfigYaml(config.report)
+          : config[key];
   }
   const head = comment === undefined ? "" : `${comment.replace(/^/gm, "# ")}\n`;
   return Object.keys(out).length === 0 ? head : head + stringifyYaml(out);
+}
+
+function reportConfigYaml(c: ReportConfig): Record<string, string> {
+  return {
+    url: c.url,
+    ...(c.token !== null ? { token: c.token } : {}),
+    ...(c.tokenFile !== null ? { tokenFile: c.tokenFile } : {}),
+    ...(c.onUnreachable !== "go" ? { onUnreachable: c.onUnreachable } : {}),
+  };
 }
 
 /** Load a config file; relative key paths are resolved against the file's directory. */

@@ -13,9 +13,12 @@ export {
   DEFAULT_STATE_DIR,
   defaultConfig,
   type HealthCheckConfig,
+  HOLD_UNREACHABLE_POLICIES,
+  type HoldUnreachablePolicy,
   loadConfig,
   MACHINE_ID,
   parseConfig,
+  type ReportConfig,
   type SlotLocation,
   serializeConfig,
 } from "./agent-config.ts";

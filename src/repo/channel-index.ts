@@ -8,6 +8,7 @@ import semver from "semver";
 import { keyId, signBytes, verifySignature } from "../bundle/index.ts";
 import { CHANNEL_NAME } from "../image/index.ts";
 import { RepoError } from "./errors.ts";
+import { type Wave, wavesProblems } from "./waves.ts";
 
 export const INDEX_TYPE = "abforge-channel-index";
 /**
@@ -40,8 +41,10 @@ export interface IndexLatest {
 }
 
 export interface IndexRollout {
-  /** Share of hosts (0-100) that take this version; see `rolloutBucket`. */
+  /** Share of hosts (0-100) that take this version; see `rolloutBucket`. 100 when `waves` are given. */
   percent: number;
+  /** Staged waves (waves.ts, README.md "Waves"); absent: every host in `percent` at once. */
+  waves?: Wave[];
 }
 
 export interface IndexSigned {
@@ -291,8 +294,16 @@ export function validateSigned(signed: unknown): string[] {
   const rw = `${w}.rollout`;
   if ("rollout" in signed && !isObj(r)) problems.push(`${rw}: must be an object`);
   if (isObj(r)) {
-    checkKeys(r, rw, ["percent"], problems);
-    int(r, "percent", rw, problems, 0, 100);
+    checkKeys(r, rw, "waves" in r ? ["percent", "waves"] : ["percent"], problems);
+    const percent = int(r, "percent", rw, problems, 0, 100);
+    if ("waves" in r) {
+      problems.push(...wavesProblems(r.waves, `${rw}.waves`));
+      // one way to stage a version at a time: waves replace the percent
+      if (percent !== undefined && percent !== 100)
+        problems.push(
+          `${rw}.percent: must be 100 with waves (got ${percent}): the waves say who takes it when`,
+        );
+    }
   }
   return problems;
 }

@@ -38,3 +38,13 @@ export {
   publish,
 } from "./publish.ts";
 export { type RepoServer, type ServeOptions, serve } from "./server.ts";
+export {
+  formatWaves,
+  MAX_WAVES,
+  parseWaves,
+  SEED_RANGE,
+  type Wave,
+  type WaveSlot,
+  waveSlot,
+  wavesProblems,
+} from "./waves.ts";

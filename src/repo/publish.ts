@@ -27,6 +27,7 @@ import {
   signIndex,
 } from "./channel-index.ts";
 import { RepoError } from "./errors.ts";
+import { type Wave, wavesProblems } from "./waves.ts";
 
 export const DEFAULT_EXPIRES_IN_MS = 30 * 24 * 3600 * 1000;
 const FILE_NAME = /^[A-Za-z0-9._+~-]+$/;
@@ -48,6 +49,8 @@ export interface PublishOptions {
   minUpdateFrom?: string;
   /** Share of hosts that take it (0-100); default 100. */
   rolloutPercent?: number;
+  /** Staged waves after issuedAt (waves.ts); with them the percent must be 100. */
+  waves?: Wave[];
   /** issuedAt; default the current time. */
   now?: Date;
   io?: PublishIo;
@@ -100,6 +103,13 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
     problems.push(`minimum version to update from "${minUpdateFrom}" is not a semantic version`);
   if (!Number.isInteger(rolloutPercent) || rolloutPercent < 0 || rolloutPercent > 100)
     problems.push(`rollout percent ${rolloutPercent} must be an integer 0-100`);
+  if (o.waves !== undefined) {
+    problems.push(...wavesProblems(o.waves, "waves"));
+    if (rolloutPercent !== 100)
+      problems.push(
+        `rollout percent ${rolloutPercent} and waves together: give one (the waves reach 100%)`,
+      );
+  }
   if (problems.length > 0)
     throw new RepoError("REPO_PUBLISH_REFUSED", `cannot publish: ${problems.join("; ")}`, {
       details: { problems },
@@ -179,7 +189,7 @@ export async function publish(o: PublishOptions): Promise<PublishResult> {
         manifestSha256: facts.manifestSha256,
         minUpdateFrom,
       },
-      rollout: { percent: rolloutPercent },
+      rollout: { percent: rolloutPercent, ...(o.waves ? { waves: o.waves } : {}) },
     };
     const index = signIndex(signed, o.key);
 

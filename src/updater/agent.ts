@@ -8,12 +8,21 @@ import type { BootState } from "../bootloader/index.ts";
 import { keyId } from "../bundle/index.ts";
 import type { Clock } from "../clock.ts";
 import { isBaseError } from "../errors.ts";
+import type { Report, ReportEvent } from "../fleet/report.ts";
 import type { AgentConfig, EtcdLockConfig, SlotName } from "../image/index.ts";
 import { KEYS_DIR } from "../image/index.ts";
 import type { Logger } from "../log.ts";
-import { resolveBundleUrl, rolloutBucket, verifyIndex } from "../repo/index.ts";
+import {
+  type IndexSigned,
+  resolveBundleUrl,
+  rolloutBucket,
+  SEED_RANGE,
+  verifyIndex,
+  waveSlot,
+} from "../repo/index.ts";
 import { type AfterBootResult, afterBoot } from "./after-boot.ts";
 import { errText, UpdaterError } from "./errors.ts";
+import { AGENT_VERSION, type FleetHttp, FleetReporter, gotFleetHttp } from "./fleet.ts";
 import type { HealthRunner } from "./health.ts";
 import {
   type BootStore,
@@ -27,6 +36,7 @@ import { type AgentLock, acquireLock } from "./lock.ts";
 import type {
   BootedSlotSource,
   ByteRange,
+  HostFacts,
   HttpClient,
   ImageFiles,
   Kexec,
@@ -34,7 +44,7 @@ import type {
   Rebooter,
   RebootLockClient,
 } from "./machine.ts";
-import { locateSlots } from "./machine.ts";
+import { locateSlots, systemHostFacts } from "./machine.ts";
 import { backoffMs, decideUpdate, otherSlot, pollDelayMs } from "./policy.ts";
 import {
   type RebootDeps,
@@ -42,8 +52,18 @@ import {
   rebootIntoUpdate,
   releaseRebootLock,
 } from "./reboot.ts";
-import { type AgentState, initialAgentState, type RebootWait, StateStore } from "./state-file.ts";
+import {
+  type AgentState,
+  type HeldRecord,
+  initialAgentState,
+  type RebootWait,
+  type RolloutWait,
+  StateStore,
+} from "./state-file.ts";
 import { type AgentStatus, statusOf } from "./status.ts";
+
+/** How long a reboot or the end of a one-shot command waits for queued reports to go out. */
+export const REBOOT_REPORT_WAIT_MS = 2000;
 
 /** An open boot disk: the boot state, and closing it. */
 export interface BootDiskHandle extends BootStore {
@@ -79,6 +99,10 @@ export interface AgentOptions {
   machineId?: () => Promise<string | null>;
   /** Time zone of the reboot window; default the host's. */
   timeZone?: string;
+  /** The requests to the fleet server (`report:`); default got's (fleet.ts). */
+  fleetHttp?: FleetHttp;
+  /** What reports say of the machine; default the running one's. */
+  host?: HostFacts;
 }
 
 /** A trusted public key and where it came from (logged, so an operator sees what is trusted). */
@@ -129,6 +153,14 @@ export class Agent {
   readonly #readOnly: boolean;
   /** Read-only: why the state file could not be used (shown as the last error). */
   #unreadable: AgentState["lastError"] = null;
+  /** Reports to the fleet server (`report:`); absent: none. */
+  readonly #reporter: FleetReporter | undefined;
+  /** The boot state last read: what a report says of the slots. */
+  #seen: { boot: BootState; booted: SlotName } | undefined;
+  /** The version an install is under way for: an error is about it. */
+  #attempting: string | null = null;
+  /** The rebooter, sending `rebooting` first. */
+  readonly #rebooter: Rebooter;
 
   private constructor(
     o: AgentOptions,
@@ -141,6 +173,135 @@ export class Agent {
     this.#store = store;
     this.#state = state;
     this.#readOnly = readOnly;
+    this.#reporter =
+      o.config.report && !readOnly
+        ? new FleetReporter({
+            config: o.config.report,
+            http: o.fleetHttp ?? gotFleetHttp,
+            clock: o.clock,
+            log: o.log,
+          })
+        : undefined;
+    // after boot, an unhealthy slot's reboot (the update's own goes through beforeReboot)
+    this.#rebooter = {
+      reboot: async (reason) => {
+        const booted = this.#seen?.boot.slots[this.#seen.booted].version;
+        await this.#announceReboot(booted, reason);
+        await o.rebooter.reboot(reason);
+      },
+    };
+  }
+
+  /**
+   * The `rebooting` report, and a bounded wait (REBOOT_REPORT_WAIT_MS) for
+   * the queue to go out before the host goes down, never holding it up.
+   */
+  async #announceReboot(target: string | undefined, reason: string): Promise<void> {
+    if (!this.#reporter) return;
+    await this.#reportNow("rebooting", target ? { target, reason } : { reason });
+    await this.#reporter.flush(REBOOT_REPORT_WAIT_MS);
+  }
+
+  /** The reports still queued, sent (sent, dropped), for status and tests. */
+  get reports(): { queued: number; sent: number; dropped: number } | null {
+    const r = this.#reporter;
+    return r ? { queued: r.queued, sent: r.sent, dropped: r.dropped } : null;
+  }
+
+  /**
+   * One-shot commands end here: the queued reports get a bounded time to go
+   * out (REBOOT_REPORT_WAIT_MS), then the reporter stops.
+   */
+  async close(): Promise<void> {
+    if (!this.#reporter) return;
+    await this.#reporter.flush(REBOOT_REPORT_WAIT_MS);
+    this.#reporter.close();
+  }
+
+  /**
+   * Queue a report (README.md, "Reports") of `event` with the slots as last
+   * read: never awaited, never failing the caller.
+   */
+  #report(
+    event: ReportEvent,
+    extra: Pick<Report, "target" | "progressPercent" | "reason"> = {},
+    withError = false,
+  ): void {
+    void this.#reportNow(event, extra, withError);
+  }
+
+  /** As #report, resolving once the report is queued (never rejecting). */
+  async #reportNow(
+    event: ReportEvent,
+    extra: Pick<Report, "target" | "progressPercent" | "reason"> = {},
+    withError = false,
+  ): Promise<void> {
+    const reporter = this.#reporter;
+    const seen = this.#seen;
+    if (!reporter || !seen) return;
+    try {
+      reporter.send(await this.#buildReport(event, extra, withError, seen));
+    } catch (err) {
+      this.#log.error(`cannot build a report: ${errText(err)}`);
+    }
+  }
+
+  #hostFacts(): HostFacts {
+    return this.#o.host ?? systemHostFacts();
+  }
+
+  async #buildReport(
+    event: ReportEvent,
+    extra: Pick<Report, "target" | "progressPercent" | "reason">,
+    withError: boolean,
+    seen: { boot: BootState; booted: SlotName },
+  ): Promise<Report> {
+    const { boot, booted } = seen;
+    const other = otherSlot(booted);
+    const o = boot.slots[other];
+    const host = this.#hostFacts();
+    const e = this.state.lastError;
+    // the schema allows no control characters but tab and newline
+    const clean = (t: string, n: number) =>
+      [...t.slice(0, n)]
+        .map((ch) => {
+          const code = ch.charCodeAt(0);
+          return (code < 32 && ch !== "\t" && ch !== "\n") || code === 127 ? " " : ch;
+        })
+        .join("");
+    const reason = extra.reason === undefined ? undefined : clean(extra.reason, 2000);
+    return {
+      format: 1,
+      machineId: (await this.#machineId()).toLowerCase().replaceAll("-", ""),
+      hostname: host.hostname(),
+      channel: this.#o.config.channel,
+      seed: this.state.seed ?? 0,
+      running: { slot: booted, version: boot.slots[booted].version },
+      other: {
+        slot: other,
+        version: o.version,
+        state:
+          o.version === "" || o.rootHash === ""
+            ? "empty"
+            : o.good
+              ? "good"
+              : o.tries > 0
+                ? "installed"
+                : "bad",
+      },
+      event,
+      ...(extra.target !== undefined ? { target: extra.target } : {}),
+      ...(extra.progressPercent !== undefined ? { progressPercent: extra.progressPercent } : {}),
+      ...(reason ? { reason } : {}),
+      ...(withError && e
+        ? { lastError: { code: e.code, message: clean(e.message, 2000) || e.code, at: e.at } }
+        : {}),
+      bootId: (await host.bootId()) ?? "00000000-0000-0000-0000-000000000000",
+      uptimeMs: host.uptimeMs(),
+      agentVersion: AGENT_VERSION,
+      pollIntervalMs: Math.min(30 * 86_400_000, Math.max(1000, this.#o.config.pollIntervalMs)),
+      time: this.#o.clock.now().toISOString(),
+    };
   }
 
   /**
@@ -184,6 +345,11 @@ export class Agent {
       const id = o.random.id();
       await handle.update((s) => ({ ...s, rolloutId: id }));
     }
+    // drawn once, kept: the host's place in every staged rollout (README.md, "Waves")
+    if (handle.current.seed === null) {
+      const seed = o.random.int(SEED_RANGE);
+      await handle.update((s) => ({ ...s, seed }));
+    }
     return agent;
   }
 
@@ -204,6 +370,7 @@ export class Agent {
             : null,
       });
       const slots = await locateSlots(this.#o.diskPath, this.#o.config.slots);
+      this.#seen = { boot, booted };
       return { disk, boot, booted, slots };
     } catch (err) {
       await disk.close();
@@ -256,6 +423,11 @@ export class Agent {
       await this.#recordError(err).catch((e: unknown) =>
         this.#log.error({ err: e }, `cannot record the error in the state file: ${errText(e)}`),
       );
+      // an install's failure is an `error` of its version; any other is a check that failed
+      // (README.md, "Reports": a repository outage is no failure of a release)
+      const target = this.#attempting;
+      if (target) this.#report("error", { target }, true);
+      else this.#report("checked", {}, true);
       throw err;
     }
   }
@@ -309,7 +481,7 @@ export class Agent {
             log: this.#log,
             clock: this.#o.clock,
             health: this.#o.health,
-            rebooter: this.#o.rebooter,
+            rebooter: this.#rebooter,
             state: this.#state,
             recordError: (err) => this.#recordError(err),
           },
@@ -317,6 +489,12 @@ export class Agent {
         );
         if (r.action !== "await-reboot" && r.action !== "unhealthy")
           await this.#releaseLockIfUp(c.booted, await c.disk.readState());
+        this.#seen = { boot: await c.disk.readState(), booted: c.booted };
+        if (r.action === "marked-good") this.#report("marked-good");
+        else if (r.action === "rollback")
+          this.#report("rollback", { target: r.version, reason: r.reason });
+        else if (r.action === "fallback")
+          this.#report("fallback", { target: r.version, reason: r.reason });
         return r;
       }),
     );
@@ -333,7 +511,7 @@ export class Agent {
   #check(signal?: AbortSignal): Promise<CheckResult> {
     return this.#recording(
       () =>
-        this.#withContext(async (c) => {
+        this.#withContext(async (c): Promise<CheckResult> => {
           const cfg = this.#o.config;
           if (cfg.repoUrl === null)
             throw new UpdaterError(
@@ -389,6 +567,7 @@ export class Agent {
           }
           if (decision.action === "none") {
             await record(decision.reason);
+            this.#report("checked", { reason: decision.message });
             if (decision.reason === "bad-version") {
               this.#log.info(
                 { version: latest.version },
@@ -405,6 +584,9 @@ export class Agent {
             rolloutBucket(this.state.rolloutId ?? "", latest.version) >= percent
           ) {
             await record("rollout");
+            this.#report("checked", {
+              reason: `skip ${latest.version}: not in the ${percent}% rollout`,
+            });
             this.#log.info(
               { version: latest.version, percent },
               `skip ${latest.version}: this host is not in its ${percent}% rollout yet`,
@@ -415,6 +597,26 @@ export class Agent {
               reason: `not in the ${percent}% rollout`,
             };
           }
+          const waiting = await this.#waveWait(v.signed, now);
+          if (waiting) {
+            await record("wave");
+            const reason = `waiting for wave ${waiting.wave} of ${waiting.waves} (${waiting.percent}%): this host takes ${latest.version} at ${waiting.startsAt}`;
+            this.#log.info(
+              { version: latest.version, startsAt: waiting.startsAt },
+              `skip ${latest.version}: ${reason}`,
+            );
+            this.#report("checked", { reason });
+            return { outcome: "skipped", version: latest.version, reason };
+          }
+          const held = await this.#heldBy(latest.version, now);
+          if (held) {
+            await record("held");
+            this.#log.info({ version: latest.version }, `skip ${latest.version}: ${held}`);
+            this.#report("checked", { reason: `skip ${latest.version}: ${held}` });
+            return { outcome: "skipped", version: latest.version, reason: held };
+          }
+          // no target: the server counts a report with one as a try of that version
+          this.#report("checked", { reason: `update ${latest.version} available` });
           const url = resolveBundleUrl(indexUrl, latest.bundle).href;
           const http = this.#o.http;
           const source: BundleSource = {
@@ -430,6 +632,8 @@ export class Agent {
             { version: latest.version, url },
             `update ${latest.version} available (running ${c.boot.slots[c.booted].version})`,
           );
+          this.#attempting = latest.version;
+          this.#report("download-started", { target: latest.version, progressPercent: 0 });
           const result = await this.#install(c, keys, compatible, {
             source,
             expected: {
@@ -442,10 +646,74 @@ export class Agent {
             ...(signal ? { signal } : {}),
           });
           await record(result.outcome);
-          return this.#afterInstall(result, c);
+          return await this.#afterInstall(result, c);
         }),
       signal,
-    );
+    ).finally(() => {
+      this.#attempting = null;
+    });
+  }
+
+  /**
+   * Whether this host's wave has not come yet (README.md, "Waves"): its start
+   * time from its seed; recorded for `agent status`, cleared once it has come.
+   */
+  async #waveWait(signed: IndexSigned, now: Date): Promise<RolloutWait | null> {
+    const waves = signed.rollout.waves;
+    let wait: RolloutWait | null = null;
+    if (waves && waves.length > 0) {
+      const slot = waveSlot(waves, Date.parse(signed.issuedAt), this.state.seed ?? 0);
+      if (now.getTime() < slot.startsAtMs)
+        wait = {
+          version: signed.latest.version,
+          startsAt: new Date(slot.startsAtMs).toISOString(),
+          wave: slot.wave + 1,
+          waves: waves.length,
+          percent: slot.percent,
+          issuedAt: signed.issuedAt,
+        };
+    }
+    if (wait !== null || this.state.rolloutWait !== null)
+      await this.#state.update((s) => ({ ...s, rolloutWait: wait }));
+    return wait;
+  }
+
+  /**
+   * Whether the fleet server holds `version` (README.md, "Holds"): the reason
+   * in words, or null to go on. A hold document that cannot be read decides
+   * nothing: `report.onUnreachable` does (go on by default).
+   */
+  async #heldBy(version: string, now: Date): Promise<string | null> {
+    const reporter = this.#reporter;
+    const channel = this.#o.config.channel;
+    let held: HeldRecord | null = null;
+    let why: string | null = null;
+    if (reporter) {
+      const h = await reporter.holds(channel);
+      if (h.ok) {
+        const hold = h.holds.find((x) => x.version === version);
+        if (hold) {
+          held = { channel, version, reason: hold.reason, by: hold.by, at: now.toISOString() };
+          why = `held by the fleet server (${hold.by}, since ${hold.at}): ${hold.reason}`;
+        }
+      } else if (reporter.onUnreachable === "wait") {
+        held = {
+          channel,
+          version,
+          reason: `the hold document cannot be read: ${h.why}`,
+          by: "unreachable",
+          at: now.toISOString(),
+        };
+        why = `the fleet server's holds cannot be read (${h.why}); report.onUnreachable is wait`;
+      } else
+        this.#log.warn(
+          { version },
+          `the fleet server's holds cannot be read (${h.why}); going on (report.onUnreachable: go)`,
+        );
+    }
+    if (held !== null || this.state.held !== null)
+      await this.#state.update((s) => ({ ...s, held }));
+    return why;
   }
 
   /** Install from a local bundle file or a URL (air-gapped hosts, tests). */
@@ -517,12 +785,22 @@ export class Agent {
 
   async #afterInstall(result: InstallResult, c: Context): Promise<CheckResult> {
     if (result.outcome === "up-to-date") return { outcome: "up-to-date", version: result.version };
+    this.#seen = { boot: await c.disk.readState(), booted: c.booted };
+    if (result.outcome === "installed") {
+      this.#report("download-finished", { target: result.version, progressPercent: 100 });
+      this.#report("installed", { target: result.version });
+    }
     if (result.outcome === "pending-reboot")
       this.#log.info(
         { version: result.version, slot: result.slot },
         `${result.version} is installed in slot ${result.slot}; it runs after a reboot`,
       );
     const r = await this.#rebootInto(c, result.slot, result.version);
+    if (!r.rebooting)
+      this.#report(r.waiting.for === "lock" ? "waiting-lock" : "waiting-reboot", {
+        target: result.version,
+        reason: r.waiting.detail,
+      });
     return {
       outcome: result.outcome,
       version: result.version,
@@ -556,6 +834,7 @@ export class Agent {
       clock: this.#o.clock,
       state: this.#state,
       rebooter: this.#o.rebooter,
+      beforeReboot: (version, reason) => this.#announceReboot(version, reason),
       machineId: await this.#machineId(),
       ...(this.#o.kexec ? { kexec: this.#o.kexec } : {}),
       ...(lock ? { lock } : {}),
@@ -708,6 +987,7 @@ export class Agent {
         );
       throw err;
     } finally {
+      await this.close();
       this.#log.info("agent stopped");
     }
   }

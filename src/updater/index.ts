@@ -19,9 +19,20 @@ export {
   type AgentOptions,
   type BootDiskHandle,
   type CheckResult,
+  REBOOT_REPORT_WAIT_MS,
 } from "./agent.ts";
 export { emptySlotNow, formatEmptySlot, readEmptySlot } from "./empty-slot.ts";
 export { UpdaterError, type UpdaterErrorCode } from "./errors.ts";
+export {
+  AGENT_VERSION,
+  type FleetHttp,
+  FleetReporter,
+  gotFleetHttp,
+  type Hold,
+  type HoldsResult,
+  parseHolds,
+  REPORT_QUEUE_MAX,
+} from "./fleet.ts";
 export {
   type HealthResult,
   type HealthRunner,
@@ -45,6 +56,7 @@ export {
   bootStateBootedSlot,
   CmdlineBootedSlot,
   CommandRebooter,
+  type HostFacts,
   type HttpClient,
   type ImageFiles,
   LogOnlyRebooter,
@@ -54,6 +66,7 @@ export {
   RepoHttpClient,
   RootImageFiles,
   SquashfsImageFiles,
+  systemHostFacts,
   systemRandom,
 } from "./machine.ts";
 export {
@@ -66,15 +79,24 @@ export {
   type UpdateDecision,
 } from "./policy.ts";
 export { formatAfterBoot, formatCheck, formatStatus } from "./report.ts";
-export { type AgentCliOptions, agentOptions, createAgent, diskStateDir } from "./setup.ts";
+export {
+  type AgentCliOptions,
+  agentOptions,
+  createAgent,
+  diskStateDir,
+  imageHostname,
+  TEST_CLOCK_ENV,
+} from "./setup.ts";
 export {
   type AgentState,
   type EmptySlot,
   type FallbackRecord,
+  type HeldRecord,
   type InstallProgress,
   initialAgentState,
   type PendingSlot,
   type RollbackRecord,
+  type RolloutWait,
   STATE_SCHEMA_VERSION,
   StateStore,
   validateState,

@@ -7,9 +7,9 @@
  * 127.0.0.1).
  */
 import { execFile } from "node:child_process";
-import type { KeyObject } from "node:crypto";
+import { type KeyObject, randomInt } from "node:crypto";
 import { mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { hostname as osHostname, uptime as osUptime, tmpdir } from "node:os";
 import { join } from "node:path";
 import type { Readable } from "node:stream";
 import { promisify } from "node:util";
@@ -47,11 +47,14 @@ export interface Random {
   fraction(): number;
   /** A fresh random identifier. */
   id(): string;
+  /** An integer in [0, n), uniform (the rollout seed). */
+  int(n: number): number;
 }
 
 export const systemRandom: Random = {
   fraction: () => (crypto.getRandomValues(new Uint32Array(1))[0] as number) / 2 ** 32,
   id: () => crypto.randomUUID(),
+  int: (n) => randomInt(0, n),
 };
 
 /** Restarts the host. */
@@ -95,6 +98,33 @@ export async function readMachineId(path: string): Promise<string | null> {
   const text = await unlessMissing(`read ${path}`, readFile(path, "utf8"), "");
   const id = text.trim();
   return id && /^[0-9a-f]{32}$/.test(id) ? id : null;
+}
+
+/** What a report says of the machine (src/fleet README.md, "The report"). */
+export interface HostFacts {
+  hostname(): string;
+  /** This boot's id (/proc/sys/kernel/random/boot_id); null when there is none. */
+  bootId(): Promise<string | null>;
+  uptimeMs(): number;
+}
+
+export const BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id";
+
+/**
+ * The running machine's facts; `hostname` overrides the kernel's (an image
+ * file stands for a host of its own: its name is the file's).
+ */
+export function systemHostFacts(hostname?: string): HostFacts {
+  return {
+    hostname: () => hostname ?? osHostname(),
+    bootId: async () => {
+      const id = (
+        await unlessMissing(`read ${BOOT_ID_PATH}`, readFile(BOOT_ID_PATH, "utf8"), "")
+      ).trim();
+      return /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/.test(id) ? id : null;
+    },
+    uptimeMs: () => Math.round(osUptime() * 1000),
+  };
 }
 
 /** Runs the configured reboot command (busybox `reboot`, or `systemctl reboot` in a systemd image). */

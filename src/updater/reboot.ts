@@ -146,6 +146,8 @@ export interface RebootDeps {
   lock?: RebootLockClient;
   machineId: string;
   timeZone?: string;
+  /** Called once the reboot is decided, before kexec or the reboot command (the `rebooting` report). */
+  beforeReboot?: (version: string, reason: string) => Promise<void>;
 }
 
 export interface RebootTarget {
@@ -214,6 +216,7 @@ export async function rebootIntoUpdate(
   }
   await d.state.update((s) => ({ ...s, rebootWait: null }));
   const reason = `update ${t.version} installed in slot ${t.slot}`;
+  await d.beforeReboot?.(t.version, reason);
   if (d.config.reboot.method === "kexec") {
     if (d.kexec) {
       d.log.info({ slot: t.slot, version: t.version }, `rebooting into ${where} by kexec`);

@@ -24,6 +24,14 @@ export function formatStatus(s: AgentStatus): string {
     lines.push(
       `lock       held as ${s.rebootLock.holder}${s.rebootLock.group === null ? "" : ` in group ${s.rebootLock.group}`} since ${s.rebootLock.takenAt} (for ${s.rebootLock.version}); given back once the host is up`,
     );
+  if (s.rolloutWait)
+    lines.push(
+      `rollout    takes ${s.rolloutWait.version} at ${s.rolloutWait.startsAt}: wave ${s.rolloutWait.wave} of ${s.rolloutWait.waves} (${s.rolloutWait.percent}%, after ${s.rolloutWait.issuedAt})`,
+    );
+  if (s.held)
+    lines.push(
+      `held       ${s.held.version} on ${s.held.channel} by ${s.held.by} (seen ${s.held.at}): ${s.held.reason}`,
+    );
   if (s.progress)
     lines.push(
       `progress   ${s.progress.version} into slot ${s.progress.slot}: chunk ${s.progress.verifiedChunks} of ${s.progress.chunksTotal} (${s.progress.percent}%)`,
@@ -43,6 +51,9 @@ export function formatStatus(s: AgentStatus): string {
   for (const f of s.fallbacks)
     lines.push(`fallback   ${f.at} slot ${f.slot} (${f.version}) to slot ${f.booted}: ${f.reason}`);
   lines.push(`bad        ${s.badVersions.length > 0 ? s.badVersions.join(", ") : "none"}`);
+  lines.push(
+    `seed       ${s.seed === null ? "none yet (drawn by the first command that writes)" : s.seed}`,
+  );
   lines.push(`state      ${s.stateFile}`);
   return lines.join("\n");
 }

@@ -14,9 +14,11 @@
  * does); otherwise the config's trustedKeys, else the image's keys directory.
  * The agent logs each trusted key with where it came from.
  */
+import { readFileSync } from "node:fs";
+import { basename } from "node:path";
 import { BootDisk, findHostBootDisk, nextBootSlot } from "../bootloader/index.ts";
 import { loadPublicKey } from "../bundle/index.ts";
-import { systemClock } from "../clock.ts";
+import { type Clock, offsetClock, systemClock } from "../clock.ts";
 import {
   AGENT_CONFIG_PATH,
   type AgentConfig,
@@ -40,6 +42,7 @@ import {
   RootImageFiles,
   readMachineId,
   SquashfsImageFiles,
+  systemHostFacts,
   systemRandom,
 } from "./machine.ts";
 
@@ -50,6 +53,39 @@ export interface AgentCliOptions {
   pubkey?: string[];
   /** With --disk: run this (`/bin/sh -c`) where a host would reboot. */
   rebootCommand?: string;
+}
+
+/** Test only: names a file holding milliseconds the agent's wall clock runs ahead (README.md, "A clock for tests"). */
+export const TEST_CLOCK_ENV = "ABFORGE_TEST_CLOCK_FILE";
+
+/**
+ * The agent's clock: the system's, or with `--disk` and ABFORGE_TEST_CLOCK_FILE
+ * set, the system's moved by the offset in that file (an unreadable or bad
+ * file counts as 0). Only with `--disk`: a host's agent never runs on it.
+ */
+function agentClock(onImage: boolean, log: Logger): Clock {
+  const file = process.env[TEST_CLOCK_ENV];
+  if (!onImage || !file) return systemClock;
+  log.warn({ file }, `test clock: the wall clock is moved by the milliseconds in ${file}`);
+  return offsetClock(() => {
+    try {
+      const n = Number(readFileSync(file, "utf8").trim());
+      return Number.isSafeInteger(n) ? n : 0;
+    } catch {
+      return 0;
+    }
+  });
+}
+
+/** An image file's host name: its file name without the extension, as an RFC 1123 label. */
+export function imageHostname(disk: string): string {
+  const label = basename(disk)
+    .replace(/\.[^.]*$/, "")
+    .replace(/[^A-Za-z0-9-]+/g, "-")
+    .replace(/^-+|-+$/g, "")
+    .slice(0, 63)
+    .replace(/-+$/, "");
+  return label || "image";
 }
 
 /** The state directory for a disk image: beside it. */
@@ -121,6 +157,7 @@ export async function agentOptions(
   const onImage = o.disk !== undefined;
   const diskPath = o.disk ?? config.disk ?? (await findHostBootDisk());
   const stateDir = o.stateDir ?? (onImage ? diskStateDir(diskPath) : config.stateDir);
+  const clock = agentClock(onImage, log);
   const pubkeys = await Promise.all(
     (o.pubkey ?? []).map(async (p) => ({ key: await loadPublicKey(p), source: `--pubkey ${p}` })),
   );
@@ -129,13 +166,15 @@ export async function agentOptions(
     diskPath,
     stateDir,
     log,
-    clock: systemClock,
+    clock,
     random: systemRandom,
     rebooter: !onImage
       ? new CommandRebooter(config.rebootCommand)
       : o.rebootCommand
         ? new CommandRebooter(["/bin/sh", "-c", o.rebootCommand])
         : new LogOnlyRebooter(log),
+    // an image file stands for a host of its own: its name is the file's
+    ...(onImage ? { host: systemHostFacts(imageHostname(diskPath)) } : {}),
     ...(onImage
       ? {}
       : {

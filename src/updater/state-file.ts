@@ -11,6 +11,7 @@ import { mkdir, readdir, readFile, rename, rm } from "node:fs/promises";
 import { join } from "node:path";
 import { errnoOf, fsyncDir, ioCodeFor, ioError, replaceFile, systemCause } from "../fileio.ts";
 import type { SlotName } from "../image/index.ts";
+import { SEED_RANGE } from "../repo/index.ts";
 import { errText, UpdaterError } from "./errors.ts";
 import { isAlive } from "./lock.ts";
 
@@ -109,6 +110,33 @@ export interface RebootLockRecord {
   takenAt: string;
 }
 
+/**
+ * The channel's latest version waits for this host's wave (README.md,
+ * "Waves"): recorded at the check that found it too early, for `agent status`.
+ */
+export interface RolloutWait {
+  version: string;
+  /** When this host takes it. */
+  startsAt: string;
+  /** 1-based wave of this host, of `waves`. */
+  wave: number;
+  waves: number;
+  /** The wave's cumulative percent. */
+  percent: number;
+  /** The index's issuedAt the times count from. */
+  issuedAt: string;
+}
+
+/** The fleet server holds the channel's latest version (README.md, "Holds"). */
+export interface HeldRecord {
+  channel: string;
+  version: string;
+  reason: string;
+  by: string;
+  /** When the agent last found it held. */
+  at: string;
+}
+
 export interface AgentState {
   schemaVersion: number;
   /** Installed and activated; waits for its boot and health checks. */
@@ -127,6 +155,12 @@ export interface AgentState {
   index: { serial: number; sha256: string } | null;
   /** This host's random identity for staged rollouts (rollout bucket); made once. */
   rolloutId: string | null;
+  /** This host's place in staged waves, 0-2047 (crypto random), drawn once and reported. */
+  seed: number | null;
+  /** The latest version waits for this host's wave. */
+  rolloutWait: RolloutWait | null;
+  /** The latest version is held by the fleet server. */
+  held: HeldRecord | null;
   rebootWait: RebootWait | null;
   rebootLock: RebootLockRecord | null;
 }
@@ -145,6 +179,9 @@ export function initialAgentState(): AgentState {
     badVersions: [],
     index: null,
     rolloutId: null,
+    seed: null,
+    rolloutWait: null,
+    held: null,
     rebootWait: null,
     rebootLock: null,
   };
@@ -346,6 +383,15 @@ export function validateState(v: unknown): string[] {
     attempts: INT,
     detail: STR,
   });
+  obj("rolloutWait", {
+    version: STR,
+    startsAt: STR,
+    wave: INT,
+    waves: INT,
+    percent: INT,
+    issuedAt: STR,
+  });
+  obj("held", { channel: STR, version: STR, reason: STR, by: STR, at: STR });
   obj("rebootLock", {
     holder: STR,
     group: (x) => x === null || STR(x),
@@ -357,6 +403,8 @@ export function validateState(v: unknown): string[] {
   }
   if (s.rolloutId !== undefined && s.rolloutId !== null && !STR(s.rolloutId))
     p.push("rolloutId: not a string");
+  if (s.seed !== undefined && s.seed !== null && !(INT(s.seed) && (s.seed as number) < SEED_RANGE))
+    p.push(`seed: not an integer 0-${SEED_RANGE - 1}`);
   if (Array.isArray(s.badVersions) && !s.badVersions.every(STR))
     p.push("badVersions: not a list of strings");
   if (Array.isArray(s.rollbacks)) {

@@ -48,6 +48,12 @@ export interface AgentStatus {
   rebootWait: AgentState["rebootWait"];
   /** The place this host holds in the reboot lock (given back once it is up again). */
   rebootLock: AgentState["rebootLock"];
+  /** This host's rollout seed, 0-2047 (null until a command that writes drew it). */
+  seed: number | null;
+  /** When this host takes the channel's latest version, when its wave has not come yet (README.md, "Waves"). */
+  rolloutWait: AgentState["rolloutWait"];
+  /** The fleet server holds the latest version (README.md, "Holds"). */
+  held: AgentState["held"];
 }
 
 export interface StatusInput {
@@ -108,5 +114,12 @@ export function statusOf(o: StatusInput): AgentStatus {
     rebootWait:
       pending && st.rebootWait && st.rebootWait.version === pending.version ? st.rebootWait : null,
     rebootLock: st.rebootLock,
+    seed: st.seed,
+    // history once the host runs that version
+    rolloutWait:
+      st.rolloutWait && st.rolloutWait.version !== o.boot.slots[o.booted].version
+        ? st.rolloutWait
+        : null,
+    held: st.held && st.held.version !== o.boot.slots[o.booted].version ? st.held : null,
   };
 }

@@ -245,6 +245,12 @@ describe("serializeConfig", () => {
       downloadStallTimeoutMs: 1000,
       maxIndexBytes: 4096,
       maxBackoffMs: 60_000,
+      report: {
+        url: "http://fleet.internal:8470/",
+        token: null,
+        tokenFile: "/etc/abforge/fleet.token",
+        onUnreachable: "wait",
+      },
     };
     const text = serializeConfig(config, "Written by a test.\nTwo lines.");
     expect(text.startsWith("# Written by a test.\n# Two lines.\n")).toBe(true);

@@ -93,6 +93,43 @@ describe("abforge repo publish", () => {
     expect(r.code).toBe(2);
     expect(r.stderr).toMatch(/--expires-in.*positive duration/);
   });
+
+  it("publishes waves into the signed index, and refuses a bad list naming the wave", async () => {
+    const key = await makeKey(dir, "waves");
+    const repo = join(dir, "repo-waves");
+    const b = join(dir, "w-1.bundle");
+    await makeBundle(b, key, { version: "1.0.0" });
+    const args = [
+      "repo",
+      "publish",
+      b,
+      "--repo",
+      repo,
+      "--channel",
+      "stable",
+      "--key",
+      key.privatePath,
+    ];
+    const bad = await abforge([...args, "--waves", "1h=10%,30m=100%"]);
+    expect(bad.code).toBe(2);
+    expect(bad.stderr).toMatch(/--waves.*wave 2 "30m=100%".*times must strictly increase/);
+    const both = await abforge([...args, "--waves", "1h=100%", "--rollout-percent", "50"]);
+    expect(both.code, both.stderr).toBe(EXIT_CODES.REPO_PUBLISH_REFUSED);
+    expect(both.stderr).toMatch(/rollout percent 50 and waves together/);
+    const ok = await abforge([...args, "--waves", "1h=1%,6h=5%,1d=25%,3d=100%"]);
+    expect(ok.code, ok.stderr).toBe(0);
+    expect(ok.stdout).toMatch(/waves {2}1h=1%,6h=5%,1d=25%,3d=100% after /);
+    const index = decodeIndex(await readFile(join(repo, "channels", "stable.json")));
+    expect(index.signed.rollout).toEqual({
+      percent: 100,
+      waves: [
+        { afterSeconds: 3600, percent: 1 },
+        { afterSeconds: 21_600, percent: 5 },
+        { afterSeconds: 86_400, percent: 25 },
+        { afterSeconds: 259_200, percent: 100 },
+      ],
+    });
+  });
 });
 
 describe("abforge repo serve", () => {

@@ -48,7 +48,11 @@ describe("agent run", () => {
         pollJitterMs: 8_000,
         maxBackoffMs: 60_000,
       },
-      overrides: { clock, http: flaky, random: { fraction: () => 0.75, id: () => "host" } },
+      overrides: {
+        clock,
+        http: flaky,
+        random: { fraction: () => 0.75, id: () => "host", int: () => 7 },
+      },
     });
     await t.agent.run(stop.signal);
     // two failures: interval/8 then doubled; then 80000 + (0.75*2-1)*8000 after each good check

@@ -73,7 +73,7 @@ export async function testAgent(
     stateDir: o.stateDir ?? diskStateDir(diskPath),
     log,
     clock,
-    random: { fraction: () => 0.5, id: () => "test-host" },
+    random: { fraction: () => 0.5, id: () => "test-host", int: () => 7 },
     rebooter,
     http: new RepoHttpClient({ stallTimeoutMs: 5000, log, clock }),
     health: new ProcessHealthRunner(clock),
