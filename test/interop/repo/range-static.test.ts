@@ -48,7 +48,11 @@ beforeAll(async () => {
   const p1 = await freePort();
   busybox = await start("busybox", ["httpd", "-f", "-p", `127.0.0.1:${p1}`, "-h", dir], p1);
   const p2 = await freePort();
-  python = await start("/usr/bin/python3", ["-m", "http.server", "-b", "127.0.0.1", String(p2)], p2);
+  python = await start(
+    "/usr/bin/python3",
+    ["-m", "http.server", "-b", "127.0.0.1", String(p2)],
+    p2,
+  );
 });
 afterAll(() => {
   for (const c of children) c.kill();

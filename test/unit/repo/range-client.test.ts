@@ -300,7 +300,7 @@ describe("fetchRanges against servers that do less, or lie", () => {
     ],
     [
       "a multipart body for other lengths",
-      (req, res) => {
+      (_req, res) => {
         res.writeHead(206, { "Content-Type": "multipart/byteranges; boundary=b" });
         res.end("--b\r\nContent-Range: bytes 0-9/300000\r\n\r\n0123");
       },
