@@ -9,8 +9,10 @@ import type { BundleReader, Manifest } from "../bundle/index.ts";
 import { isBaseError, isBug } from "../errors.ts";
 import { ioError } from "../fileio.ts";
 import type { RangeStats } from "../repo/index.ts";
+import { formatVerity } from "../verity/index.ts";
 import {
   ChunkMismatch,
+  checkComputed,
   countPlan,
   type DeltaCounts,
   fetchSpans,
@@ -65,7 +67,7 @@ export async function deltaFirst(ctx: InstallContext, r: Run): Promise<boolean> 
     { name: `slot ${r.target} (target)`, ...ctx.slots[r.target], target: true },
   ];
   const index = await indexSeeds(fh, ctx.diskPath, seeds, cdc);
-  const plan = planDelta(cdc, index, seeds);
+  const plan = planDelta(cdc, index, seeds, m.verity.hashOffset);
   const counts = countPlan(plan);
   const spans = fetchSpans(plan, slotOffset, {
     maxGapBytes: DELTA_MAX_GAP_BYTES,
@@ -139,6 +141,7 @@ export async function writeDeltaSlot(ctx: InstallContext, r: Run): Promise<void>
       ...(ctx.onChunk ? { onChunk: ctx.onChunk } : {}),
       ...(r.req.signal ? { signal: r.req.signal } : {}),
     });
+    if (d.counts.computed > 0) await makeTree(ctx, r, fh);
     // step 6 checks the image as it is on the disk now, whole
     r.wholeHash = await hashRegion(fh, ctx.diskPath, ctx.slots[r.target].offset, m.slotImage.size);
   } catch (err) {
@@ -162,4 +165,38 @@ export async function writeDeltaSlot(ctx: InstallContext, r: Run): Promise<void>
     await d.cursor.close().catch(() => {});
     await closeDisk(r);
   }
+}
+
+/**
+ * The verity superblock and tree made on the host from the data just written
+ * (cheaper than fetching them: an edit changes nearly every leaf hash after
+ * it), with the manifest's parameters; its root hash and each of its chunks
+ * must be the signed ones, and step 8 reads it back as for a full install.
+ */
+async function makeTree(ctx: InstallContext, r: Run, fh: FileHandle): Promise<void> {
+  const m = r.manifest as Manifest;
+  const v = m.verity;
+  const part = ctx.slots[r.target];
+  await fh.datasync();
+  const made = await formatVerity({
+    dataPath: ctx.diskPath,
+    dataOffset: part.offset,
+    dataSize: v.dataBlocks * v.dataBlockSize,
+    hashPath: ctx.diskPath,
+    hashOffset: part.offset + v.hashOffset,
+    hashAlgorithm: v.hashAlgorithm,
+    dataBlockSize: v.dataBlockSize,
+    hashBlockSize: v.hashBlockSize,
+    salt: Buffer.from(v.salt, "hex"),
+    ...(v.uuid ? { uuid: v.uuid } : {}),
+    superblock: v.superblock,
+    threads: 1,
+  });
+  if (made.rootHash !== v.rootHash)
+    throw new UpdaterError(
+      "UPDATE_VERIFY_FAILED",
+      `slot ${r.target}: the verity tree made from the written data has root hash ${made.rootHash}, the manifest says ${v.rootHash}`,
+      { details: { expected: v.rootHash, actual: made.rootHash } },
+    );
+  await checkComputed(fh, ctx.diskPath, part.offset, (r.delta as DeltaRun).plan);
 }

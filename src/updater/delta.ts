@@ -70,7 +70,9 @@ export async function indexSeeds(
 export type PlanItem =
   | { kind: "in-place"; offset: number; length: number; sha256: string }
   | { kind: "copy"; offset: number; length: number; sha256: string; from: SeedLocation }
-  | { kind: "fetch"; offset: number; length: number; sha256: string };
+  | { kind: "fetch"; offset: number; length: number; sha256: string }
+  /** In the verity area: made on the host from the written data, then checked. */
+  | { kind: "compute"; offset: number; length: number; sha256: string };
 
 /**
  * What to do for each chunk of the new image, written in ascending order
@@ -78,7 +80,12 @@ export type PlanItem =
  * (the target itself only from at or after the chunk's offset, which no
  * earlier write has touched); or fetched. Pure.
  */
-export function planDelta(cdc: CdcInfo, index: SeedIndex, seeds: readonly Seed[]): PlanItem[] {
+export function planDelta(
+  cdc: CdcInfo,
+  index: SeedIndex,
+  seeds: readonly Seed[],
+  computeFrom = Number.POSITIVE_INFINITY,
+): PlanItem[] {
   return cdc.chunks.map(([offset, length, sha256]) => {
     const e = index.get(sha256);
     const at = e && e.length === length ? e.at : [];
@@ -88,6 +95,8 @@ export function planDelta(cdc: CdcInfo, index: SeedIndex, seeds: readonly Seed[]
       at.find((l) => !seeds[l.seed]?.target) ??
       at.find((l) => seeds[l.seed]?.target && l.offset >= offset);
     if (from) return { kind: "copy", offset, length, sha256, from };
+    // what the host can compute (the verity superblock and tree) it does not fetch
+    if (offset >= computeFrom) return { kind: "compute", offset, length, sha256 };
     return { kind: "fetch", offset, length, sha256 };
   });
 }
@@ -156,6 +165,7 @@ export interface DeltaCounts {
   inPlace: number;
   copied: number;
   fetched: number;
+  computed: number;
   /** Bytes of chunks by where they came from. */
   inPlaceBytes: number;
   copiedBytes: number;
@@ -167,6 +177,7 @@ export function countPlan(plan: readonly PlanItem[]): DeltaCounts {
     inPlace: 0,
     copied: 0,
     fetched: 0,
+    computed: 0,
     inPlaceBytes: 0,
     copiedBytes: 0,
     fetchedChunkBytes: 0,
@@ -178,7 +189,8 @@ export function countPlan(plan: readonly PlanItem[]): DeltaCounts {
     } else if (p.kind === "copy") {
       c.copied++;
       c.copiedBytes += p.length;
-    } else {
+    } else if (p.kind === "compute") c.computed++;
+    else {
       c.fetched++;
       c.fetchedChunkBytes += p.length;
     }
@@ -227,6 +239,10 @@ export async function writeDelta(o: WriteDeltaOptions): Promise<number> {
   for (const [n, item] of o.plan.entries()) {
     if (o.signal?.aborted) throw o.signal.reason ?? new Error("aborted");
     const bytes = buf.subarray(0, item.length);
+    if (item.kind === "compute") {
+      o.onChunk?.(n + 1, o.plan.length);
+      continue;
+    }
     let where: string;
     if (item.kind === "fetch") {
       await o.cursor.read(o.slotOffset + item.offset, bytes);
@@ -277,4 +293,20 @@ async function readExact(fh: FileHandle, buf: Buffer, position: number, path: st
   const n = await ioStep(`read ${path} at byte ${position}`, () => readAt(fh, buf, position));
   if (n !== buf.length)
     throw new Error(`${path}: ${n} of ${buf.length} bytes at byte ${position} (end of disk)`);
+}
+
+/** After the verity tree was made on the host: each computed chunk must be the signed one. */
+export async function checkComputed(
+  fh: FileHandle,
+  path: string,
+  targetOffset: number,
+  plan: readonly PlanItem[],
+): Promise<void> {
+  for (const item of plan) {
+    if (item.kind !== "compute") continue;
+    const bytes = Buffer.allocUnsafe(item.length);
+    await readExact(fh, bytes, targetOffset + item.offset, path);
+    const actual = createHash("sha256").update(bytes).digest("hex");
+    if (actual !== item.sha256) throw new ChunkMismatch(item, actual, "the verity tree made here");
+  }
 }

@@ -143,6 +143,8 @@ export interface DeltaSummary {
   inPlace: number;
   copied: number;
   fetched: number;
+  /** Made on the host (the verity tree), not fetched. */
+  computed: number;
 }
 
 export interface Run {
@@ -509,6 +511,7 @@ function installPlan(ctx: InstallContext): Step[] {
                   inPlace: d.counts.inPlace,
                   copied: d.counts.copied,
                   fetched: d.counts.fetched,
+                  computed: d.counts.computed,
                 },
               }
             : {}),

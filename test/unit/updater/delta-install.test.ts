@@ -97,6 +97,8 @@ describe("delta install", () => {
     expect(r.delta?.requests).toBeGreaterThan(0);
     expect(r.delta?.requests).toBeLessThanOrEqual(5);
     expect((r.delta?.copied ?? 0) + (r.delta?.inPlace ?? 0)).toBeGreaterThan(0);
+    // the verity tree is made here, not fetched
+    expect(r.delta?.computed).toBeGreaterThan(0);
     expect(
       (await readRange(d.path, { offset: d.slots.B.offset, size: slotImage.length })).equals(
         slotImage,
