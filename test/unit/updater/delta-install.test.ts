@@ -6,7 +6,7 @@ import { createServer, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { DEFAULT_CDC, hashSlotImage, writeBundle } from "../../../src/bundle/index.ts";
+import { hashSlotImage, writeBundle } from "../../../src/bundle/index.ts";
 import { createLogger } from "../../../src/log.ts";
 import { parseRanges, type RepoServer, type Span, serve } from "../../../src/repo/index.ts";
 import {
@@ -51,7 +51,10 @@ beforeAll(async () => {
       compatible: w.compatible,
       version: "2.0.0",
       createdAt: "2026-05-01T12:00:00Z",
-      slotImage: await hashSlotImage(path, DEFAULT_CDC),
+      // small chunks, so that the verity tree of this small image (24 KiB with its
+      // superblock) spans several: the chunk holding its last leaf hashes (the image's
+      // changed end) starts after hashOffset, so the host makes it instead of fetching it
+      slotImage: await hashSlotImage(path, { minSize: 1024, avgSize: 4096, maxSize: 16384 }),
       verity,
     },
   });
