@@ -34,25 +34,14 @@ export type ByteRange = { start: number; end: number } | "unsatisfiable" | undef
 
 /**
  * One `Range: bytes=...` header against a file of `size` bytes (RFC 9110
- * 14.1.2). undefined: ignore it and send the whole file (absent, malformed, not
- * bytes, or several ranges); "unsatisfiable": 416.
+ * 14.1.2), as one range: parseRanges' answer when it is exactly one range.
+ * undefined: absent, malformed, not bytes, or several ranges; "unsatisfiable": 416.
  */
 export function parseRange(header: string | undefined, size: number): ByteRange {
-  if (header === undefined) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m) return undefined;
-  const [, a = "", b = ""] = m;
-  if (a === "" && b === "") return undefined;
-  if (a === "") {
-    const suffix = Number(b);
-    if (suffix === 0 || size === 0) return "unsatisfiable";
-    return { start: Math.max(0, size - suffix), end: size - 1 };
-  }
-  const start = Number(a);
-  const end = b === "" ? size - 1 : Math.min(Number(b), size - 1);
-  if (b !== "" && Number(b) < start) return undefined;
-  if (start >= size) return "unsatisfiable";
-  return { start, end };
+  const r = parseRanges(header, size);
+  if (r === undefined || r === "unsatisfiable") return r;
+  const [only] = r;
+  return r.length === 1 && only ? { start: only.start, end: only.end - 1 } : undefined;
 }
 
 /** Strong ETag from size, mtime (ns) and inode: changes whenever the file is replaced. */
