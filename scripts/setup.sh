@@ -10,7 +10,7 @@ packages=(
   squashfs-tools erofs-utils cryptsetup-bin dmsetup gdisk fdisk
   mtools dosfstools e2fsprogs busybox-static cpio kmod xz-utils curl debootstrap time
   openssh-client openssh-server skopeo podman systemd kexec-tools
-  etcd-server etcd-client openssl
+  etcd-server etcd-client openssl python3 casync
   sbsigntool efitools gpg
   postgresql chromium
 )

@@ -46,6 +46,7 @@ import {
   slotBootFile,
 } from "../bootloader/index.ts";
 import {
+  DEFAULT_CDC,
   hashSlotImage,
   type KeyObject,
   keyId,
@@ -405,12 +406,15 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
           key,
           slotImagePath: slot.path,
           manifest: {
-            formatVersion: 1,
+            formatVersion: spec.update.bundleFormat,
             name: spec.name,
             compatible: spec.compatible,
             version: spec.version,
             createdAt,
-            slotImage: await hashSlotImage(slot.path),
+            slotImage: await hashSlotImage(
+              slot.path,
+              spec.update.bundleFormat === 2 ? DEFAULT_CDC : undefined,
+            ),
             verity: slot.verity,
           },
         }),

@@ -6,9 +6,10 @@
  */
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
+import { type CdcChunk, CdcChunker, type CdcParams } from "./cdc.ts";
 import { BundleError } from "./errors.ts";
 import { ioStep } from "./io.ts";
-import { CHUNK_SIZE, chunkCount, type SlotImageInfo } from "./manifest.ts";
+import { type CdcEntry, CHUNK_SIZE, chunkCount, type SlotImageInfo } from "./manifest.ts";
 
 export interface VerifiedChunk {
   /** 0-based chunk number; the chunk starts at index * CHUNK_SIZE in the slot image. */
@@ -167,17 +168,26 @@ export class ChunkVerifier {
   }
 }
 
-/** The manifest's slotImage fields for a file, read as a stream. */
-export async function hashSlotImage(path: string): Promise<SlotImageInfo> {
+/**
+ * The manifest's slotImage fields for a file, read as a stream; with `cdc`,
+ * format 2's content-defined chunks too, in the same pass.
+ */
+export async function hashSlotImage(path: string, cdc?: CdcParams): Promise<SlotImageInfo> {
   return ioStep(`read slot image ${path}`, async () => {
     const total = createHash("sha256");
     const chunks: string[] = [];
     let chunk = createHash("sha256");
     let inChunk = 0;
     let size = 0;
+    const cutter = cdc ? new CdcChunker(cdc) : undefined;
+    const cdcChunks: CdcEntry[] = [];
+    const keep = (cs: CdcChunk[]) => {
+      for (const c of cs) cdcChunks.push([c.offset, c.length, c.sha256]);
+    };
     for await (const data of createReadStream(path, { highWaterMark: CHUNK_SIZE })) {
       let buf = data as Buffer;
       total.update(buf);
+      if (cutter) keep(cutter.update(buf));
       size += buf.length;
       while (buf.length > 0) {
         const piece = buf.subarray(0, CHUNK_SIZE - inChunk);
@@ -192,6 +202,20 @@ export async function hashSlotImage(path: string): Promise<SlotImageInfo> {
       }
     }
     if (inChunk > 0) chunks.push(chunk.digest("hex"));
-    return { size, sha256: total.digest("hex"), chunkSize: CHUNK_SIZE, chunks };
+    const info: SlotImageInfo = {
+      size,
+      sha256: total.digest("hex"),
+      chunkSize: CHUNK_SIZE,
+      chunks,
+    };
+    if (cutter && cdc) {
+      keep(cutter.end());
+      info.cdc = { ...pickParams(cdc), chunks: cdcChunks };
+    }
+    return info;
   });
+}
+
+function pickParams(p: CdcParams): CdcParams {
+  return { minSize: p.minSize, avgSize: p.avgSize, maxSize: p.maxSize };
 }

@@ -26,6 +26,11 @@ export function formatInspect(path: string, head: BundleHeadInfo): string {
     `  created       ${m.createdAt}`,
     `  signed by     key ${m.keyId} (as the manifest claims; abforge bundle verify checks it)`,
     `  slot image    ${m.slotImage.size} bytes, ${m.slotImage.chunks.length} chunks of ${m.slotImage.chunkSize}, sha256 ${m.slotImage.sha256}`,
+    ...(m.slotImage.cdc
+      ? [
+          `  cdc chunks    ${m.slotImage.cdc.chunks.length}, ${m.slotImage.cdc.minSize}/${m.slotImage.cdc.avgSize}/${m.slotImage.cdc.maxSize} bytes min/avg/max (format 2)`,
+        ]
+      : []),
     `  verity        ${v.hashAlgorithm}, ${v.dataBlocks} data blocks of ${v.dataBlockSize}, ${v.superblock ? "superblock" : "no superblock"} at ${v.hashOffset}, tree ${v.hashAreaSize} bytes`,
     `  root hash     ${v.rootHash}`,
     `  salt          ${v.salt}`,

@@ -5,6 +5,15 @@
 
 export type { ByteStream } from "./byte-source.ts";
 export {
+  type CdcChunk,
+  CdcChunker,
+  type CdcParams,
+  cdcChunkFile,
+  cdcLengths,
+  cdcParamsIssues,
+  DEFAULT_CDC,
+} from "./cdc.ts";
+export {
   ChunkVerifier,
   type ChunkVerifierOptions,
   hashSlotImage,
@@ -28,12 +37,17 @@ export {
   verifySignature,
 } from "./keys.ts";
 export {
+  type CdcEntry,
+  type CdcInfo,
   CHUNK_SIZE,
   chunkCount,
+  DEFAULT_FORMAT_VERSION,
   decodeManifest,
   encodeManifest,
+  MANIFEST_FORMAT_VERSIONS,
   MAX_MANIFEST_BYTES,
   type Manifest,
+  type ManifestFormatVersion,
   type ManifestIssue,
   manifestDigest,
   type SlotImageInfo,

@@ -7,13 +7,27 @@ import { createHash } from "node:crypto";
 import semver from "semver";
 import { COMPATIBLE_NAME } from "../image/index.ts";
 import type { VerityParams } from "../verity/index.ts";
+import { type CdcParams, cdcParamsIssues } from "./cdc.ts";
 import { BundleError } from "./errors.ts";
 
 /** The slot image is hashed in chunks of this many bytes (the last chunk may be shorter). */
 export const CHUNK_SIZE = 1048576;
 /** decodeManifest refuses larger input: 2 MiB holds the chunk list of a ~30 GiB slot image. */
 export const MAX_MANIFEST_BYTES = 2 * 1024 * 1024;
-export const MANIFEST_FORMAT_VERSION = 1;
+/** The format versions this abforge reads (README.md, "Format versions"). */
+export const MANIFEST_FORMAT_VERSIONS = [1, 2] as const;
+export type ManifestFormatVersion = (typeof MANIFEST_FORMAT_VERSIONS)[number];
+/** What the writer makes unless told otherwise (README.md, "Format versions", why). */
+export const DEFAULT_FORMAT_VERSION: ManifestFormatVersion = 1;
+
+/** One content-defined chunk: offset (bytes), length (bytes), sha256 (hex). */
+export type CdcEntry = [offset: number, length: number, sha256: string];
+
+/** Format 2: the slot image cut by content (README.md, "Content-defined chunks"). */
+export interface CdcInfo extends CdcParams {
+  /** In order, from offset 0, each starting where the last ended, up to slotImage.size. */
+  chunks: CdcEntry[];
+}
 
 export interface SlotImageInfo {
   /** Bytes. */
@@ -23,10 +37,12 @@ export interface SlotImageInfo {
   chunkSize: typeof CHUNK_SIZE;
   /** sha256 of each chunk, lowercase hex; ceil(size / chunkSize) entries. */
   chunks: string[];
+  /** Format 2 only (and required there): the content-defined chunks. */
+  cdc?: CdcInfo;
 }
 
 export interface Manifest {
-  formatVersion: 1;
+  formatVersion: ManifestFormatVersion;
   /** Product name, e.g. "demo". */
   name: string;
   /** Which hosts may install it (compared for equality by the updater), e.g. "x86_64-efi-demo". */
@@ -61,6 +77,8 @@ const TOP_KEYS = [
   "verity",
 ] as const;
 const SLOT_KEYS = ["size", "sha256", "chunkSize", "chunks"] as const;
+const SLOT_KEYS_2 = [...SLOT_KEYS, "cdc"] as const;
+const CDC_KEYS = ["minSize", "avgSize", "maxSize", "chunks"] as const;
 const VERITY_KEYS = [
   "hashAlgorithm",
   "dataBlockSize",
@@ -147,6 +165,7 @@ export function decodeManifest(bytes: Uint8Array, where = "manifest"): Manifest 
       { cause },
     );
   }
+  checkFormatVersion(value, where);
   const issues = validateManifest(value);
   if (issues.length > 0) throw badManifest(where, issues);
   const m = value as Manifest;
@@ -157,6 +176,23 @@ export function decodeManifest(bytes: Uint8Array, where = "manifest"): Manifest 
     );
   }
   return m;
+}
+
+/**
+ * A manifest of a format this abforge does not know gets one line that says
+ * so (instead of a list of fields that a later format added), with the
+ * versions it reads: the fix is a newer agent, not another bundle.
+ */
+function checkFormatVersion(value: unknown, where: string): void {
+  if (!isObject(value)) return;
+  const v = value.formatVersion;
+  if (!Number.isSafeInteger(v) || MANIFEST_FORMAT_VERSIONS.includes(v as ManifestFormatVersion))
+    return;
+  throw new BundleError(
+    "BUNDLE_BAD_MANIFEST",
+    `${where}: bundle format version ${v} is not one this abforge reads (${MANIFEST_FORMAT_VERSIONS.join(", ")}); update the agent with a bundle of format ${MANIFEST_FORMAT_VERSIONS.join(" or ")} first`,
+    { details: { formatVersion: v, supported: [...MANIFEST_FORMAT_VERSIONS] } },
+  );
 }
 
 function badManifest(where: string, issues: ManifestIssue[]): BundleError {
@@ -176,7 +212,10 @@ function canonicalText(m: Manifest): string {
 function canonicalJson(m: Manifest): string {
   const ordered = {
     ...pick(m, TOP_KEYS),
-    slotImage: pick(m.slotImage, SLOT_KEYS),
+    slotImage:
+      m.formatVersion === 2 && m.slotImage.cdc
+        ? { ...pick(m.slotImage, SLOT_KEYS), cdc: pick(m.slotImage.cdc, CDC_KEYS) }
+        : pick(m.slotImage, SLOT_KEYS),
     verity: pick(m.verity, VERITY_KEYS),
   };
   return JSON.stringify(ordered);
@@ -198,8 +237,14 @@ export function validateManifest(value: unknown): ManifestIssue[] {
   }
   checkKeys(value, TOP_KEYS, "", add);
 
-  if (value.formatVersion !== MANIFEST_FORMAT_VERSION)
-    add("formatVersion", `must be ${MANIFEST_FORMAT_VERSION}, got ${show(value.formatVersion)}`);
+  const format = MANIFEST_FORMAT_VERSIONS.includes(value.formatVersion as ManifestFormatVersion)
+    ? (value.formatVersion as ManifestFormatVersion)
+    : undefined;
+  if (format === undefined)
+    add(
+      "formatVersion",
+      `must be ${MANIFEST_FORMAT_VERSIONS.join(" or ")}, got ${show(value.formatVersion)}`,
+    );
   if (!matches(value.name, NAME_RE))
     add("name", `must match ${NAME_RE.source}, got ${show(value.name)}`);
   if (!matches(value.compatible, COMPATIBLE_NAME))
@@ -214,7 +259,7 @@ export function validateManifest(value: unknown): ManifestIssue[] {
   if (!matches(value.keyId, KEY_ID_RE))
     add("keyId", `must be 16 lowercase hex digits, got ${show(value.keyId)}`);
 
-  const size = checkSlotImage(value.slotImage, add);
+  const size = checkSlotImage(value.slotImage, format, add);
   checkVerity(value.verity, size, add);
   return issues;
 }
@@ -222,12 +267,16 @@ export function validateManifest(value: unknown): ManifestIssue[] {
 type Add = (field: string, problem: string) => void;
 
 /** Returns the slot image size when it is valid (for the cross-field checks). */
-function checkSlotImage(v: unknown, add: Add): number | undefined {
+function checkSlotImage(
+  v: unknown,
+  format: ManifestFormatVersion | undefined,
+  add: Add,
+): number | undefined {
   if (!isObject(v)) {
     add("slotImage", "must be an object");
     return undefined;
   }
-  checkKeys(v, SLOT_KEYS, "slotImage.", add);
+  checkKeys(v, format === 2 ? SLOT_KEYS_2 : SLOT_KEYS, "slotImage.", add);
   const size = isPositiveInt(v.size) ? v.size : undefined;
   if (size === undefined)
     add("slotImage.size", `must be a positive integer (bytes), got ${show(v.size)}`);
@@ -249,7 +298,65 @@ function checkSlotImage(v: unknown, add: Add): number | undefined {
     if (bad.length > MAX_CHUNK_ISSUES)
       add("slotImage.chunks", `has ${bad.length - MAX_CHUNK_ISSUES} more invalid entries`);
   }
+  if (format === 2) checkCdc(v.cdc, size, add);
   return size;
+}
+
+/** Format 2's chunk list: valid params, entries that tile the image in order within the bounds. */
+function checkCdc(v: unknown, size: number | undefined, add: Add): void {
+  if (!isObject(v)) {
+    add("slotImage.cdc", "must be an object (format 2)");
+    return;
+  }
+  checkKeys(v, CDC_KEYS, "slotImage.cdc.", add);
+  const p = { minSize: v.minSize, avgSize: v.avgSize, maxSize: v.maxSize } as CdcParams;
+  const paramIssues = cdcParamsIssues(p);
+  for (const problem of paramIssues) add("slotImage.cdc", problem);
+  if (!Array.isArray(v.chunks)) {
+    add("slotImage.cdc.chunks", "must be an array of [offset, length, sha256]");
+    return;
+  }
+  const list = v.chunks as unknown[];
+  let bad = 0;
+  let next = 0;
+  list.forEach((e, i) => {
+    const problem = cdcEntryProblem(
+      e,
+      next,
+      i === list.length - 1,
+      paramIssues.length ? undefined : p,
+    );
+    if (problem === undefined) next += (e as CdcEntry)[1];
+    else if (bad++ < MAX_CHUNK_ISSUES) add(`slotImage.cdc.chunks[${i}]`, problem);
+    if (
+      problem !== undefined &&
+      Array.isArray(e) &&
+      Number.isSafeInteger(e[0]) &&
+      Number.isSafeInteger(e[1])
+    )
+      next = (e[0] as number) + (e[1] as number);
+  });
+  if (bad > MAX_CHUNK_ISSUES)
+    add("slotImage.cdc.chunks", `has ${bad - MAX_CHUNK_ISSUES} more invalid entries`);
+  if (bad === 0 && size !== undefined && next !== size)
+    add("slotImage.cdc.chunks", `must cover the slot image's ${size} bytes, ends at ${next}`);
+}
+
+function cdcEntryProblem(
+  e: unknown,
+  offset: number,
+  last: boolean,
+  p: CdcParams | undefined,
+): string | undefined {
+  if (!Array.isArray(e) || e.length !== 3)
+    return `must be [offset, length, sha256], got ${show(e)}`;
+  const [o, l, h] = e as unknown[];
+  if (o !== offset) return `offset must be ${offset} (where the chunk before ends), got ${show(o)}`;
+  if (!isPositiveInt(l)) return `length must be a positive integer (bytes), got ${show(l)}`;
+  if (p && (l > p.maxSize || (!last && l <= p.minSize)))
+    return `length ${l} is outside ${p.minSize + 1}..${p.maxSize}`;
+  if (!matches(h, SHA256_RE)) return `sha256 must be 64 lowercase hex digits, got ${show(h)}`;
+  return undefined;
 }
 
 function checkVerity(v: unknown, slotSize: number | undefined, add: Add): void {

@@ -12,11 +12,18 @@ import { basename, dirname, join } from "node:path";
 import { Transform } from "node:stream";
 import { pipeline } from "node:stream/promises";
 import tar from "tar-stream";
+import { type CdcChunk, CdcChunker } from "./cdc.ts";
 import { ChunkVerifier } from "./chunks.ts";
 import { BundleError } from "./errors.ts";
 import { fsyncDir, ioStep } from "./io.ts";
 import { keyId, publicKeyFromPrivate, signBytes } from "./keys.ts";
-import { CHUNK_SIZE, encodeManifest, type Manifest, type UnsignedManifest } from "./manifest.ts";
+import {
+  type CdcInfo,
+  CHUNK_SIZE,
+  encodeManifest,
+  type Manifest,
+  type UnsignedManifest,
+} from "./manifest.ts";
 import { MANIFEST_ENTRY, SIGNATURE_ENTRY, SLOT_ENTRY } from "./reader.ts";
 
 /** tar-stream encodes mtime as a signed 32-bit number of seconds; later times are clamped. */
@@ -97,14 +104,17 @@ async function packInto(
   try {
     pack.entry(header(MANIFEST_ENTRY, manifestBytes.length), Buffer.from(manifestBytes));
     pack.entry(header(SIGNATURE_ENTRY, signature.length), Buffer.from(signature));
-    const verifier = new ChunkVerifier(manifest.slotImage, {
-      where: `slot image ${o.slotImagePath}`,
-    });
+    const where = `slot image ${o.slotImagePath}`;
+    const verifier = new ChunkVerifier(manifest.slotImage, { where });
+    const cdc = manifest.slotImage.cdc
+      ? new CdcListCheck(manifest.slotImage.cdc, where)
+      : undefined;
     await pipeline(
       createReadStream(o.slotImagePath, { highWaterMark: CHUNK_SIZE }),
       new Transform({
         transform(data: Buffer, _enc, done) {
           try {
+            cdc?.update(data);
             for (const c of verifier.update(data)) this.push(c.bytes);
             done();
           } catch (err) {
@@ -114,6 +124,7 @@ async function packInto(
         flush(done) {
           try {
             verifier.end();
+            cdc?.end();
             done();
           } catch (err) {
             done(err as Error);
@@ -129,4 +140,44 @@ async function packInto(
     throw err;
   }
   await written;
+}
+
+/** Format 2: the file's content-defined chunks must be the manifest's, else no bundle. */
+class CdcListCheck {
+  readonly #chunker: CdcChunker;
+  readonly #info: CdcInfo;
+  readonly #where: string;
+  #n = 0;
+
+  constructor(info: CdcInfo, where: string) {
+    this.#chunker = new CdcChunker(info);
+    this.#info = info;
+    this.#where = where;
+  }
+
+  update(data: Uint8Array): void {
+    this.#check(this.#chunker.update(data));
+  }
+
+  end(): void {
+    this.#check(this.#chunker.end());
+    if (this.#n !== this.#info.chunks.length) this.#fail(`has ${this.#n} content-defined chunks`);
+  }
+
+  #check(cs: CdcChunk[]): void {
+    for (const c of cs) {
+      const e = this.#info.chunks[this.#n];
+      if (!e || e[0] !== c.offset || e[1] !== c.length || e[2] !== c.sha256)
+        this.#fail(`content-defined chunk ${this.#n} is ${c.offset}+${c.length} ${c.sha256}`);
+      this.#n++;
+    }
+  }
+
+  #fail(what: string): never {
+    throw new BundleError(
+      "BUNDLE_BAD_HASH",
+      `${this.#where} ${what}, not what its manifest lists (${this.#info.chunks.length} chunks)`,
+      { details: { chunk: this.#n } },
+    );
+  }
 }

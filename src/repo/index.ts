@@ -37,6 +37,13 @@ export {
   type PublishResult,
   publish,
 } from "./publish.ts";
+export {
+  type FetchRangesOptions,
+  fetchRanges,
+  type RangePiece,
+  type RangeStats,
+} from "./range-client.ts";
+export { type PlanOptions, parseRanges, planRanges, rangeHeader, type Span } from "./ranges.ts";
 export { type RepoServer, type ServeOptions, serve } from "./server.ts";
 export {
   formatWaves,

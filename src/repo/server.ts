@@ -1,8 +1,10 @@
 /**
  * A static file server for a repository directory (README.md, "Serving").
- * GET and HEAD, one byte range, strong ETags, If-None-Match / If-Range, no
+ * GET and HEAD, byte ranges (one, or several as multipart/byteranges),
+ * strong ETags, If-None-Match / If-Range, no
  * directory listing, nothing outside the root, no hidden (temporary) files.
  */
+import { randomBytes } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { realpath, stat } from "node:fs/promises";
 import { createServer, type IncomingMessage, type ServerResponse } from "node:http";
@@ -11,6 +13,7 @@ import { join, sep } from "node:path";
 import { pipeline } from "node:stream/promises";
 import { type Logger, logger } from "../log.ts";
 import { RepoError } from "./errors.ts";
+import { closeDelimiter, multipartLength, parseRanges, partHead, type Span } from "./ranges.ts";
 
 export interface ServeOptions {
   repoDir: string;
@@ -31,25 +34,14 @@ export type ByteRange = { start: number; end: number } | "unsatisfiable" | undef
 
 /**
  * One `Range: bytes=...` header against a file of `size` bytes (RFC 9110
- * 14.1.2). undefined: ignore it and send the whole file (absent, malformed, not
- * bytes, or several ranges); "unsatisfiable": 416.
+ * 14.1.2), as one range: parseRanges' answer when it is exactly one range.
+ * undefined: absent, malformed, not bytes, or several ranges; "unsatisfiable": 416.
  */
 export function parseRange(header: string | undefined, size: number): ByteRange {
-  if (header === undefined) return undefined;
-  const m = /^bytes=(\d*)-(\d*)$/.exec(header.trim());
-  if (!m) return undefined;
-  const [, a = "", b = ""] = m;
-  if (a === "" && b === "") return undefined;
-  if (a === "") {
-    const suffix = Number(b);
-    if (suffix === 0 || size === 0) return "unsatisfiable";
-    return { start: Math.max(0, size - suffix), end: size - 1 };
-  }
-  const start = Number(a);
-  const end = b === "" ? size - 1 : Math.min(Number(b), size - 1);
-  if (b !== "" && Number(b) < start) return undefined;
-  if (start >= size) return "unsatisfiable";
-  return { start, end };
+  const r = parseRanges(header, size);
+  if (r === undefined || r === "unsatisfiable") return r;
+  const [only] = r;
+  return r.length === 1 && only ? { start: only.start, end: only.end - 1 } : undefined;
 }
 
 /** Strong ETag from size, mtime (ns) and inode: changes whenever the file is replaced. */
@@ -205,12 +197,15 @@ async function handle(
     return;
   }
 
-  let range = parseRange(req.headers.range, size);
+  let ranges = parseRanges(req.headers.range, size);
   const ifRange = req.headers["if-range"];
-  if (range !== undefined && typeof ifRange === "string" && !etagMatches(ifRange, etag, false))
-    range = undefined; // the client's copy is stale: send the whole new file
-  if (range === "unsatisfiable")
+  if (ranges !== undefined && typeof ifRange === "string" && !etagMatches(ifRange, etag, false))
+    ranges = undefined; // the client's copy is stale: send the whole new file
+  if (ranges === "unsatisfiable")
     return finish(res, 416, { ...headers, "Content-Range": `bytes */${size}` });
+  if (ranges !== undefined && ranges.length > 1)
+    return sendMultipart(real, req, res, headers, ranges, size, count);
+  const range = ranges?.[0] && { start: ranges[0].start, end: ranges[0].end - 1 };
 
   let start = 0;
   let end = size - 1;
@@ -234,6 +229,51 @@ async function handle(
     await pipeline(body, res);
   } catch (err) {
     // a client that goes away mid-body is normal (an agent cancelling); anything else is logged
+    if ((err as NodeJS.ErrnoException).code !== "ERR_STREAM_PREMATURE_CLOSE") throw err;
+  }
+}
+
+/**
+ * Several ranges: a multipart/byteranges body (RFC 9110 14.6), the parts in
+ * the order asked, each with its Content-Range; Content-Length exact.
+ */
+async function sendMultipart(
+  real: string,
+  req: IncomingMessage,
+  res: ServerResponse,
+  headers: Record<string, string>,
+  ranges: Span[],
+  size: number,
+  count: (n: number) => void,
+): Promise<void> {
+  const boundary = randomBytes(12).toString("hex");
+  const type = headers["Content-Type"] as string;
+  res.writeHead(206, {
+    ...headers,
+    "Content-Type": `multipart/byteranges; boundary=${boundary}`,
+    "Content-Length": String(multipartLength(boundary, type, ranges, size)),
+  });
+  if (req.method === "HEAD") {
+    res.end();
+    return;
+  }
+  const parts = async function* () {
+    for (const [i, r] of ranges.entries()) {
+      yield Buffer.from(partHead(boundary, type, r, size, i === 0));
+      for await (const chunk of createReadStream(real, {
+        start: r.start,
+        end: r.end - 1,
+        highWaterMark: 1 << 16,
+      })) {
+        count((chunk as Buffer).length);
+        yield chunk as Buffer;
+      }
+    }
+    yield Buffer.from(closeDelimiter(boundary));
+  };
+  try {
+    await pipeline(parts, res);
+  } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== "ERR_STREAM_PREMATURE_CLOSE") throw err;
   }
 }

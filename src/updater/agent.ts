@@ -27,6 +27,7 @@ import type { HealthRunner } from "./health.ts";
 import {
   type BootStore,
   type BundleSource,
+  type DeltaSummary,
   fileSource,
   type InstallResult,
   installBundle,
@@ -121,6 +122,10 @@ export type CheckResult =
       rebooting: boolean;
       /** Not rebooting: what the reboot waits for (README.md, "Reboot"). */
       waiting?: RebootWait;
+      /** "installed": bytes received for it against the bundle's size; a delta install's counts. */
+      bytesFetched?: number;
+      bundleBytes?: number;
+      delta?: DeltaSummary;
     };
 
 interface Context {
@@ -627,6 +632,7 @@ export class Agent {
                 maxBytes: latest.size - offset,
                 ...(sig ? { signal: sig } : {}),
               }),
+            ...rangesOf(http, url),
           };
           this.#log.info(
             { version: latest.version, url },
@@ -740,6 +746,7 @@ export class Agent {
                   maxBytes: limit - offset,
                   ...(sig ? { signal: sig } : {}),
                 }),
+              ...rangesOf(http, location),
             };
           } else source = fileSource(location);
           const result = await this.#install(c, keys, compatible, {
@@ -807,6 +814,13 @@ export class Agent {
       slot: result.slot,
       rebooting: r.rebooting,
       ...(r.rebooting ? {} : { waiting: r.waiting }),
+      ...(result.outcome === "installed"
+        ? {
+            bytesFetched: result.bytesFetched,
+            bundleBytes: result.bundleBytes,
+            ...(result.delta ? { delta: result.delta } : {}),
+          }
+        : {}),
     };
   }
 
@@ -996,4 +1010,10 @@ export class Agent {
 /** An error that no retry mends: the config (or what it points at) cannot work. */
 function isConfigError(err: unknown): err is UpdaterError {
   return err instanceof UpdaterError && err.code === "CONFIG_INVALID";
+}
+
+/** A bundle URL's byte ranges for a delta install, when the HTTP client reads ranges. */
+function rangesOf(http: HttpClient, url: string): Pick<BundleSource, "ranges"> {
+  const ranges = http.ranges?.bind(http);
+  return ranges ? { ranges: (spans, o) => ranges(url, spans, o) } : {};
 }

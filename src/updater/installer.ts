@@ -17,6 +17,7 @@ import {
 } from "../bootloader/index.ts";
 import {
   BundleReader,
+  CHUNK_SIZE,
   type Manifest,
   manifestDigest,
   type VerifiedChunk,
@@ -26,7 +27,9 @@ import { isBaseError } from "../errors.ts";
 import { ioError } from "../fileio.ts";
 import type { SlotName } from "../image/index.ts";
 import type { Logger } from "../log.ts";
+import type { RangePiece, RangeStats, Span } from "../repo/index.ts";
 import { verifyVerity } from "../verity/index.ts";
+import { type DeltaRun, deltaFirst, writeDeltaSlot } from "./delta-step.ts";
 import { errText, UpdaterError, type UpdaterErrorCode } from "./errors.ts";
 import type { ByteRange } from "./machine.ts";
 import { decideUpdate, installBlocker, otherSlot } from "./policy.ts";
@@ -44,6 +47,14 @@ export interface BundleSource {
    * so it must not be shared with anything else.
    */
   open(offset: number, signal?: AbortSignal): Readable;
+  /**
+   * Byte ranges of the bundle (ascending, disjoint), for a delta install of a
+   * format 2 bundle (README.md, "Delta install"); absent: full installs only.
+   */
+  ranges?(
+    spans: readonly Span[],
+    o: { fileSize: number; stats: RangeStats; signal?: AbortSignal },
+  ): AsyncIterable<RangePiece>;
 }
 
 export function fileSource(path: string): BundleSource {
@@ -102,6 +113,8 @@ export interface InstallContext {
   trustedKeys: readonly KeyObject[];
   compatible: string;
   tries: number;
+  /** false: never a delta install, always the full download (default: delta when the bundle and source allow). */
+  delta?: boolean;
   /** Called after each chunk is written (for progress displays and tests); the state file records it within PROGRESS_SAVE_MS. */
   onChunk?: (verifiedChunks: number, chunksTotal: number) => void;
 }
@@ -114,10 +127,25 @@ export type InstallResult =
       /** Chunk the write started from (0 = a fresh download, > 0 = resumed). */
       resumedFromChunk: number;
       bytesWritten: number;
+      /** Bytes received from the source (framing included), against the bundle's full size. */
+      bytesFetched: number;
+      bundleBytes: number;
+      /** A delta install: requests made and chunks by where they came from. */
+      delta?: DeltaSummary;
     }
   | { outcome: "up-to-date"; version: string }
   /** Already installed and activated; it runs after the next reboot. */
   | { outcome: "pending-reboot"; slot: SlotName; version: string };
+
+export interface DeltaSummary {
+  requests: number;
+  chunks: number;
+  inPlace: number;
+  copied: number;
+  fetched: number;
+  /** Made on the host (the verity tree), not fetched. */
+  computed: number;
+}
 
 export interface Run {
   req: InstallRequest;
@@ -141,6 +169,8 @@ export interface Run {
   chunks?: AsyncGenerator<VerifiedChunk, void, undefined>;
   /** The first of them, received and verified before the boot state changes (step 3). */
   first?: IteratorResult<VerifiedChunk, void>;
+  /** A delta install (format 2, a source with ranges): its plan and fetch, from step 3. */
+  delta?: DeltaRun;
   /** Step 4 marked the target unbootable and empty: a failure from here on is recorded for it. */
   emptied: boolean;
   result?: InstallResult;
@@ -281,6 +311,7 @@ function installPlan(ctx: InstallContext): Step[] {
     {
       name: "check-first-chunk",
       async run(r) {
+        if (await deltaFirst(ctx, r)) return;
         await firstChunk(ctx, r);
       },
     },
@@ -323,7 +354,8 @@ function installPlan(ctx: InstallContext): Step[] {
     {
       name: "write-slot",
       async run(r) {
-        await writeSlot(ctx, r);
+        if (r.delta) await writeDeltaSlot(ctx, r);
+        else await writeSlot(ctx, r);
       },
     },
     // 6. the whole image's sha256
@@ -459,13 +491,41 @@ function installPlan(ctx: InstallContext): Step[] {
           { version: m.version, slot: r.target, tries: ctx.tries },
           `installed ${m.version} into slot ${r.target}; it boots next (${ctx.tries} tries)`,
         );
+        const bundleBytes = (r.reader as BundleReader).layout.archiveSize;
+        const d = r.delta;
         r.result = {
           outcome: "installed",
           slot: r.target,
           version: m.version,
           resumedFromChunk: r.resumedFromChunk,
           bytesWritten: r.bytesWritten,
+          bytesFetched: d
+            ? d.headBytes + d.stats.bytes
+            : bundleBytes - Math.min(r.resumedFromChunk * CHUNK_SIZE, m.slotImage.size),
+          bundleBytes,
+          ...(d
+            ? {
+                delta: {
+                  requests: d.stats.requests,
+                  chunks: d.plan.length,
+                  inPlace: d.counts.inPlace,
+                  copied: d.counts.copied,
+                  fetched: d.counts.fetched,
+                  computed: d.counts.computed,
+                },
+              }
+            : {}),
         };
+        const pct = ((100 * r.result.bytesFetched) / bundleBytes).toFixed(1);
+        ctx.log.info(
+          {
+            version: m.version,
+            bytesFetched: r.result.bytesFetched,
+            bundleBytes,
+            delta: r.result.delta,
+          },
+          `${m.version}: fetched ${r.result.bytesFetched} of ${bundleBytes} bytes (${pct}%)${d ? ` in ${d.stats.requests} range requests, ${d.counts.inPlace + d.counts.copied} of ${d.plan.length} chunks found on this host` : ""}`,
+        );
       },
     },
   ];

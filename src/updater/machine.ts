@@ -37,7 +37,14 @@ import {
   slotPartitionName,
 } from "../image/index.ts";
 import type { Logger } from "../log.ts";
-import { fetchIndex, openRange } from "../repo/index.ts";
+import {
+  fetchIndex,
+  fetchRanges,
+  openRange,
+  type RangePiece,
+  type RangeStats,
+  type Span,
+} from "../repo/index.ts";
 import { errText, UpdaterError } from "./errors.ts";
 import type { BootStore } from "./installer.ts";
 
@@ -156,6 +163,12 @@ export class LogOnlyRebooter implements Rebooter {
 export interface HttpClient {
   fetch(url: string, o: { maxBytes: number; signal?: AbortSignal }): Promise<Uint8Array>;
   openRange(url: string, o: { offset: number; maxBytes: number; signal?: AbortSignal }): Readable;
+  /** Byte ranges of a file of `fileSize` bytes (a delta install); absent: full downloads only. */
+  ranges?(
+    url: string,
+    spans: readonly Span[],
+    o: { fileSize: number; stats: RangeStats; signal?: AbortSignal },
+  ): AsyncIterable<RangePiece>;
 }
 
 /** src/repo's client (Range resume, size limits, stall timeout, retries). */
@@ -176,6 +189,23 @@ export class RepoHttpClient implements HttpClient {
       clock: this.#clock,
       ...(o.signal ? { signal: o.signal } : {}),
     });
+  }
+  ranges(
+    url: string,
+    spans: readonly Span[],
+    o: { fileSize: number; stats: RangeStats; signal?: AbortSignal },
+  ): AsyncIterable<RangePiece> {
+    return fetchRanges(
+      url,
+      spans,
+      {
+        fileSize: o.fileSize,
+        timeoutMs: this.#stallTimeoutMs,
+        log: this.#log,
+        ...(o.signal ? { signal: o.signal } : {}),
+      },
+      o.stats,
+    );
   }
   openRange(url: string, o: { offset: number; maxBytes: number; signal?: AbortSignal }): Readable {
     return openRange(url, {

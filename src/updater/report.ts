@@ -65,10 +65,17 @@ export function formatCheck(r: CheckResult): string {
     case "skipped":
       return `skipped ${r.version}: ${r.reason}`;
     case "installed":
-      return `installed ${r.version} into slot ${r.slot}${rebootText(r)}`;
+      return `installed ${r.version} into slot ${r.slot}${fetchedText(r)}${rebootText(r)}`;
     case "pending-reboot":
       return `${r.version} is installed in slot ${r.slot}${rebootText(r)}`;
   }
+}
+
+function fetchedText(r: Extract<CheckResult, { rebooting: boolean }>): string {
+  if (r.bytesFetched === undefined || !r.bundleBytes) return "";
+  const pct = ((100 * r.bytesFetched) / r.bundleBytes).toFixed(1);
+  const d = r.delta;
+  return `; fetched ${r.bytesFetched} of ${r.bundleBytes} bytes (${pct}%)${d ? `, ${d.inPlace + d.copied} of ${d.chunks} chunks from this host, ${d.requests} range requests` : ""}`;
 }
 
 function rebootText(r: Extract<CheckResult, { rebooting: boolean }>): string {

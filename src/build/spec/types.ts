@@ -118,6 +118,12 @@ export interface ImageSpec {
     keys: string[];
     healthChecks: HealthCheck[];
     pollIntervalMs: number;
+    /**
+     * The bundle format the build writes (src/bundle README.md, "Format
+     * versions"): 1, which every agent reads, or 2, which adds the
+     * content-defined chunks for delta installs (default 1).
+     */
+    bundleFormat: 1 | 2;
     /** When and how the agent reboots into an update (the agent config's `reboot:`). */
     reboot: RebootConfig;
     /**

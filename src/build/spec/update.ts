@@ -41,6 +41,7 @@ export function parseUpdate(
       "pollIntervalMs",
       "mode",
       "reboot",
+      "bundleFormat",
     ],
     ["repo"],
     at,
@@ -90,6 +91,8 @@ export function parseUpdate(
   const pollIntervalMs = pollNode
     ? c.integer(pollNode, "update.pollIntervalMs", 1000, 31 * 24 * 3_600_000)
     : 300_000;
+  const formatNode = get(u, "bundleFormat");
+  const bundleFormat = formatNode ? c.integer(formatNode, "update.bundleFormat", 1, 2) : 1;
   const reboot = readRebootConfig(c, get(u, "reboot"), "update.reboot", u?.loc ?? at);
   const modeNode = get(u, "mode");
   const mode = modeNode ? c.enum(modeNode, "update.mode", UPDATE_MODES) : undefined;
@@ -102,6 +105,7 @@ export function parseUpdate(
     confirm === undefined ||
     keys === undefined ||
     pollIntervalMs === undefined ||
+    bundleFormat === undefined ||
     reboot === undefined ||
     !hcOk
   )
@@ -115,6 +119,7 @@ export function parseUpdate(
     keys,
     healthChecks,
     pollIntervalMs,
+    bundleFormat: bundleFormat as 1 | 2,
     reboot,
     ...(modeNode && mode ? { mode: { value: mode, origin: modeNode.loc } } : {}),
   };

@@ -47,6 +47,40 @@ describe("repo serve with curl", () => {
     expect((await readFile(out)).equals(data.subarray(1000, 65536))).toBe(true);
   });
 
+  it("curl -r with several ranges gets multipart/byteranges with each asked part", async () => {
+    const out = join(dir, "multi.bin");
+    const head = await curl([
+      "-r",
+      "0-9,200000-200019",
+      "-D",
+      "-",
+      "-o",
+      out,
+      `${server.url}bundles/blob.bin`,
+    ]);
+    expect(head).toMatch(/^HTTP\/1\.1 206 /);
+    const b = /content-type: multipart\/byteranges; boundary=(\w+)/i.exec(head)?.[1];
+    expect(b).toBeDefined();
+    const body = await readFile(out);
+    const part = (r: string, bytes: Buffer, first: boolean) =>
+      Buffer.concat([
+        Buffer.from(
+          `${first ? "" : "\r\n"}--${b}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r}/${data.length}\r\n\r\n`,
+        ),
+        bytes,
+      ]);
+    expect(
+      body.equals(
+        Buffer.concat([
+          part("0-9", data.subarray(0, 10), true),
+          part("200000-200019", data.subarray(200000, 200020), false),
+          Buffer.from(`\r\n--${b}--\r\n`),
+        ]),
+      ),
+    ).toBe(true);
+    expect(head).toMatch(new RegExp(`content-length: ${body.length}\\r`, "i"));
+  });
+
   it("curl -r beyond the end gets a 416", async () => {
     const code = await curl([
       "-r",

@@ -109,6 +109,7 @@ describe("a valid spec", () => {
       keys: [join(dir, "signing.pub")],
       healthChecks: [{ name: "ok", command: "true", timeoutMs: 5000 }],
       pollIntervalMs: 30000,
+      bundleFormat: 1,
       reboot: { strategy: "immediate", window: null, method: "reboot", etcd: null },
     });
     const [tar, d, files, hb] = spec.rootfs.layers;
@@ -149,7 +150,14 @@ update: { repo: "https://r/" }
       confirm: "started",
       keys: [],
       healthChecks: [],
+      bundleFormat: 1,
     });
+    expect(
+      parseSpec(
+        text.replace('repo: "https://r/"', 'repo: "https://r/", bundleFormat: 2'),
+        "/s.yaml",
+      ).update.bundleFormat,
+    ).toBe(2);
     // no mode: the build chooses it by the image's init (src/build/systemd.ts)
     expect(spec.update.mode).toBeUndefined();
     expect(spec.disk.slotSizeBytes).toBe(1024 * MIB);
@@ -258,6 +266,13 @@ describe("invalid specs: every error names file, line and field", () => {
     ],
     ["tries out of range", /tries: 3/, "tries: 12", "update.tries", /between 1 and 9/],
     ["tries as a string", /tries: 3/, 'tries: "3"', "update.tries", /must be an integer/],
+    [
+      "bundleFormat unknown",
+      /tries: 3/,
+      "tries: 3\n  bundleFormat: 3",
+      "update.bundleFormat",
+      /between 1 and 2/,
+    ],
     [
       "goodSlotTries of two digits",
       /tries: 3/,

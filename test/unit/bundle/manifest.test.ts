@@ -109,7 +109,7 @@ describe("manifest codec", () => {
 
   it("reports every invalid field in one error", () => {
     const bad = {
-      formatVersion: 2,
+      formatVersion: "2",
       name: "../etc",
       compatible: "",
       version: "v1.2",

@@ -89,8 +89,36 @@ describe("repo serve", () => {
     expect((await get("/empty.bin", { Range: "bytes=0-" })).status).toBe(416);
   });
 
-  it("ignores several ranges or a malformed Range and sends the whole file", async () => {
-    for (const range of ["bytes=0-1,5-6", "bytes=5-1", "items=0-1", "bytes=x-"]) {
+  it("answers several ranges as multipart/byteranges, the parts in the order asked", async () => {
+    const r = await get("/bundles/demo-1.0.0.bundle", { Range: "bytes=99990-,0-1,5-6" });
+    expect(r.status).toBe(206);
+    const m = /^multipart\/byteranges; boundary=([0-9a-f]{24})$/.exec(
+      String(r.headers["content-type"]),
+    );
+    expect(m).not.toBeNull();
+    const b = m![1]!;
+    expect(Number(r.headers["content-length"])).toBe(r.body.length);
+    const part = (range: string, bytes: Buffer, first: boolean) =>
+      Buffer.concat([
+        Buffer.from(
+          `${first ? "" : "\r\n"}--${b}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${range}/${data.length}\r\n\r\n`,
+        ),
+        bytes,
+      ]);
+    const expected = Buffer.concat([
+      part("99990-99999", data.subarray(99990), true),
+      part("0-1", data.subarray(0, 2), false),
+      part("5-6", data.subarray(5, 7), false),
+      Buffer.from(`\r\n--${b}--\r\n`),
+    ]);
+    expect(r.body.equals(expected)).toBe(true);
+    const head = await get("/bundles/demo-1.0.0.bundle", { Range: "bytes=0-1,5-6" }, "HEAD");
+    expect(head.status).toBe(206);
+    expect(head.body.length).toBe(0);
+  });
+
+  it("ignores a malformed Range and sends the whole file", async () => {
+    for (const range of ["bytes=0-1,x", "bytes=5-1", "items=0-1", "bytes=x-"]) {
       const r = await get("/bundles/demo-1.0.0.bundle", { Range: range });
       expect(r.status, range).toBe(200);
       expect(r.body.length).toBe(data.length);

@@ -1,7 +1,7 @@
 // abforge agent, run as an operator runs it (the real binary) on a disk image with --disk.
 import { spawn } from "node:child_process";
 import { createReadStream } from "node:fs";
-import { mkdir, readdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readdir, readFile, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { readBundleHead } from "../../../src/bundle/index.ts";
@@ -53,11 +53,14 @@ describe("abforge agent --disk", () => {
 
     r = await abforge(["agent", "install", bundle("2.0.0"), "--disk", d.path, "--json"]);
     expect(r.code, r.stderr).toBe(0);
+    const size = (await stat(bundle("2.0.0"))).size;
     expect(JSON.parse(r.stdout)).toEqual({
       outcome: "installed",
       version: "2.0.0",
       slot: "B",
       rebooting: true,
+      bytesFetched: size,
+      bundleBytes: size,
     });
     // one JSON log line per step on stderr
     const steps = r.stderr

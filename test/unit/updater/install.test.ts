@@ -2,7 +2,7 @@
 // on a real GPT disk image with a FAT32 ESP, real squashfs + verity slot images, real bundles.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { copyFile, open, writeFile } from "node:fs/promises";
+import { copyFile, open, stat, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
 import { readBundleHead } from "../../../src/bundle/index.ts";
@@ -89,7 +89,15 @@ describe("install from a local bundle file", () => {
     const t = await testAgent(d.path);
     const b = w.bundles["2.0.0"] as BundleFixture;
     const r = await t.agent.install(b.path);
-    expect(r).toEqual({ outcome: "installed", version: "2.0.0", slot: "B", rebooting: true });
+    const size = (await stat(b.path)).size;
+    expect(r).toEqual({
+      outcome: "installed",
+      version: "2.0.0",
+      slot: "B",
+      rebooting: true,
+      bytesFetched: size,
+      bundleBytes: size,
+    });
 
     // slot B holds exactly the slot image; A did not change
     const written = await readRange(d.path, { offset: d.slots.B.offset, size: b.slot.size });

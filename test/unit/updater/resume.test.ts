@@ -3,7 +3,7 @@
 // behind a recording proxy that shows each Range request the agent makes.
 import { createHash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { writeFile } from "node:fs/promises";
+import { stat, writeFile } from "node:fs/promises";
 import { createServer, request, type Server } from "node:http";
 import type { AddressInfo } from "node:net";
 import { join } from "node:path";
@@ -109,6 +109,9 @@ describe("check against a served repository", () => {
       slot: "B",
       rebooting: false,
       waiting: expect.objectContaining({ for: "operator", version: "2.0.0" }),
+      // a format 1 bundle: the whole file
+      bytesFetched: (await stat(bundle().path)).size,
+      bundleBytes: (await stat(bundle().path)).size,
     });
     expect(
       digest(await readRange(d.path, { offset: d.slots.B.offset, size: bundle().slot.size })),
