@@ -10,9 +10,10 @@
  * never retried, the container running on.
  */
 import { execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { fileURLToPath } from "node:url";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
 import { publishBundle, type ServedRepo, serveRepo } from "../../qemu/fleet.ts";
 import { HTTPD_PORT, hostUserData } from "../../qemu/host.ts";
 import { Vm } from "../../qemu/vm.ts";
@@ -28,6 +29,7 @@ import { banner, bootState } from "./scenarios.ts";
 
 const BOOT_MS = 600_000;
 const WEB_PORT = HTTPD_PORT;
+const RESULTS = fileURLToPath(new URL("../../test-results/", import.meta.url));
 const dir = tempDir("abforge-host-test-");
 const disk = join(dir, "disk.qcow2");
 const repoDir = join(dir, "repo");
@@ -117,6 +119,22 @@ beforeAll(async () => {
 afterAll(async () => {
   await vm?.kill();
   server?.stop();
+  // the guest's console outlives the temporary directory: what a failed run leaves to read
+  const log = join(dir, "serial.log");
+  if (existsSync(log)) {
+    mkdirSync(RESULTS, { recursive: true });
+    copyFileSync(log, join(RESULTS, "host-serial.log"));
+    // and its end, in the output a CI run keeps
+    if (failed)
+      process.stderr.write(
+        `host: the guest's console, last lines:\n${readFileSync(log, "utf8").split("\n").slice(-150).join("\n")}\n`,
+      );
+  }
+});
+
+let failed = false;
+afterEach((ctx) => {
+  if (ctx.task.result?.state === "fail") failed = true;
 });
 
 describe("the container host", () => {
