@@ -434,26 +434,21 @@ function installPlan(ctx: InstallContext): Step[] {
         }
       },
     },
-    // 8b. Secure Boot: the image's signed boot file, into the target's /SLOTX
-    //     (GRUB does not try the target until step 9 writes the boot state)
-    {
-      name: "write-boot-file",
-      async run(r) {
-        const m = r.manifest as Manifest;
-        const p = m.secureBoot && secureBootPieces(m);
-        if (!p || !ctx.boot.writeSlotBootFile) return;
-        await ctx.boot.writeSlotBootFile(r.target, p.file, p.sig);
-        ctx.log.info(
-          { slot: r.target, version: m.version },
-          `wrote ${m.version}'s signed boot file into slot ${r.target}'s /${SLOT_BOOT_FILES[r.target]}`,
-        );
-      },
-    },
-    // 9. only now: boot the new slot next, on trial
+    // 9. only now: boot the new slot next, on trial; under Secure Boot its
+    //    signed boot file first (GRUB does not try the target before the
+    //    boot state names it, so a crash between the two writes is harmless)
     {
       name: "activate",
       async run(r) {
         const m = r.manifest as Manifest;
+        if (m.secureBoot && ctx.boot.writeSlotBootFile) {
+          const p = secureBootPieces(m);
+          await ctx.boot.writeSlotBootFile(r.target, p.file, p.sig);
+          ctx.log.info(
+            { slot: r.target, version: m.version },
+            `wrote ${m.version}'s signed boot file into /${SLOT_BOOT_FILES[r.target]} for slot ${r.target}`,
+          );
+        }
         const boot = await ctx.boot.readState();
         const next = activateSlot(boot, r.target, {
           tries: ctx.tries,
@@ -564,7 +559,7 @@ function checkSecureBoot(ctx: InstallContext, target: SlotName, m: Manifest): vo
       `${m.version}: the signed boot file in its manifest does not name its own root hash, verity and version: nothing written`,
       { version: m.version },
     );
-  if (!sbDisk || !disk.slotBootFileRanges)
+  if (!sbDisk || !disk.slotBootFileRanges || !disk.writeSlotBootFile)
     refuse(
       "UPDATE_REFUSED",
       `${m.version} is a Secure Boot image, but the ESP of ${ctx.diskPath} has no signed boot files (${file}, ${file}.SIG) to put its own in: nothing written (the disk was built without secureBoot)`,
