@@ -20,6 +20,7 @@ import {
   serializeEnvBlock,
   setEnvVar,
   slotBootFile,
+  withBootDisk,
 } from "../../src/bootloader/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { buildFixture } from "./build-images.ts";
@@ -48,7 +49,6 @@ beforeAll(async () => {
   const d = await BootDisk.open(twoSlots);
   const a = d.slotRange("A");
   const b = d.slotRange("B");
-  const esp = d.esp.offset;
   await d.close();
   execFileSync("dd", [
     `if=${twoSlots}`,
@@ -60,18 +60,10 @@ beforeAll(async () => {
     "conv=notrunc,sparse",
     "status=none",
   ]);
-  const work = tempDir("abforge-sb-esp-");
-  for (const [from, to] of [
-    [SLOT_BOOT_FILES.A, SLOT_BOOT_FILES.B],
-    [`${SLOT_BOOT_FILES.A}.SIG`, `${SLOT_BOOT_FILES.B}.SIG`],
-  ] as const) {
-    execFileSync("mcopy", ["-i", `${twoSlots}@@${esp}`, `::/${from}`, join(work, to)], {
-      env: mtools(),
-    });
-    execFileSync("mcopy", ["-i", `${twoSlots}@@${esp}`, join(work, to), `::/${to}`], {
-      env: mtools(),
-    });
-  }
+  // as the agent writes it (BootDisk.writeSlotBootFile, in place over the build's placeholder)
+  const file = await getEspFile(twoSlots, `/${SLOT_BOOT_FILES.A}`);
+  const sig = await getEspFile(twoSlots, `/${SLOT_BOOT_FILES.A}.SIG`);
+  await withBootDisk(twoSlots, (disk) => disk.writeSlotBootFile("B", file, sig));
   await editBootState(twoSlots, (s) => ({ ...s, slots: { ...s.slots, B: { ...s.slots.A } } }));
 }, 1_800_000);
 
@@ -226,13 +218,16 @@ describe("Secure Boot", () => {
   it("refuses a slot whose root hash was changed in its boot file, and boots the other slot", async () => {
     const disk = caseDisk();
     const s = await bootState(disk);
-    const forged = slotBootFile({
-      rootHash: "0".repeat(64),
+    const signed = (await getEspFile(disk, `/${SLOT_BOOT_FILES.A}`)).toString("latin1");
+    const real = slotBootFile({
+      rootHash: s.slots.A.rootHash,
       verity: s.slots.A.verity,
       version: s.slots.A.version,
     });
-    expect(forged.length).toBe((await getEspFile(disk, `/${SLOT_BOOT_FILES.A}`)).length);
-    await putEspFile(disk, `/${SLOT_BOOT_FILES.A}`, new TextEncoder().encode(forged));
+    expect(signed.startsWith(real)).toBe(true);
+    const forged = signed.replace(s.slots.A.rootHash, "0".repeat(64));
+    expect(forged.length).toBe(signed.length);
+    await putEspFile(disk, `/${SLOT_BOOT_FILES.A}`, Buffer.from(forged, "latin1"));
     const v = await start(disk);
     expect((await banner(v)).slot).toBe("B");
     expect(consoleSince(v, 0)).toMatch(
