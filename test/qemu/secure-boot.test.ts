@@ -8,6 +8,7 @@
  * Each case edits its own sparse copy of one two-slot disk offline.
  */
 import { execFileSync } from "node:child_process";
+import { createReadStream } from "node:fs";
 import { open, readFile, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
@@ -15,6 +16,7 @@ import { BANNER, PROMPT } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import {
   BootDisk,
+  SLOT_BOOT_FILE_BYTES,
   SLOT_BOOT_FILES,
   type SlotName,
   serializeEnvBlock,
@@ -22,6 +24,7 @@ import {
   slotBootFile,
   withBootDisk,
 } from "../../src/bootloader/index.ts";
+import { readBundleHead } from "../../src/bundle/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { buildFixture } from "./build-images.ts";
 import { freshDisk, image } from "./fixtures.ts";
@@ -213,6 +216,27 @@ describe("Secure Boot", () => {
     expect(consoleSince(v, 0).match(/abforge-initramfs: slot (A|B)/g)).toEqual([
       "abforge-initramfs: slot B",
     ]);
+  });
+
+  it("the bundle carries the signed boot file the build put in /SLOTA; /SLOTB holds a signed placeholder of the same sizes", async () => {
+    const sb = image("secureBootV1");
+    const { manifest } = await readBundleHead(createReadStream(sb.bundle), sb.bundle);
+    const file = await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.A}`);
+    const sig = await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.A}.SIG`);
+    expect(manifest.secureBoot).toEqual({
+      slotFile: file.toString("base64"),
+      slotSig: sig.toString("base64"),
+    });
+    expect(file.length).toBe(SLOT_BOOT_FILE_BYTES);
+    expect(file.toString("latin1")).toContain(`set abforge_roothash=${sb.rootHash}\n`);
+    const b = await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.B}`);
+    expect(b.length).toBe(SLOT_BOOT_FILE_BYTES);
+    expect(b.toString("latin1")).toMatch(/^# abforge: no image in this slot\n/);
+    expect((await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.B}.SIG`)).length).toBe(sig.length);
+    // the plain image's bundle has no such field
+    const plain = image("v1");
+    const head = await readBundleHead(createReadStream(plain.bundle), plain.bundle);
+    expect(head.manifest.secureBoot).toBeUndefined();
   });
 
   it("refuses a slot whose root hash was changed in its boot file, and boots the other slot", async () => {
