@@ -12,7 +12,7 @@ import { createReadStream } from "node:fs";
 import { open, readFile, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { BANNER, PROMPT } from "../../qemu/fleet.ts";
+import { BANNER, PROMPT, publishBundle, type ServedRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import {
   BootDisk,
@@ -27,8 +27,8 @@ import {
 import { readBundleHead } from "../../src/bundle/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { buildFixture } from "./build-images.ts";
-import { freshDisk, image } from "./fixtures.ts";
-import { bootState, editBootState } from "./scenarios.ts";
+import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
+import { bootState, bootWithRepo, editBootState } from "./scenarios.ts";
 
 const BOOT_MS = 240_000;
 /** What OVMF prints when the image's signature is not in db. */
@@ -37,15 +37,21 @@ const FIRMWARE_REFUSED = /BdsDxe: failed to load Boot\d+ "[^"]*" from [^:]*: Acc
 let vm: Vm | undefined;
 let twoSlots: string;
 
+let server: ServedRepo | undefined;
+
 afterEach(async () => {
   await vm?.kill();
   vm = undefined;
+  server?.stop();
+  server = undefined;
 });
 
 beforeAll(async () => {
   // Built by the global setup in a full run; here too when this file runs alone.
   await buildFixture("v1");
   await buildFixture("secureBootV1");
+  await buildFixture("secureBootV2");
+  await buildFixture("secureBootV3");
   // Slot B: the same signed image, as an install puts it there (the slot's
   // bytes, and its signed boot file copied to /SLOTB on the ESP), and good.
   twoSlots = freshDisk("secureBootV1", tempDir("abforge-sb-base-"));
@@ -309,5 +315,45 @@ describe("Secure Boot", () => {
     const v = await start(disk);
     await v.waitFor(FIRMWARE_REFUSED, { timeoutMs: BOOT_MS });
     expect(consoleSince(v, 0)).not.toMatch(/abforge:/);
+  });
+  it("updates to 2.0.0, marks it good, and rolls back from a failing 3.0.0, enforcement on", {
+    timeout: 2_400_000,
+  }, async () => {
+    // One boot of 1.0.0, one of 2.0.0 (installed by the agent from the repository),
+    // 3.0.0's tries, and 2.0.0 again: the agent writes each new slot's signed boot file.
+    // the disk as built: slot B empty, its /SLOTB the build's signed placeholder
+    const disk = freshDisk("secureBootV1", tempDir("abforge-sb-update-"));
+    const run = await bootWithRepo(disk, [image("secureBootV2").bundle], { secureBoot: true });
+    vm = run.vm;
+    server = run.server;
+    const v = run.vm;
+    const long = 600_000;
+    const next = async () => {
+      const m = await v.waitFor(BANNER, { timeoutMs: long });
+      return { slot: m[1] as SlotName, version: m[2]! };
+    };
+    expect(await banner(v)).toMatchObject({ slot: "A", version: "1.0.0" });
+    expect(await next()).toEqual({ slot: "B", version: "2.0.0" });
+    await v.waitFor(/marked good/, { timeoutMs: long });
+    let s = await bootState(disk);
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect((await getEspFile(disk, `/${SLOT_BOOT_FILES.B}`)).toString("latin1")).toContain(
+      "set abforge_version=2.0.0\n",
+    );
+
+    await publishBundle(run.repoDir, image("secureBootV3").bundle, SIGNING_KEY);
+    let b = await next();
+    expect(b).toEqual({ slot: "A", version: "3.0.0" });
+    await v.waitFor(/health check[^\n]*fail/i, { timeoutMs: long });
+    while (b.slot === "A") {
+      expect(b.version).toBe("3.0.0");
+      b = await next();
+    }
+    expect(b).toEqual({ slot: "B", version: "2.0.0" });
+    await v.waitFor(/rollback/i, { timeoutMs: long });
+    s = await bootState(disk);
+    expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect(v.console).toMatch(/abforge: booting slot A version 3\.0\.0/);
   });
 });
