@@ -5,7 +5,9 @@
  * refused before it runs — by the firmware (GRUB's image, its embedded
  * config) or by GRUB (a slot's kernel, initrd, signed boot file), with the
  * other slot booting — while variables planted in /GRUBENV change nothing.
- * Each case edits its own sparse copy of one two-slot disk offline.
+ * Each case edits its own sparse copy of one two-slot disk offline. The last
+ * case updates the disk as built to 2.0.0 and rolls back from a failing
+ * 3.0.0: the agent writes each new slot's signed boot file.
  */
 import { execFileSync } from "node:child_process";
 import { createReadStream } from "node:fs";
