@@ -34,7 +34,8 @@ import {
   setEnvVar,
 } from "./env.ts";
 import { BootloaderError } from "./errors.ts";
-import { locateFatFile } from "./fat.ts";
+import { type FatReadAt, fatFileExists, locateFatFile } from "./fat.ts";
+import { SLOT_BOOT_FILES } from "./secureboot.ts";
 import { type BootState, bootStateFromEnv, bootStateToEnv, type SlotName } from "./state.ts";
 
 /** The 8.3 name of the environment block in the ESP's root directory. */
@@ -61,6 +62,7 @@ export class BootDisk {
   readonly env: ByteRange;
   readonly #fh: FileHandle;
   readonly #readOnly: boolean;
+  readonly #espWhere: string;
 
   private constructor(
     path: string,
@@ -76,6 +78,75 @@ export class BootDisk {
     this.esp = esp;
     this.env = env;
     this.#readOnly = readOnly;
+    const index = table.partitions.find(
+      (p) => partitionRange(p, table.sectorSize).offset === esp.offset,
+    )?.index;
+    this.#espWhere = `ESP (partition ${index}) of ${path}`;
+  }
+
+  /** Reads the ESP's bytes, `offset` counted from its start (nothing past its end). */
+  #espReadAt: FatReadAt = (offset, length) =>
+    offset + length > this.esp.size
+      ? new Uint8Array(0)
+      : readExactSync(this.#fh, this.path, this.esp.offset + offset, length);
+
+  /**
+   * A Secure Boot disk (README.md, "Secure Boot"): its ESP holds a signed
+   * boot file `/SLOTA` or `/SLOTB`, and GRUB boots a slot only by it.
+   */
+  isSecureBoot(): boolean {
+    const o = { volumeBytes: this.esp.size, where: this.#espWhere };
+    return Object.values(SLOT_BOOT_FILES).some((n) => fatFileExists(this.#espReadAt, n, o));
+  }
+
+  /**
+   * Where slot `slot`'s boot file and its signature are on the disk, each
+   * checked to be exactly `fileBytes` and `sigBytes` long (they are
+   * rewritten in place): ESP_BAD naming the file otherwise.
+   */
+  slotBootFileRanges(
+    slot: SlotName,
+    fileBytes: number,
+    sigBytes: number,
+  ): { file: ByteRange; sig: ByteRange } {
+    const at = (name: string, size: number): ByteRange => {
+      const f = locateFatFile(this.#espReadAt, name, {
+        size,
+        volumeBytes: this.esp.size,
+        where: this.#espWhere,
+      });
+      return { offset: this.esp.offset + f.offset, size };
+    };
+    const name = SLOT_BOOT_FILES[slot];
+    return { file: at(name, fileBytes), sig: at(`${name}.SIG`, sigBytes) };
+  }
+
+  /**
+   * Writes slot `slot`'s signed boot file and signature in place
+   * (README.md, "Secure Boot", "Updates"), the signature first, then
+   * fdatasync. Only for the slot GRUB does not try: the boot state is the
+   * commit point, written after this.
+   */
+  async writeSlotBootFile(slot: SlotName, file: Uint8Array, sig: Uint8Array): Promise<void> {
+    if (this.#readOnly) {
+      throw new ToolError("IO_ERROR", `${this.path} was opened read-only`, {
+        details: { path: this.path },
+      });
+    }
+    const r = this.slotBootFileRanges(slot, file.length, sig.length);
+    try {
+      for (const [bytes, range] of [
+        [sig, r.sig],
+        [file, r.file],
+      ] as const) {
+        const { bytesWritten } = await this.#fh.write(bytes, 0, bytes.length, range.offset);
+        if (bytesWritten !== bytes.length)
+          throw new Error(`short write: ${bytesWritten} of ${bytes.length} bytes`);
+      }
+      await this.#fh.datasync();
+    } catch (cause) {
+      throw ioError(`write slot ${slot}'s boot file on ${this.path}`, cause, { path: this.path });
+    }
   }
 
   /** Reads the GPT, finds the ESP and `/GRUBENV` in it (README.md, "BootDisk", steps 1-3). */

@@ -198,6 +198,17 @@ export function locateFatFile(
   return { offset: clusterOffset(g, firstCluster), size, firstCluster };
 }
 
+/** Whether the root directory has an entry named `name` (8.3), whatever it is. */
+export function fatFileExists(
+  readAt: FatReadAt,
+  name: string,
+  options: { volumeBytes?: number; where?: string } = {},
+): boolean {
+  const where = options.where ?? "FAT volume";
+  const g = readFatGeometry(readAt, options);
+  return findRootEntry(readAt, g, shortName(name), where) !== undefined;
+}
+
 /** Steps 3-4: walk the root directory's clusters, entry by entry. */
 function findRootEntry(
   readAt: FatReadAt,

@@ -133,3 +133,50 @@ export function slotBootFile(o: { rootHash: string; verity: string; version: str
     });
   return `set abforge_roothash=${o.rootHash}\nset abforge_verity=${o.verity}\nset abforge_version=${o.version}\n`;
 }
+
+/**
+ * Every slot boot file is this many bytes (README.md, "Secure Boot",
+ * "Updates"): the build pads it with comment lines, so the agent can
+ * rewrite a slot's file in place in the FAT, as it does /GRUBENV.
+ */
+export const SLOT_BOOT_FILE_BYTES = 1024;
+
+/** What a slot boot file says in place of the three lines while its slot holds no image. */
+export const EMPTY_SLOT_BOOT_FILE = "# abforge: no image in this slot\n";
+
+/** The length of every OpenPGP signature by `keys` (openPgpSign with a modulus-long MPI). */
+export function slotSignatureBytes(keys: SecureBootKeys): number {
+  const bits = keys.privateKey.asymmetricKeyDetails?.modulusLength ?? 0;
+  // packet header 3, hashed part 12, unhashed part 2 + 10, hash left 16 bits 2, MPI 2 + modulus
+  return 31 + Math.ceil(bits / 8);
+}
+
+/**
+ * `text` padded to SLOT_BOOT_FILE_BYTES with comment lines, and its
+ * detached signature, exactly slotSignatureBytes long: an RSA signature
+ * whose first byte is 0 is one byte shorter as an MPI, so the first
+ * comment line counts up until it is not (1 try in 256 needs a second).
+ */
+export function signedSlotBootFile(
+  text: string,
+  keys: SecureBootKeys,
+): { file: Uint8Array; sig: Uint8Array } {
+  const sigBytes = slotSignatureBytes(keys);
+  for (let n = 0; n < 4096; n++) {
+    let padded = `${text}# ${n}\n`;
+    while (padded.length < SLOT_BOOT_FILE_BYTES) {
+      const room = SLOT_BOOT_FILE_BYTES - padded.length;
+      padded += `${"#".repeat(Math.min(63, room - 1))}\n`;
+    }
+    if (padded.length !== SLOT_BOOT_FILE_BYTES || !/^[\x20-\x7e\n]*$/.test(text))
+      throw new BootloaderError(
+        "BOOT_STATE_INVALID",
+        `slot boot file: ${text.length} bytes of text do not fit its ${SLOT_BOOT_FILE_BYTES} bytes`,
+        { details: { textBytes: text.length } },
+      );
+    const file = new TextEncoder().encode(padded);
+    const sig = detachedSignature(file, keys);
+    if (sig.length === sigBytes) return { file, sig };
+  }
+  throw new BootloaderError("SECURE_BOOT_KEY_BAD", "slot boot file: no full-length signature");
+}

@@ -36,6 +36,7 @@ import {
   buildEsp,
   buildGrubEfi,
   detachedSignature,
+  EMPTY_SLOT_BOOT_FILE,
   encodeEnv,
   grubConfig,
   INITRD_CPIO_SIGNATURE,
@@ -43,6 +44,7 @@ import {
   loadSecureBootKeys,
   SLOT_BOOT_FILES,
   signatureName,
+  signedSlotBootFile,
   slotBootFile,
 } from "../bootloader/index.ts";
 import {
@@ -323,6 +325,7 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
     await rm(squashfsPath, { force: true });
 
     const espPath = join(work, "esp.img");
+    let slotBoot: { file: Uint8Array; sig: Uint8Array } | undefined;
     await step(
       "esp",
       async () => {
@@ -338,15 +341,19 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
           version: spec.version,
         };
         const state = initialBootState(image, spec.update.goodSlotTries);
-        // Secure Boot: slot A's signed boot file (root hash, verity, version).
+        // Secure Boot: slot A's signed boot file (root hash, verity, version),
+        // and slot B's, signed but setting nothing until an update writes the
+        // bundle's in its place (both padded to one size: src/bootloader
+        // README.md, "Secure Boot", "Updates").
         const rootFiles: { name: string; data: Uint8Array }[] = [];
         if (sbKeys) {
-          const file = new TextEncoder().encode(slotBootFile(image));
-          const name = SLOT_BOOT_FILES.A;
-          rootFiles.push(
-            { name, data: file },
-            { name: `${name}.SIG`, data: detachedSignature(file, sbKeys) },
-          );
+          slotBoot = signedSlotBootFile(slotBootFile(image), sbKeys);
+          const empty = signedSlotBootFile(EMPTY_SLOT_BOOT_FILE, sbKeys);
+          for (const [name, f] of [
+            [SLOT_BOOT_FILES.A, slotBoot],
+            [SLOT_BOOT_FILES.B, empty],
+          ] as const)
+            rootFiles.push({ name, data: f.file }, { name: `${name}.SIG`, data: f.sig });
         }
         await buildEsp({
           outPath: espPath,
@@ -416,6 +423,14 @@ async function runBuild(o: BuildOptions): Promise<BuildResult> {
               spec.update.bundleFormat === 2 ? DEFAULT_CDC : undefined,
             ),
             verity: slot.verity,
+            ...(slotBoot
+              ? {
+                  secureBoot: {
+                    slotFile: Buffer.from(slotBoot.file).toString("base64"),
+                    slotSig: Buffer.from(slotBoot.sig).toString("base64"),
+                  },
+                }
+              : {}),
           },
         }),
       () => bundlePath,

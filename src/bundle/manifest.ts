@@ -55,7 +55,19 @@ export interface Manifest {
   keyId: string;
   slotImage: SlotImageInfo;
   verity: VerityParams;
+  /** Secure Boot images only: the slot's signed boot file and its signature, base64 (src/bootloader/README.md, "Secure Boot"). */
+  secureBoot?: SecureBootPieces;
 }
+
+export interface SecureBootPieces {
+  /** `/SLOTX` for the ESP, at most MAX_SLOT_FILE_BYTES. */
+  slotFile: string;
+  /** `/SLOTX.SIG`, at most MAX_SLOT_SIG_BYTES. */
+  slotSig: string;
+}
+
+export const MAX_SLOT_FILE_BYTES = 4096;
+export const MAX_SLOT_SIG_BYTES = 2048;
 
 /** A manifest before signing: writeBundle fills in keyId from the signing key. */
 export type UnsignedManifest = Omit<Manifest, "keyId"> & { keyId?: string };
@@ -75,7 +87,9 @@ const TOP_KEYS = [
   "keyId",
   "slotImage",
   "verity",
+  "secureBoot",
 ] as const;
+const SECURE_BOOT_KEYS = ["slotFile", "slotSig"] as const;
 const SLOT_KEYS = ["size", "sha256", "chunkSize", "chunks"] as const;
 const SLOT_KEYS_2 = [...SLOT_KEYS, "cdc"] as const;
 const CDC_KEYS = ["minSize", "avgSize", "maxSize", "chunks"] as const;
@@ -217,6 +231,7 @@ function canonicalJson(m: Manifest): string {
         ? { ...pick(m.slotImage, SLOT_KEYS), cdc: pick(m.slotImage.cdc, CDC_KEYS) }
         : pick(m.slotImage, SLOT_KEYS),
     verity: pick(m.verity, VERITY_KEYS),
+    ...(m.secureBoot ? { secureBoot: pick(m.secureBoot, SECURE_BOOT_KEYS) } : {}),
   };
   return JSON.stringify(ordered);
 }
@@ -261,7 +276,25 @@ export function validateManifest(value: unknown): ManifestIssue[] {
 
   const size = checkSlotImage(value.slotImage, format, add);
   checkVerity(value.verity, size, add);
+  if (value.secureBoot !== undefined) checkSecureBoot(value.secureBoot, add);
   return issues;
+}
+
+function checkSecureBoot(v: unknown, add: Add): void {
+  if (!isObject(v)) {
+    add("secureBoot", "must be an object");
+    return;
+  }
+  checkKeys(v, SECURE_BOOT_KEYS, "secureBoot.", add);
+  for (const [f, max] of [
+    ["slotFile", MAX_SLOT_FILE_BYTES],
+    ["slotSig", MAX_SLOT_SIG_BYTES],
+  ] as const) {
+    const s = v[f];
+    const n = typeof s === "string" && s.length <= 2 * max ? Buffer.from(s, "base64") : undefined;
+    if (!n || n.length === 0 || n.length > max || n.toString("base64") !== s)
+      add(`secureBoot.${f}`, `must be canonical base64 of 1 to ${max} bytes, got ${show(s)}`);
+  }
 }
 
 type Add = (field: string, problem: string) => void;

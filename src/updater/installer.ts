@@ -14,6 +14,8 @@ import {
   type BootState,
   formatSlotVerity,
   markUnbootable,
+  SLOT_BOOT_FILES,
+  slotBootFile,
 } from "../bootloader/index.ts";
 import {
   BundleReader,
@@ -70,6 +72,12 @@ export interface BootStore {
   readState(): Promise<BootState>;
   /** One write; with `bootToken`, `boot_token` is set in it too (a kexec counts a boot as GRUB does). */
   writeState(s: BootState, o?: { bootToken?: string }): Promise<void>;
+  /** A Secure Boot disk: GRUB boots a slot only by its signed boot file (BootDisk; absent: none). */
+  isSecureBoot?(): boolean;
+  /** Where slot `slot`'s boot file and signature are, refused unless exactly these sizes. */
+  slotBootFileRanges?(slot: SlotName, fileBytes: number, sigBytes: number): unknown;
+  /** Rewrites slot `slot`'s boot file and signature in place (README.md, "Secure Boot"). */
+  writeSlotBootFile?(slot: SlotName, file: Uint8Array, sig: Uint8Array): Promise<void>;
 }
 
 /** The agent's state, and a way to change it durably. */
@@ -304,6 +312,7 @@ function installPlan(ctx: InstallContext): Step[] {
             `slot image of ${m.version} is ${Math.max(m.slotImage.size, treeEnd)} bytes; slot ${r.target}'s partition holds ${part.size}`,
             { size: m.slotImage.size, partitionSize: part.size },
           );
+        checkSecureBoot(ctx, r.target, m);
       },
     },
     // 3. where the write starts, and its first chunk received and verified: a bundle
@@ -457,11 +466,21 @@ function installPlan(ctx: InstallContext): Step[] {
         }
       },
     },
-    // 9. only now: boot the new slot next, on trial
+    // 9. only now: boot the new slot next, on trial; under Secure Boot its
+    //    signed boot file first (GRUB does not try the target before the
+    //    boot state names it, so a crash between the two writes is harmless)
     {
       name: "activate",
       async run(r) {
         const m = r.manifest as Manifest;
+        if (m.secureBoot && ctx.boot.writeSlotBootFile) {
+          const p = secureBootPieces(m);
+          await ctx.boot.writeSlotBootFile(r.target, p.file, p.sig);
+          ctx.log.info(
+            { slot: r.target, version: m.version },
+            `wrote ${m.version}'s signed boot file into /${SLOT_BOOT_FILES[r.target]} for slot ${r.target}`,
+          );
+        }
         const boot = await ctx.boot.readState();
         const next = activateSlot(boot, r.target, {
           tries: ctx.tries,
@@ -561,6 +580,60 @@ function checkPromise(e: IndexPromise, r: Run): void {
         expected: { version: e.version, manifestSha256: e.manifestSha256 },
       },
     );
+}
+
+function secureBootPieces(m: Manifest): { file: Uint8Array; sig: Uint8Array } {
+  const sb = m.secureBoot as NonNullable<Manifest["secureBoot"]>;
+  return { file: Buffer.from(sb.slotFile, "base64"), sig: Buffer.from(sb.slotSig, "base64") };
+}
+
+/**
+ * Step 2, Secure Boot (src/bootloader/README.md, "Secure Boot", "Updates"):
+ * a Secure Boot disk takes only a bundle with the slot's signed boot file,
+ * for this image (its root hash, verity and version), and of the size of
+ * the target's /SLOTX and /SLOTX.SIG, which are rewritten in place; a
+ * bundle with one needs such a disk. Refused before anything is written.
+ */
+function checkSecureBoot(ctx: InstallContext, target: SlotName, m: Manifest): void {
+  const disk = ctx.boot;
+  const sbDisk = disk.isSecureBoot?.() ?? false;
+  const file = `/${SLOT_BOOT_FILES[target]}`;
+  if (!m.secureBoot) {
+    if (sbDisk)
+      refuse(
+        "UPDATE_REFUSED",
+        `${m.version} was built without secureBoot, so its bundle has no signed boot file; ${ctx.diskPath} boots under Secure Boot and GRUB would refuse slot ${target}: nothing written (build the image with the spec's secureBoot: section)`,
+        { version: m.version, slot: target },
+      );
+    return;
+  }
+  const p = secureBootPieces(m);
+  const expected = slotBootFile({
+    rootHash: m.verity.rootHash,
+    verity: formatSlotVerity(m.verity),
+    version: m.version,
+  });
+  if (!Buffer.from(p.file).toString("latin1").startsWith(expected))
+    refuse(
+      "UPDATE_REFUSED",
+      `${m.version}: the signed boot file in its manifest does not name its own root hash, verity and version: nothing written`,
+      { version: m.version },
+    );
+  if (!sbDisk || !disk.slotBootFileRanges || !disk.writeSlotBootFile)
+    refuse(
+      "UPDATE_REFUSED",
+      `${m.version} is a Secure Boot image, but the ESP of ${ctx.diskPath} has no signed boot files (${file}, ${file}.SIG) to put its own in: nothing written (the disk was built without secureBoot)`,
+      { version: m.version, slot: target },
+    );
+  try {
+    disk.slotBootFileRanges(target, p.file.length, p.sig.length);
+  } catch (cause) {
+    throw new UpdaterError(
+      "UPDATE_REFUSED",
+      `${m.version}'s signed boot file (${p.file.length} bytes, signature ${p.sig.length}) cannot replace slot ${target}'s on ${ctx.diskPath}: ${errText(cause)}; nothing written (a disk built before Secure Boot updates, or with another key size, needs a new disk image)`,
+      { cause, details: { version: m.version, slot: target } },
+    );
+  }
 }
 
 /** Size and sha256 of the bundle file, fed in file order as the reader consumes it (step 6). */

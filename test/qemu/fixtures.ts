@@ -64,7 +64,9 @@ export const IMAGES: Record<
   | "kexecV1"
   | "kexecV2"
   | "kexecV3"
-  | "secureBootV1",
+  | "secureBootV1"
+  | "secureBootV2"
+  | "secureBootV3",
   FixtureSpec
 > = {
   v1: { spec: "images/demo.yaml", version: "1.0.0" },
@@ -83,6 +85,9 @@ export const IMAGES: Record<
   kexecV3: { spec: "images/demo-kexec-unhealthy.yaml", version: "3.0.0" },
   // Demo with secureBoot, signed with Debian's OVMF test key (test/qemu/secure-boot.test.ts).
   secureBootV1: { spec: "test/qemu/specs/demo-secure-boot.yaml", version: "1.0.0" },
+  // An update to 2.0.0 and a rollback from a failing 3.0.0 with enforcement on.
+  secureBootV2: { spec: "test/qemu/specs/demo-secure-boot.yaml", version: "2.0.0" },
+  secureBootV3: { spec: "test/qemu/specs/demo-secure-boot-unhealthy.yaml", version: "3.0.0" },
 };
 
 /** Debian's OVMF test key, packaged with the passphrase "snakeoil" (README.Debian of ovmf). */

@@ -60,7 +60,7 @@ export async function installV2IntoB(disk: string): Promise<void> {
 export async function bootWithRepo(
   disk: string,
   bundles: readonly string[],
-  o: { extraDisks?: string[] } = {},
+  o: { extraDisks?: string[]; secureBoot?: boolean } = {},
 ): Promise<{ vm: Vm; server: ServedRepo; repoDir: string }> {
   const repoDir = tempDir("abforge-repo-");
   for (const b of bundles) await publishBundle(repoDir, b, SIGNING_KEY);
@@ -69,6 +69,7 @@ export async function bootWithRepo(
     const vm = await Vm.start({
       disk,
       ...(o.extraDisks ? { extraDisks: o.extraDisks } : {}),
+      ...(o.secureBoot ? { secureBoot: true } : {}),
       serialLog: join(dirname(disk), "serial.log"),
       forward: { guestAddress: "10.0.2.100", guestPort: 80, hostPort: server.port },
     });

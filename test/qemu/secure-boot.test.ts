@@ -5,26 +5,32 @@
  * refused before it runs — by the firmware (GRUB's image, its embedded
  * config) or by GRUB (a slot's kernel, initrd, signed boot file), with the
  * other slot booting — while variables planted in /GRUBENV change nothing.
- * Each case edits its own sparse copy of one two-slot disk offline.
+ * Each case edits its own sparse copy of one two-slot disk offline. The last
+ * case updates the disk as built to 2.0.0 and rolls back from a failing
+ * 3.0.0: the agent writes each new slot's signed boot file.
  */
 import { execFileSync } from "node:child_process";
+import { createReadStream } from "node:fs";
 import { open, readFile, stat, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { afterEach, beforeAll, describe, expect, it } from "vitest";
-import { BANNER, PROMPT } from "../../qemu/fleet.ts";
+import { BANNER, PROMPT, publishBundle, type ServedRepo } from "../../qemu/fleet.ts";
 import { Vm } from "../../qemu/vm.ts";
 import {
   BootDisk,
+  SLOT_BOOT_FILE_BYTES,
   SLOT_BOOT_FILES,
   type SlotName,
   serializeEnvBlock,
   setEnvVar,
   slotBootFile,
+  withBootDisk,
 } from "../../src/bootloader/index.ts";
+import { readBundleHead } from "../../src/bundle/index.ts";
 import { tempDir } from "../helpers/tmp.ts";
 import { buildFixture } from "./build-images.ts";
-import { freshDisk, image } from "./fixtures.ts";
-import { bootState, editBootState } from "./scenarios.ts";
+import { freshDisk, image, SIGNING_KEY } from "./fixtures.ts";
+import { bootState, bootWithRepo, editBootState } from "./scenarios.ts";
 
 const BOOT_MS = 240_000;
 /** What OVMF prints when the image's signature is not in db. */
@@ -33,22 +39,27 @@ const FIRMWARE_REFUSED = /BdsDxe: failed to load Boot\d+ "[^"]*" from [^:]*: Acc
 let vm: Vm | undefined;
 let twoSlots: string;
 
+let server: ServedRepo | undefined;
+
 afterEach(async () => {
   await vm?.kill();
   vm = undefined;
+  server?.stop();
+  server = undefined;
 });
 
 beforeAll(async () => {
   // Built by the global setup in a full run; here too when this file runs alone.
   await buildFixture("v1");
   await buildFixture("secureBootV1");
+  await buildFixture("secureBootV2");
+  await buildFixture("secureBootV3");
   // Slot B: the same signed image, as an install puts it there (the slot's
   // bytes, and its signed boot file copied to /SLOTB on the ESP), and good.
   twoSlots = freshDisk("secureBootV1", tempDir("abforge-sb-base-"));
   const d = await BootDisk.open(twoSlots);
   const a = d.slotRange("A");
   const b = d.slotRange("B");
-  const esp = d.esp.offset;
   await d.close();
   execFileSync("dd", [
     `if=${twoSlots}`,
@@ -60,18 +71,10 @@ beforeAll(async () => {
     "conv=notrunc,sparse",
     "status=none",
   ]);
-  const work = tempDir("abforge-sb-esp-");
-  for (const [from, to] of [
-    [SLOT_BOOT_FILES.A, SLOT_BOOT_FILES.B],
-    [`${SLOT_BOOT_FILES.A}.SIG`, `${SLOT_BOOT_FILES.B}.SIG`],
-  ] as const) {
-    execFileSync("mcopy", ["-i", `${twoSlots}@@${esp}`, `::/${from}`, join(work, to)], {
-      env: mtools(),
-    });
-    execFileSync("mcopy", ["-i", `${twoSlots}@@${esp}`, join(work, to), `::/${to}`], {
-      env: mtools(),
-    });
-  }
+  // as the agent writes it (BootDisk.writeSlotBootFile, in place over the build's placeholder)
+  const file = await getEspFile(twoSlots, `/${SLOT_BOOT_FILES.A}`);
+  const sig = await getEspFile(twoSlots, `/${SLOT_BOOT_FILES.A}.SIG`);
+  await withBootDisk(twoSlots, (disk) => disk.writeSlotBootFile("B", file, sig));
   await editBootState(twoSlots, (s) => ({ ...s, slots: { ...s.slots, B: { ...s.slots.A } } }));
 }, 1_800_000);
 
@@ -223,16 +226,40 @@ describe("Secure Boot", () => {
     ]);
   });
 
+  it("the bundle carries the signed boot file the build put in /SLOTA; /SLOTB holds a signed placeholder of the same sizes", async () => {
+    const sb = image("secureBootV1");
+    const { manifest } = await readBundleHead(createReadStream(sb.bundle), sb.bundle);
+    const file = await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.A}`);
+    const sig = await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.A}.SIG`);
+    expect(manifest.secureBoot).toEqual({
+      slotFile: file.toString("base64"),
+      slotSig: sig.toString("base64"),
+    });
+    expect(file.length).toBe(SLOT_BOOT_FILE_BYTES);
+    expect(file.toString("latin1")).toContain(`set abforge_roothash=${sb.rootHash}\n`);
+    const b = await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.B}`);
+    expect(b.length).toBe(SLOT_BOOT_FILE_BYTES);
+    expect(b.toString("latin1")).toMatch(/^# abforge: no image in this slot\n/);
+    expect((await getEspFile(sb.disk, `/${SLOT_BOOT_FILES.B}.SIG`)).length).toBe(sig.length);
+    // the plain image's bundle has no such field
+    const plain = image("v1");
+    const head = await readBundleHead(createReadStream(plain.bundle), plain.bundle);
+    expect(head.manifest.secureBoot).toBeUndefined();
+  });
+
   it("refuses a slot whose root hash was changed in its boot file, and boots the other slot", async () => {
     const disk = caseDisk();
     const s = await bootState(disk);
-    const forged = slotBootFile({
-      rootHash: "0".repeat(64),
+    const signed = (await getEspFile(disk, `/${SLOT_BOOT_FILES.A}`)).toString("latin1");
+    const real = slotBootFile({
+      rootHash: s.slots.A.rootHash,
       verity: s.slots.A.verity,
       version: s.slots.A.version,
     });
-    expect(forged.length).toBe((await getEspFile(disk, `/${SLOT_BOOT_FILES.A}`)).length);
-    await putEspFile(disk, `/${SLOT_BOOT_FILES.A}`, new TextEncoder().encode(forged));
+    expect(signed.startsWith(real)).toBe(true);
+    const forged = signed.replace(s.slots.A.rootHash, "0".repeat(64));
+    expect(forged.length).toBe(signed.length);
+    await putEspFile(disk, `/${SLOT_BOOT_FILES.A}`, Buffer.from(forged, "latin1"));
     const v = await start(disk);
     expect((await banner(v)).slot).toBe("B");
     expect(consoleSince(v, 0)).toMatch(
@@ -290,5 +317,45 @@ describe("Secure Boot", () => {
     const v = await start(disk);
     await v.waitFor(FIRMWARE_REFUSED, { timeoutMs: BOOT_MS });
     expect(consoleSince(v, 0)).not.toMatch(/abforge:/);
+  });
+  it("updates to 2.0.0, marks it good, and rolls back from a failing 3.0.0, enforcement on", {
+    timeout: 2_400_000,
+  }, async () => {
+    // One boot of 1.0.0, one of 2.0.0 (installed by the agent from the repository),
+    // 3.0.0's tries, and 2.0.0 again: the agent writes each new slot's signed boot file.
+    // the disk as built: slot B empty, its /SLOTB the build's signed placeholder
+    const disk = freshDisk("secureBootV1", tempDir("abforge-sb-update-"));
+    const run = await bootWithRepo(disk, [image("secureBootV2").bundle], { secureBoot: true });
+    vm = run.vm;
+    server = run.server;
+    const v = run.vm;
+    const long = 600_000;
+    const next = async () => {
+      const m = await v.waitFor(BANNER, { timeoutMs: long });
+      return { slot: m[1] as SlotName, version: m[2]! };
+    };
+    expect(await banner(v)).toMatchObject({ slot: "A", version: "1.0.0" });
+    expect(await next()).toEqual({ slot: "B", version: "2.0.0" });
+    await v.waitFor(/marked good/, { timeoutMs: long });
+    let s = await bootState(disk);
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect((await getEspFile(disk, `/${SLOT_BOOT_FILES.B}`)).toString("latin1")).toContain(
+      "set abforge_version=2.0.0\n",
+    );
+
+    await publishBundle(run.repoDir, image("secureBootV3").bundle, SIGNING_KEY);
+    let b = await next();
+    expect(b).toEqual({ slot: "A", version: "3.0.0" });
+    await v.waitFor(/health check[^\n]*fail/i, { timeoutMs: long });
+    while (b.slot === "A") {
+      expect(b.version).toBe("3.0.0");
+      b = await next();
+    }
+    expect(b).toEqual({ slot: "B", version: "2.0.0" });
+    await v.waitFor(/rollback/i, { timeoutMs: long });
+    s = await bootState(disk);
+    expect(s.slots.A).toMatchObject({ good: false, tries: 0, version: "3.0.0" });
+    expect(s.slots.B).toMatchObject({ good: true, version: "2.0.0" });
+    expect(v.console).toMatch(/abforge: booting slot A version 3\.0\.0/);
   });
 });
