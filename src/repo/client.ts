@@ -68,8 +68,8 @@ export async function fetchIndex(
 /** Contract name for openRange. */
 export const downloadRange = openRange;
 
-/** An attempt failed; `retryable` says whether trying again can help. */
-class AttemptFailed extends Error {
+/** An attempt failed; `retryable` says whether trying again can help (the range client's too). */
+export class AttemptFailed extends Error {
   readonly error: RepoError;
   readonly retryable: boolean;
   constructor(error: RepoError, retryable: boolean) {

@@ -10,6 +10,7 @@
 import got, { type Request } from "got";
 import { isBug } from "../errors.ts";
 import { type Logger, logger } from "../log.ts";
+import { AttemptFailed } from "./client.ts";
 import { RepoError } from "./errors.ts";
 import { multipartBoundary, parseContentRange, rangeHeader, type Span } from "./ranges.ts";
 
@@ -47,17 +48,6 @@ const MAX_LINE = 1024;
 const MAX_PART_HEADERS = 16;
 /** Bytes of preamble or epilogue read around the parts. */
 const MAX_FRAMING = 4096;
-
-/** A request failed in a way that trying it again can help (network), or not (a wrong answer). */
-class RequestFailed extends Error {
-  readonly error: RepoError;
-  readonly retryable: boolean;
-  constructor(error: RepoError, retryable: boolean) {
-    super(error.message);
-    this.error = error;
-    this.retryable = retryable;
-  }
-}
 
 /**
  * The bytes of `spans` (ascending, disjoint: planRanges' output) from `url`.
@@ -102,7 +92,7 @@ export async function* fetchRanges(
       }
       if (group.length > 1 && !fellBack) stats.multipart = true;
     } catch (err) {
-      if (isBug(err) || !(err instanceof RequestFailed)) throw err;
+      if (isBug(err) || !(err instanceof AttemptFailed)) throw err;
       if (!err.retryable || o.signal?.aborted || ++failures > (o.retries ?? 3)) throw err.error;
       log.warn({ url: where, attempt: failures, err: err.error }, `${err.message}; retrying`);
     }
@@ -141,7 +131,7 @@ async function* request(
   const timeoutMs = o.timeoutMs ?? 30_000;
   const ask = rangeHeader(spans);
   const hostile = (message: string, extra: Record<string, unknown> = {}) =>
-    new RequestFailed(
+    new AttemptFailed(
       new RepoError("REPO_DOWNLOAD_FAILED", `${where}: ${message} (asked ${ask})`, {
         details: { url: where, range: ask, hostile: true, ...extra },
       }),
@@ -179,7 +169,7 @@ async function* request(
         yield "single";
         return;
       }
-      throw new RequestFailed(
+      throw new AttemptFailed(
         new RepoError(
           "REPO_DOWNLOAD_FAILED",
           `${where}: the server ignores Range (200, the whole file, for ${ask}); a delta install needs ranges`,
@@ -189,7 +179,7 @@ async function* request(
       );
     }
     if (status === 408 || status === 429 || status >= 500)
-      throw new RequestFailed(
+      throw new AttemptFailed(
         new RepoError("REPO_DOWNLOAD_FAILED", `${where}: HTTP ${status} for ${ask}`, {
           details: { url: where, status },
         }),
@@ -247,8 +237,8 @@ async function* request(
     if (!(await body.atEnd(MAX_FRAMING)))
       throw hostile("more than an epilogue after the closing delimiter");
   } catch (err) {
-    if (err instanceof RequestFailed || isBug(err)) throw err;
-    throw new RequestFailed(
+    if (err instanceof AttemptFailed || isBug(err)) throw err;
+    throw new AttemptFailed(
       new RepoError("REPO_DOWNLOAD_FAILED", `${where}: ${(err as Error).message} (${ask})`, {
         cause: err,
         details: { url: where, range: ask, code: (err as { code?: string }).code },

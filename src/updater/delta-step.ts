@@ -4,10 +4,9 @@
  * range answer checked before the boot state changes; then the chunks
  * written, each verified, and the image read back for step 6.
  */
-import { type FileHandle, open } from "node:fs/promises";
+import type { FileHandle } from "node:fs/promises";
 import type { BundleReader, Manifest } from "../bundle/index.ts";
 import { isBaseError, isBug } from "../errors.ts";
-import { ioError } from "../fileio.ts";
 import type { RangeStats } from "../repo/index.ts";
 import { formatVerity } from "../verity/index.ts";
 import {
@@ -26,7 +25,7 @@ import {
 } from "./delta.ts";
 import { errText, UpdaterError } from "./errors.ts";
 import type { InstallContext, Run } from "./installer.ts";
-import { aborted, closeDisk } from "./slot-writer.ts";
+import { aborted, closeDisk, openDisk } from "./slot-writer.ts";
 
 /** Coalesce chunks closer than this (bytes), and make at most this many ranges. */
 export const DELTA_MAX_GAP_BYTES = 4096;
@@ -56,12 +55,7 @@ export async function deltaFirst(ctx: InstallContext, r: Run): Promise<boolean> 
   const ranges = r.req.source.ranges;
   if (m.formatVersion !== 2 || !cdc || !ranges || ctx.delta === false) return false;
   const slotOffset = r.slotOffset as number;
-  try {
-    r.fh = await open(ctx.diskPath, "r+");
-  } catch (cause) {
-    throw ioError(`open ${ctx.diskPath} for writing`, cause);
-  }
-  const fh = r.fh;
+  const fh = await openDisk(ctx, r);
   const seeds: Seed[] = [
     { name: `slot ${ctx.booted} (booted)`, ...ctx.slots[ctx.booted], target: false },
     { name: `slot ${r.target} (target)`, ...ctx.slots[r.target], target: true },

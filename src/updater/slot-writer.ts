@@ -33,12 +33,7 @@ export async function firstChunk(ctx: InstallContext, r: Run): Promise<void> {
   const part = ctx.slots[r.target];
   const total = chunkCount(m.slotImage.size);
   const slotOffset = r.slotOffset as number;
-  try {
-    r.fh = await open(ctx.diskPath, "r+");
-  } catch (cause) {
-    throw ioError(`open ${ctx.diskPath} for writing`, cause);
-  }
-  const fh = r.fh;
+  const fh = await openDisk(ctx, r);
   // 3a. what a previous run wrote: the state file's hint, re-checked against the partition
   const prev = ctx.state.current.progress;
   const sameImage =
@@ -349,6 +344,16 @@ export class FlushBehind {
   async stop(): Promise<void> {
     await this.#inFlight;
   }
+}
+
+/** Open the disk for the slot write; the handle is kept in `r.fh` for closeDisk. */
+export async function openDisk(ctx: InstallContext, r: Run): Promise<FileHandle> {
+  try {
+    r.fh = await open(ctx.diskPath, "r+");
+  } catch (cause) {
+    throw ioError(`open ${ctx.diskPath} for writing`, cause);
+  }
+  return r.fh;
 }
 
 export async function closeDisk(r: Run): Promise<void> {

@@ -13,33 +13,13 @@ import {
   slotBootFile,
 } from "../../../src/bootloader/index.ts";
 import { rejection } from "../../helpers/errors.ts";
+import { secureBootKeyFiles, selfSignedCert } from "../../helpers/secure-boot.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 
 const dir = tempDir("abforge-secureboot-");
-const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
-
+const { keyPath, certPath, ...rsa } = secureBootKeyFiles(dir);
 /** A self-signed certificate of `keyPath` (openssl, as an operator makes one). */
-function certFor(keyPath: string, name: string): string {
-  const cert = join(dir, `${name}.pem`);
-  execFileSync("openssl", [
-    "req",
-    "-new",
-    "-x509",
-    "-key",
-    keyPath,
-    "-subj",
-    "/CN=abforge test",
-    "-days",
-    "1",
-    "-out",
-    cert,
-  ]);
-  return cert;
-}
-
-const keyPath = join(dir, "sb.key");
-writeFileSync(keyPath, rsa.privateKey.export({ type: "pkcs8", format: "pem" }));
-const certPath = certFor(keyPath, "sb");
+const certFor = (key: string, name: string) => selfSignedCert(key, join(dir, `${name}.pem`));
 
 /** The fields of a signature packet as RFC 4880 5.2.3 lays them out. */
 function parseSignature(sig: Uint8Array) {

@@ -2,8 +2,7 @@
 // bundle's signed manifest carries the slot's signed boot file, and the agent writes it into
 // the target's /SLOTX and /SLOTX.SIG on the ESP before the boot state names the slot. Real
 // GPT disk images with a FAT32 ESP (mtools), real squashfs + verity slots, real bundles.
-import { execFileSync } from "node:child_process";
-import { createHash, generateKeyPairSync, verify, X509Certificate } from "node:crypto";
+import { createHash, verify, X509Certificate } from "node:crypto";
 import { readFileSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 import { beforeAll, describe, expect, it } from "vitest";
@@ -34,6 +33,7 @@ import {
   tool,
   type UpdateWorld,
 } from "../../helpers/fixtures.ts";
+import { secureBootKeyFiles } from "../../helpers/secure-boot.ts";
 import { tempDir } from "../../helpers/tmp.ts";
 import { REBOOT_OFF, readBoot, testAgent } from "./harness.ts";
 
@@ -47,24 +47,9 @@ const digest = (b: Uint8Array) => createHash("sha256").update(b).digest("hex");
 
 beforeAll(async () => {
   w = await makeUpdateWorld(tempDir(), { versions: ["2.0.0"] });
-  const rsa = generateKeyPairSync("rsa", { modulusLength: 2048 });
-  const keyPath = join(w.dir, "sb.key");
-  writeFileSync(keyPath, rsa.privateKey.export({ type: "pkcs8", format: "pem" }));
-  certPath = join(w.dir, "sb.pem");
-  execFileSync("openssl", [
-    "req",
-    "-new",
-    "-x509",
-    "-key",
-    keyPath,
-    "-subj",
-    "/CN=abforge test",
-    "-days",
-    "1",
-    "-out",
-    certPath,
-  ]);
-  keys = await loadSecureBootKeys(keyPath, certPath);
+  const made = secureBootKeyFiles(w.dir);
+  certPath = made.certPath;
+  keys = await loadSecureBootKeys(made.keyPath, certPath);
   // what the build does (src/build/pipeline.ts, "esp" and "bundle")
   const plain = w.bundles["2.0.0"] as BundleFixture;
   const v = plain.manifest.verity;
