@@ -7,6 +7,7 @@
 import type { FileHandle } from "node:fs/promises";
 import type { BundleReader, Manifest } from "../bundle/index.ts";
 import { isBaseError, isBug } from "../errors.ts";
+import { parseSlotVerity, type SlotName } from "../image/index.ts";
 import type { RangeStats } from "../repo/index.ts";
 import { formatVerity } from "../verity/index.ts";
 import {
@@ -42,6 +43,9 @@ export interface DeltaRun {
   headBytes: number;
 }
 
+/** The block of a slot's verity parameters (src/build/slot.ts: data and hash blocks are 4096 bytes). */
+const SLOT_VERITY_BLOCK = 4096;
+
 /**
  * Step 3 of a delta install, when it applies (a format 2 manifest, a source
  * with ranges): index the booted and the target slot by the manifest's
@@ -56,9 +60,26 @@ export async function deltaFirst(ctx: InstallContext, r: Run): Promise<boolean> 
   if (m.formatVersion !== 2 || !cdc || !ranges || ctx.delta === false) return false;
   const slotOffset = r.slotOffset as number;
   const fh = await openDisk(ctx, r);
+  // Only where images lie, not whole partitions: a slot's squashfs is its data
+  // area, which the boot state's X_verity gives (hashStartBlock blocks of 4096
+  // bytes: the data, and the superblock when there is one). An empty target (a
+  // first install, or a run stopped after step 4) is read as far as the new
+  // image reaches, where a stopped run's chunks are. A wrong extent costs bytes
+  // fetched, never correctness: every chunk's sha256 is checked when it is read.
+  const boot = await ctx.boot.readState();
+  const seed = (slot: SlotName, name: string, target: boolean, fallback: number): Seed => {
+    const v = parseSlotVerity(boot.slots[slot].verity);
+    const extent = v ? v.hashStartBlock * SLOT_VERITY_BLOCK : fallback;
+    return {
+      name,
+      offset: ctx.slots[slot].offset,
+      size: Math.min(ctx.slots[slot].size, extent),
+      target,
+    };
+  };
   const seeds: Seed[] = [
-    { name: `slot ${ctx.booted} (booted)`, ...ctx.slots[ctx.booted], target: false },
-    { name: `slot ${r.target} (target)`, ...ctx.slots[r.target], target: true },
+    seed(ctx.booted, `slot ${ctx.booted} (booted)`, false, ctx.slots[ctx.booted].size),
+    seed(r.target, `slot ${r.target} (target)`, true, m.slotImage.size),
   ];
   const index = await indexSeeds(fh, ctx.diskPath, seeds, cdc);
   const plan = planDelta(cdc, index, seeds, m.verity.hashOffset);
