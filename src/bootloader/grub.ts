@@ -20,6 +20,7 @@ import {
 } from "../image/index.ts";
 import { logger } from "../log.ts";
 import { BootloaderError } from "./errors.ts";
+import { concat } from "./openpgp.ts";
 import {
   detachedSignature,
   INITRD_CPIO_SIGNATURE,
@@ -432,13 +433,7 @@ export function ustarFiles(files: readonly { name: string; data: Uint8Array }[])
     parts.push(header, body);
   }
   parts.push(new Uint8Array(1024));
-  const out = new Uint8Array(parts.reduce((n, p) => n + p.length, 0));
-  let at = 0;
-  for (const p of parts) {
-    out.set(p, at);
-    at += p.length;
-  }
-  return out;
+  return concat(...parts);
 }
 
 /**

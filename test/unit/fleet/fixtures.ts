@@ -24,8 +24,8 @@ export function report(i: number, o: Partial<Report> = {}): Report {
   };
 }
 
-/** The events of one host taking `target` and rolling back with `reason`. */
-export function rolledBack(i: number, target: string, reason: string): Report[] {
+/** The events of one host downloading and installing `target` into slot B. */
+function installed(i: number, target: string): Report[] {
   return [
     report(i, { event: "download-started", target }),
     report(i, {
@@ -33,6 +33,13 @@ export function rolledBack(i: number, target: string, reason: string): Report[] 
       target,
       other: { slot: "B", version: target, state: "installed" },
     }),
+  ];
+}
+
+/** The events of one host taking `target` and rolling back with `reason`. */
+export function rolledBack(i: number, target: string, reason: string): Report[] {
+  return [
+    ...installed(i, target),
     report(i, {
       event: "rollback",
       target,
@@ -45,12 +52,7 @@ export function rolledBack(i: number, target: string, reason: string): Report[] 
 /** The events of one host taking `target` and marking it good. */
 export function updated(i: number, target: string): Report[] {
   return [
-    report(i, { event: "download-started", target }),
-    report(i, {
-      event: "installed",
-      target,
-      other: { slot: "B", version: target, state: "installed" },
-    }),
+    ...installed(i, target),
     report(i, {
       event: "marked-good",
       running: { slot: "B", version: target },

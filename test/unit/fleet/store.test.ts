@@ -145,28 +145,19 @@ describe.each(databases)("fleet store on %s", (_name, open) => {
 
   it("finds stuck hosts: silent for three polls, or too long in one state, with the last error", async () => {
     const s = await fresh();
+    // host 2 reports the same stalled download twice, three hours apart
+    const stalled = report(2, {
+      event: "download-started",
+      target: "3.0.0",
+      pollIntervalMs: 3_600_000,
+      lastError: { code: "REPO_STALLED", message: "no byte for 60 s from the repository" },
+    });
     await s.record(report(1, { pollIntervalMs: 60_000 }), T0);
-    await s.record(
-      report(2, {
-        event: "download-started",
-        target: "3.0.0",
-        pollIntervalMs: 3_600_000,
-        lastError: { code: "REPO_STALLED", message: "no byte for 60 s from the repository" },
-      }),
-      T0,
-    );
+    await s.record(stalled, T0);
     await s.record(report(3, { pollIntervalMs: 3_600_000 }), T0);
     const later = T0 + 3 * 3_600_000 - 1;
     await s.record(report(3, { pollIntervalMs: 3_600_000 }), later);
-    await s.record(
-      report(2, {
-        event: "download-started",
-        target: "3.0.0",
-        pollIntervalMs: 3_600_000,
-        lastError: { code: "REPO_STALLED", message: "no byte for 60 s from the repository" },
-      }),
-      later,
-    );
+    await s.record(stalled, later);
     const sum = await s.summary(later);
     expect(sum.stuck).toBe(2);
     const why = Object.fromEntries(sum.stuckHosts.map((h) => [h.hostname, h.stuck?.why]));
